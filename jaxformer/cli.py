@@ -1,0 +1,158 @@
+"""Command line: `jaxformer train|sample|bench ...` (also `python -m jaxformer`).
+
+  jaxformer train  --config=configs/gpt/shakespeare_char.py:cpu --workdir=DIR [--config.a.b=v ...]
+  jaxformer sample --workdir=DIR --prompt=TEXT --max_new_tokens=N [--temperature --top_k --top_p --seed]
+  jaxformer bench  --config=configs/gpt/shakespeare_char.py:cpu [--steps=N] [--config.a.b=v ...]
+
+Exit codes: 0 done, 1 no readable checkpoint, 2 bad input (config, flags, paths, data),
+3 non-finite loss, 128+N stopped by signal N after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _add_distributed(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (jax.distributed)")
+    group.add_argument("--coordinator_address", help="host:port of process 0")
+    group.add_argument("--num_processes", type=int)
+    group.add_argument("--process_id", type=int)
+    group.add_argument("--distributed", action="store_true",
+                       help="initialise from the cluster environment (SLURM, TPU pod)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jaxformer", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train (or resume) a config in a workdir")
+    train.add_argument("--config", required=True, help="path/to/config.py[:arg-string]")
+    train.add_argument("--workdir", required=True)
+    _add_distributed(train)
+
+    sample = commands.add_parser("sample", help="generate text from a trained LM workdir")
+    sample.add_argument("--workdir", required=True)
+    sample.add_argument("--prompt", default=None, help="text to continue (default: config)")
+    sample.add_argument("--max_new_tokens", type=int, default=None)
+    sample.add_argument("--temperature", type=float, default=None)
+    sample.add_argument("--top_k", type=int, default=None)
+    sample.add_argument("--top_p", type=float, default=None)
+    sample.add_argument("--num_samples", type=int, default=1)
+    sample.add_argument("--greedy", action="store_true")
+    sample.add_argument("--seed", type=int, default=0)
+
+    bench = commands.add_parser("bench", help="time the jitted train step of a config")
+    bench.add_argument("--config", required=True)
+    bench.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--workdir", default=None, help="where tokenizer assets go (default: temp)")
+    return parser
+
+
+def _split_overrides(parser, rest: list[str]) -> list[str]:
+    overrides, i = [], 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument: {item}")
+        item = item[len("--config."):]
+        if "=" not in item and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            item, i = f"{item}={rest[i + 1]}", i + 1
+        overrides.append(item)
+        i += 1
+    return overrides
+
+
+def _load(spec: str, overrides: list[str]):
+    from jaxformer import config as config_lib
+
+    config = config_lib.load_config(spec)
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def _init_distributed(args) -> None:
+    import jax
+
+    if args.coordinator_address or args.num_processes:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def _train(args, overrides) -> int:
+    from jaxformer import config as config_lib
+
+    config = _load(args.config, overrides)
+    _init_distributed(args)
+    from jaxformer.train import trainer
+
+    trainer.log(config_lib.to_json(config))
+    trainer.train(config, args.workdir)
+    return 0
+
+
+def _sample(args) -> int:
+    from jaxformer import sampling
+
+    for text in sampling.sample_from_workdir(
+            args.workdir, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            num_samples=args.num_samples, greedy=args.greedy, seed=args.seed):
+        print(text)
+        print("-" * 40)
+    return 0
+
+
+def _bench(args, overrides) -> int:
+    config = _load(args.config, overrides)
+    from jaxformer.train import bench
+
+    print(json.dumps(bench.run(config, steps=args.steps, warmup=args.warmup,
+                               workdir=args.workdir)), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = _split_overrides(parser, rest) if args.command in ("train", "bench") else []
+    if rest and args.command not in ("train", "bench"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from jaxformer.config import ConfigError
+
+    try:
+        if args.command == "train":
+            return _train(args, overrides)
+        if args.command == "sample":
+            return _sample(args)
+        return _bench(args, overrides)
+    except ConfigError as e:
+        print(f"jaxformer: config error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError) as e:
+        print(f"jaxformer: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # The trainer's own stops carry their exit code.
+        if not hasattr(e, "exit_code"):
+            raise
+        print(f"jaxformer: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Tokenizers for language modelling: characters and SentencePiece BPE.
+
+Both kinds share the small `Tokenizer` interface and save to a single file:
+`tokenizer.json` for characters, `tokenizer.model` (a SentencePiece model proto)
+for BPE. `load_tokenizer` reads either back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import sentencepiece as spm
+from etils import epath
+
+PathLike = str | os.PathLike
+
+CHAR_FILENAME = "tokenizer.json"
+BPE_FILENAME = "tokenizer.model"
+
+_NUM_BYTE_PIECES = 256
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Maps text to token ids in `[0, vocab_size)` and back."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def save(self, path: PathLike) -> None: ...
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is a sorted set of characters."""
+
+    def __init__(self, chars: Iterable[str]):
+        chars = sorted(set(chars))
+        if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise ValueError("a character vocabulary needs one or more single characters")
+        self._chars = chars
+        self._codepoints = np.array([ord(c) for c in chars], dtype=np.uint32)
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """Builds the vocabulary from every character that occurs in `text`."""
+        return cls(set(text))
+
+    @property
+    def chars(self) -> list[str]:
+        return list(self._chars)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._chars)
+
+    def encode(self, text: str) -> list[int]:
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.minimum(np.searchsorted(self._codepoints, codepoints), len(self._chars) - 1)
+        unknown = self._codepoints[ids] != codepoints
+        if unknown.any():
+            missing = "".join(sorted({chr(c) for c in codepoints[unknown]}))
+            raise ValueError(f"characters not in the vocabulary: {missing!r}")
+        return ids.tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self._chars[int(i)] for i in ids)
+
+    def save(self, path: PathLike) -> None:
+        spec = {"type": "char", "chars": self._chars}
+        epath.Path(path).write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: PathLike) -> CharTokenizer:
+        return _parse_char_json(_read_bytes(path), path)
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece BPE model that reproduces its input exactly.
+
+    Text is not normalized, whitespace is kept as is, a newline is a token of its
+    own, and characters outside the vocabulary fall back to their UTF-8 bytes, so
+    `decode(encode(text)) == text` for any text.
+    """
+
+    def __init__(self, model_proto: bytes):
+        self._proto = bytes(model_proto)
+        self._processor = spm.SentencePieceProcessor(model_proto=self._proto)
+
+    @classmethod
+    def train(
+        cls, text: str, vocab_size: int, *, max_sentences: int | None = None, seed: int = 0
+    ) -> SentencePieceTokenizer:
+        """Trains a BPE model on the lines of `text`; the same input gives the same model.
+
+        Args:
+            text: training text; each non-empty line is one sentence.
+            vocab_size: size of the vocabulary, counting the 256 byte tokens, `<unk>`,
+                the newline and every character of `text`.
+            max_sentences: if set, train on this many lines drawn with `seed`.
+            seed: seed for drawing the lines.
+        """
+        sentences = [line for line in text.split("\n") if line]
+        if not sentences:
+            raise ValueError("cannot train a tokenizer on empty text")
+        if max_sentences is not None and max_sentences < len(sentences):
+            rng = np.random.default_rng(seed)
+            keep = np.sort(rng.choice(len(sentences), max_sentences, replace=False))
+            sentences = [sentences[i] for i in keep]
+        chars = set().union(*sentences)
+        min_size = _NUM_BYTE_PIECES + 2 + len(chars - {"\n"})
+        if vocab_size < min_size:
+            raise ValueError(
+                f"bpe vocab_size {vocab_size} is too small: at least {min_size} are needed "
+                f"({_NUM_BYTE_PIECES} byte tokens, <unk>, newline and {len(chars)} characters)")
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=model,
+                model_type="bpe",
+                vocab_size=vocab_size,
+                character_coverage=1.0,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                allow_whitespace_only_pieces=True,
+                split_digits=True,
+                user_defined_symbols=["\n"],
+                unk_id=0,
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                input_sentence_size=0,
+                shuffle_input_sentence=False,
+                num_threads=1,  # The learned merges depend on the number of threads.
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            raise ValueError(f"cannot train a bpe tokenizer of size {vocab_size}: {e}") from e
+        return cls(model.getvalue())
+
+    @property
+    def vocab_size(self) -> int:
+        return self._processor.get_piece_size()
+
+    @property
+    def model_proto(self) -> bytes:
+        return self._proto
+
+    def pieces(self, text: str) -> list[str]:
+        """The subword strings that `text` is split into."""
+        return self._processor.encode(text, out_type=str)
+
+    def encode(self, text: str) -> list[int]:
+        return self._processor.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._processor.decode([int(i) for i in ids])
+
+    def save(self, path: PathLike) -> None:
+        epath.Path(path).write_bytes(self._proto)
+
+    @classmethod
+    def load(cls, path: PathLike) -> SentencePieceTokenizer:
+        return _parse_sentencepiece(_read_bytes(path), path)
+
+
+def load_tokenizer(path: PathLike) -> CharTokenizer | SentencePieceTokenizer:
+    """Loads a saved tokenizer, telling its kind from the file's contents.
+
+    Args:
+        path: a `tokenizer.json` or `tokenizer.model` file, or a directory that holds
+            one directly or in `assets/` (an experiment's workdir, say).
+    """
+    path = epath.Path(path)
+    if path.is_dir():
+        path = _find_tokenizer_file(path)
+    data = _read_bytes(path)
+    if data.lstrip().startswith(b"{"):
+        return _parse_char_json(data, path)
+    return _parse_sentencepiece(data, path)
+
+
+def _find_tokenizer_file(directory: epath.Path) -> epath.Path:
+    for folder in (directory, directory / "assets"):
+        for name in (BPE_FILENAME, CHAR_FILENAME):
+            if (folder / name).is_file():
+                return folder / name
+    raise ValueError(f"no {BPE_FILENAME} or {CHAR_FILENAME} in {directory} or its assets/")
+
+
+def _read_bytes(path: PathLike) -> bytes:
+    try:
+        return epath.Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read tokenizer {path}: {e}") from e
+
+
+def _parse_char_json(data: bytes, path: PathLike) -> CharTokenizer:
+    try:
+        spec = json.loads(data)
+        if spec.get("type") != "char":
+            raise ValueError(f"type is {spec.get('type')!r}, not 'char'")
+        return CharTokenizer(spec["chars"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"malformed character tokenizer {path}: {e}") from e
+
+
+def _parse_sentencepiece(data: bytes, path: PathLike) -> SentencePieceTokenizer:
+    try:
+        return SentencePieceTokenizer(data)
+    except RuntimeError as e:
+        raise ValueError(f"malformed SentencePiece model {path}: {e}") from e

@@ -1,0 +1,115 @@
+"""GPT-2: a decoder-only transformer language model (Radford et al., 2019; after nanoGPT).
+
+Pre-LN blocks of causal self-attention and a 4x GELU MLP, learned absolute positions, a final
+LayerNorm and an output head tied to the token embedding. Weights are initialised as GPT-2:
+normal(0.02), with the projections that write into the residual stream scaled down to
+normal(0.02 / sqrt(2 * num_layers)); zero biases; LayerNorm scale 1 and bias 0.
+
+With vocab 50257 and block_size 1024, `gpt2-small` has 124,439,808 parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from jaxformer.layers import LearnedPositionalEmbedding, TokenEmbedding, TransformerStack
+
+VARIANTS: dict[str, dict[str, int]] = {
+    "gpt2-small": dict(num_layers=12, num_heads=12, d_model=768),
+    "gpt2-medium": dict(num_layers=24, num_heads=16, d_model=1024),
+    "gpt2-large": dict(num_layers=36, num_heads=20, d_model=1280),
+    "gpt2-xl": dict(num_layers=48, num_heads=25, d_model=1600),
+    "nano": dict(num_layers=4, num_heads=4, d_model=128),  # nanoGPT's CPU Shakespeare recipe.
+    "tiny": dict(num_layers=2, num_heads=2, d_model=32),  # For tests.
+}
+
+
+class GPT(nn.Module):
+    """GPT-2 language model: int32 tokens `[batch, seq]` -> float32 logits `[batch, seq, vocab]`.
+
+    Attributes:
+      vocab_size: number of token ids.
+      block_size: maximum context length (size of the position table).
+      num_layers: transformer blocks.
+      num_heads: attention heads per block.
+      d_model: width of the residual stream.
+      mlp_ratio: MLP hidden width / d_model.
+      dropout_rate: dropout on embeddings, residual branches and attention weights.
+      dtype: computation dtype (parameters are float32; logits are always float32).
+      remat: recompute each block's activations in the backward pass.
+      scan_layers: run the blocks under `nn.scan` instead of a Python loop.
+    """
+
+    vocab_size: int
+    block_size: int
+    num_layers: int
+    num_heads: int
+    d_model: int
+    mlp_ratio: int = 4
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    remat: bool = False
+    scan_layers: bool = False
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
+        """Next-token logits for every position.
+
+        With `decode=True` the call extends the KV cache: `tokens` are the next positions
+        (`[batch, 1]` for one step, or a whole prompt at once), placed after those already
+        cached. The cache is created by `init(..., decode=True)` with `[batch, max_len]` tokens
+        (see `jaxformer.decode.init_cache`).
+        """
+        seq_len = tokens.shape[1]
+        if seq_len > self.block_size:
+            raise ValueError(f"sequence length {seq_len} exceeds block_size {self.block_size}")
+        init = nn.initializers.normal(stddev=0.02)
+        residual_init = nn.initializers.normal(stddev=0.02 / math.sqrt(2 * self.num_layers))
+
+        token_embedding = TokenEmbedding(
+            self.vocab_size, self.d_model, embedding_init=init, dtype=self.dtype,
+            name="token_embedding")
+        x = token_embedding(tokens)  # [batch, seq, d_model]
+        x = x + LearnedPositionalEmbedding(
+            self.block_size, self.d_model, embedding_init=init, dtype=self.dtype,
+            name="position_embedding")(seq_len, decode=decode)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+        x = TransformerStack(
+            num_layers=self.num_layers, num_heads=self.num_heads,
+            mlp_dim=self.mlp_ratio * self.d_model, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.dropout_rate, norm_first=True, causal=True,
+            layer_norm_epsilon=1e-5, kernel_init=init, out_kernel_init=residual_init,
+            dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers,
+            name="transformer")(x, train=train, decode=decode)  # [batch, seq, d_model]
+
+        return token_embedding.attend(x)  # [batch, seq, vocab], float32
+
+
+def build(
+    config: ml_collections.ConfigDict, *, vocab_size: int, block_size: int, dtype: Any,
+    remat: bool
+) -> GPT:
+    """A `GPT` from the `config.model` subtree.
+
+    Keys: `variant` (a name in `VARIANTS`, or "" to use the explicit size fields),
+    `num_layers`, `num_heads`, `d_model`, `mlp_ratio`, `dropout_rate`, and optionally
+    `scan_layers`. A variant overrides the size fields.
+    """
+    sizes = dict(num_layers=config.num_layers, num_heads=config.num_heads,
+                 d_model=config.d_model)
+    variant = config.get("variant", "")
+    if variant:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown GPT variant {variant!r}; known: {', '.join(VARIANTS)}")
+        sizes = dict(VARIANTS[variant])
+    return GPT(
+        vocab_size=vocab_size, block_size=block_size, mlp_ratio=config.mlp_ratio,
+        dropout_rate=config.dropout_rate, dtype=dtype, remat=remat,
+        scan_layers=config.get("scan_layers", False), **sizes)

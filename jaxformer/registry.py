@@ -1,0 +1,50 @@
+"""Name -> module lookup, by convention: models.<name>, tasks.<name>, data.<name>.
+
+Each module is imported lazily, only when a config names it. An unknown name is an error that
+lists the names that exist.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from types import ModuleType
+
+KINDS = ("models", "tasks", "data")
+
+
+class UnknownNameError(ValueError):
+    """A config names a model, task or dataset that does not exist."""
+
+
+def available(kind: str) -> list[str]:
+    """The names registered under `kind` (one module each)."""
+    package = importlib.import_module(f"jaxformer.{kind}")
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_") and _is_entry(kind, info.name)
+    )
+
+
+def lookup(kind: str, name: str) -> ModuleType:
+    """Imports `jaxformer.<kind>.<name>`; unknown names list what exists."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    names = available(kind)
+    if name not in names:
+        singular = {"models": "model", "tasks": "task", "data": "dataset"}[kind]
+        raise UnknownNameError(
+            f"unknown {singular} {name!r}; available: {', '.join(names) or 'none'}"
+        )
+    return importlib.import_module(f"jaxformer.{kind}.{name}")
+
+
+def _is_entry(kind: str, name: str) -> bool:
+    """Modules that can be named in a config (they define `build`); others are internals."""
+    spec = importlib.util.find_spec(f"jaxformer.{kind}.{name}")
+    if spec is None or spec.origin is None:
+        return False
+    with open(spec.origin, encoding="utf-8") as f:
+        return "\ndef build(" in f.read()

@@ -1,0 +1,98 @@
+"""Orbax checkpoints in `<workdir>/checkpoints`: train state + data iterator state per step.
+
+Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it when
+complete), so a killed run never leaves a half-written step behind as "latest". A step that
+fails to restore (corrupt files) is moved to `<workdir>/checkpoints_corrupt/` with a warning,
+and the previous step is used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class _FrozenIteratorState:
+    """The data iterator's state taken at save time (the live iterator moves on meanwhile)."""
+
+    def __init__(self, state: dict):
+        self._state = json.dumps(state, indent=2).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the workdir can be restored."""
+
+    exit_code = 1
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.corrupt_directory = os.path.join(os.path.abspath(workdir), "checkpoints_corrupt")
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()},
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iter: Any) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iter.get_state())),
+        ), force=True)
+
+    def restore(self, abstract_state: Any, data_iter: Any = None) -> Any | None:
+        """The newest readable step's state (and data position, into `data_iter` if given).
+
+        None if there is no checkpoint.
+        """
+        steps = self.steps()
+        for step in reversed(steps):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if data_iter is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
+                log.warning("checkpoint step %d cannot be restored (%s: %s); moving it to %s and "
+                            "trying the previous one", step, type(e).__name__,
+                            str(e).splitlines()[0][:200], self.corrupt_directory)
+                self._quarantine(step)
+                continue
+            return restored["state"]
+        if steps:
+            raise CheckpointError(f"none of the checkpoints in {self.directory} "
+                                  f"(steps {steps}) can be restored")
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            os.makedirs(self.corrupt_directory, exist_ok=True)
+            target = os.path.join(self.corrupt_directory, str(step))
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

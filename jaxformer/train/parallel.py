@@ -1,0 +1,117 @@
+"""Data-parallel strategies: `sharded` (jit over a Mesh, default) and `pmap`.
+
+Both take per-process batches (each process reads its own shard of the data) and give the
+same numbers: the loss and gradients are means over the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxformer.train.state import TrainState, make_eval_step, make_train_step
+
+STRATEGIES = ("sharded", "pmap")
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def local_batch_size(global_batch_size: int) -> int:
+    """This process's share of the global batch; must split evenly over all devices."""
+    devices = jax.device_count()
+    if global_batch_size % devices:
+        raise ValueError(f"batch size {global_batch_size} does not split over {devices} devices; "
+                         f"use a multiple of {devices}")
+    return global_batch_size // jax.process_count()
+
+
+class Sharded:
+    """`jax.jit` over a (data, fsdp, tensor) mesh: params replicated, batch split over data."""
+
+    name = "sharded"
+
+    def __init__(self, devices: list[jax.Device] | None = None,
+                 mesh_shape: tuple[int, int, int] | None = None):
+        devices = devices or jax.devices()
+        mesh_shape = mesh_shape or (len(devices), 1, 1)
+        self.mesh = Mesh(np.asarray(devices).reshape(mesh_shape), MESH_AXES)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
+
+    def init_state(self, create: Callable[[], TrainState]) -> TrainState:
+        return jax.jit(create, out_shardings=self.replicated)()
+
+    def place_state(self, state: TrainState) -> TrainState:
+        return jax.device_put(state, self.replicated)
+
+    def host_state(self, state: TrainState) -> TrainState:
+        """The state as checkpoints store it (global arrays)."""
+        return state
+
+    def place_batch(self, batch: dict) -> dict:
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
+            batch)
+
+    def train_step(self, task, tx, grad_accum_steps: int) -> Callable:
+        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps)
+        return jax.jit(step, in_shardings=(self.replicated, self.batch_sharding),
+                       out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
+    def eval_step(self, task) -> Callable:
+        return jax.jit(make_eval_step(task), in_shardings=(self.replicated, self.batch_sharding),
+                       out_shardings=self.replicated)
+
+
+class Pmap:
+    """Classic replicated data parallelism: `jax.pmap` with `lax.pmean` over local devices."""
+
+    name = "pmap"
+    axis = "batch"
+
+    def init_state(self, create: Callable[[], TrainState]) -> TrainState:
+        return self.place_state(jax.jit(create)())
+
+    def __init__(self):
+        devices = jax.local_devices()
+        self.stacked = NamedSharding(Mesh(np.asarray(devices), (self.axis,)), P(self.axis))
+
+    def place_state(self, state: TrainState) -> TrainState:
+        """One copy per local device, stacked on a leading axis."""
+        n = jax.local_device_count()
+        return jax.device_put(
+            jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), jax.device_get(state)),
+            self.stacked)
+
+    def host_state(self, state: TrainState) -> TrainState:
+        return jax.tree.map(lambda x: x[0], state)
+
+    def place_batch(self, batch: dict) -> dict:
+        n = jax.local_device_count()
+        return jax.tree.map(lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:]),
+                            batch)
+
+    def train_step(self, task, tx, grad_accum_steps: int) -> Callable:
+        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, axis_name=self.axis)
+        pstep = jax.pmap(step, axis_name=self.axis, donate_argnums=0)
+
+        def train_step(state, batch):
+            state, metrics = pstep(state, batch)
+            return state, jax.tree.map(lambda x: x[0], metrics)
+
+        return train_step
+
+    def eval_step(self, task) -> Callable:
+        pstep = jax.pmap(make_eval_step(task, axis_name=self.axis), axis_name=self.axis)
+        return lambda params, batch: jax.tree.map(lambda x: x[0], pstep(params, batch))
+
+
+def make_strategy(name: str):
+    if name == "sharded":
+        return Sharded()
+    if name == "pmap":
+        return Pmap()
+    raise ValueError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}")

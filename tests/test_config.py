@@ -1,0 +1,69 @@
+"""Config loading, arg strings, locked overrides; every config file loads."""
+
+import glob
+import os
+
+import pytest
+
+from jaxformer import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+
+
+def test_parse_arg_types_and_flags():
+    arg = config_lib.parse_arg("cpu,variant=B/16,steps=3,lr=0.5", cpu=False, variant="",
+                               steps=1, lr=1.0)
+    assert arg.cpu is True and arg.variant == "B/16" and arg.steps == 3 and arg.lr == 0.5
+
+
+def test_parse_arg_unknown_name():
+    with pytest.raises(config_lib.ConfigError, match="unknown config arg 'gpu'"):
+        config_lib.parse_arg("gpu", cpu=False)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_loads_locked(path):
+    config = config_lib.load_config(path)
+    with pytest.raises(AttributeError):
+        config.no_such_field = 1
+    runlocal = config_lib.load_config(path + ":runlocal")
+    assert runlocal.train.num_steps <= 10
+
+
+def test_cpu_recipe_is_nanogpt_cpu():
+    c = config_lib.load_config(os.path.join(ROOT, "configs/gpt/shakespeare_char.py:cpu"))
+    assert (c.data.block_size, c.train.batch_size, c.train.num_steps) == (64, 12, 2000)
+    assert (c.model.num_layers, c.model.num_heads, c.model.d_model) == (4, 4, 128)
+    assert c.model.dropout_rate == 0.0 and c.optim.b2 == 0.99 and c.optim.weight_decay == 0.1
+    assert (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.decay_steps) == (
+        1e-3, 1e-4, 100, 2000)
+    assert c.optim.grad_clip == 1.0
+
+
+def test_overrides_apply_with_types():
+    c = config_lib.load_config(os.path.join(ROOT, "configs/gpt/shakespeare_char.py"))
+    config_lib.apply_overrides(c, ["train.num_steps=7", "optim.lr=3e-4", "train.remat=true",
+                                   "model.variant=tiny"])
+    assert c.train.num_steps == 7 and c.optim.lr == 3e-4 and c.train.remat is True
+    assert c.model.variant == "tiny"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.num_step=7", "did you mean 'train.num_steps'"),
+    ("nothing.here=1", "config has no field 'nothing'"),
+    ("train.num_steps=seven", "expected an integer"),
+    ("train.remat=maybe", "expected a boolean"),
+    ("optim.lr=fast", "expected a number"),
+    ("train=3", "is a group"),
+    ("train.num_steps", "needs a value"),
+])
+def test_bad_overrides_raise(override, message):
+    c = config_lib.load_config(os.path.join(ROOT, "configs/gpt/shakespeare_char.py"))
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.apply_overrides(c, [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(config_lib.ConfigError, match="config file not found"):
+        config_lib.load_config("configs/nope.py")

@@ -1,0 +1,219 @@
+"""The generic trainer on the tiny GPT: strategies agree, resume is exact, failures are safe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxformer import config as config_lib
+from jaxformer.train import parallel, trainer
+from jaxformer.train.checkpoint import Checkpointer
+from jaxformer.train.optimizer import make_optimizer
+from jaxformer.train.state import create_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+CHAR = os.path.join(ROOT, "configs/gpt/shakespeare_char.py")
+
+
+def tiny_config(*overrides, data_dir):
+    config = config_lib.load_config(CHAR + ":runlocal")
+    config_lib.apply_overrides(config, [f"data.data_dir={data_dir}", *overrides])
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jaxformer", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=_env())
+
+
+def _env():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def losses_and_params(config, strategy, steps, tmp_path):
+    data, task = trainer.build(config, str(tmp_path))
+    tx = make_optimizer(config.optim)
+    batch_size = config.train.batch_size
+    batches = data.train_iter(batch_size=batch_size, seed=config.seed)
+    state = strategy.init_state(lambda: create_state(task, tx, config.seed))
+    step = strategy.train_step(task, tx, config.train.grad_accum_steps)
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, strategy.place_batch(next(batches)))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), jax.device_get(strategy.host_state(state).params)
+
+
+def test_sharded_pmap_and_single_device_agree(tmp_path, data_dir):
+    assert jax.device_count() == 8
+    config = tiny_config("train.batch_size=16", data_dir=data_dir)
+    single, single_params = losses_and_params(
+        config, parallel.Sharded(devices=jax.devices()[:1]), 6, tmp_path)
+    sharded, sharded_params = losses_and_params(config, parallel.Sharded(), 6, tmp_path)
+    pmapped, pmap_params = losses_and_params(config, parallel.Pmap(), 6, tmp_path)
+    assert single[-1] < single[0]  # It learns.
+    np.testing.assert_allclose(sharded, single, rtol=1e-5)
+    np.testing.assert_allclose(pmapped, single, rtol=1e-5)
+    for other in (sharded_params, pmap_params):
+        for a, b in zip(jax.tree.leaves(single_params), jax.tree.leaves(other)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, data_dir):
+    full = tiny_config("train.batch_size=16", data_dir=data_dir)
+    accumulated = tiny_config("train.batch_size=16", "train.grad_accum_steps=2",
+                              data_dir=data_dir)
+    losses_full, params_full = losses_and_params(full, parallel.Sharded(), 3, tmp_path)
+    losses_acc, params_acc = losses_and_params(accumulated, parallel.Sharded(), 3, tmp_path)
+    np.testing.assert_allclose(losses_acc, losses_full, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_acc)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_writes_metrics_config_and_checkpoints(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    config = tiny_config("train.num_steps=4", data_dir=data_dir)
+    last = trainer.train(config, str(workdir))
+    assert np.isfinite(last["eval/loss"])
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
+    assert any("eval/loss" in r for r in records)
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 4
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
+
+
+def final_params(workdir, config):
+    data, task = trainer.build(config, str(workdir))
+    tx = make_optimizer(config.optim)
+    abstract = jax.eval_shape(lambda: create_state(task, tx, config.seed))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            abstract)
+    checkpointer = Checkpointer(str(workdir), keep=10, async_save=False)
+    state = checkpointer.restore(abstract)
+    checkpointer.close()
+    return int(state.step), jax.device_get(state.params)
+
+
+def assert_same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path, data_dir):
+    steps, half = 40, 20
+    args = ["train", f"--config={CHAR}:runlocal", f"--config.data.data_dir={data_dir}",
+            f"--config.train.num_steps={steps}", f"--config.train.checkpoint_every={half}",
+            "--config.train.eval_every=0", "--config.train.log_every=1",
+            "--config.train.batch_size=64", "--config.data.block_size=128",
+            "--config.optim.decay_steps=40"]
+    reference = tmp_path / "straight"
+    result = run_cli(*args, f"--workdir={reference}")
+    assert result.returncode == 0, result.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxformer", *args, f"--workdir={killed}"],
+                            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / str(half)).exists() and time.time() < deadline:
+        assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    result = run_cli(*args, f"--workdir={killed}")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from step {half}" in result.stdout
+
+    config = tiny_config(f"train.num_steps={steps}", "train.batch_size=64",
+                         "data.block_size=128", data_dir=data_dir)
+    step_a, params_a = final_params(reference, config)
+    step_b, params_b = final_params(killed, config)
+    assert step_a == step_b == steps
+    assert_same_params(params_a, params_b)
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, data_dir):
+    config = tiny_config("train.num_steps=6", "train.eval_every=0", data_dir=data_dir)
+    straight = tmp_path / "straight"
+    trainer.train(config, str(straight))
+
+    broken = tmp_path / "broken"
+    trainer.train(tiny_config("train.num_steps=4", "train.eval_every=0", data_dir=data_dir),
+                  str(broken))
+    for root, _, files in os.walk(broken / "checkpoints" / "4" / "state"):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+    trainer.train(config, str(broken))  # Warns, falls back to step 2, trains to 6.
+    assert (broken / "checkpoints_corrupt" / "4").is_dir()
+    assert_same_params(final_params(straight, config)[1], final_params(broken, config)[1])
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    workdir = tmp_path / "nan"
+    result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={workdir}",
+                     f"--config.data.data_dir={data_dir}", "--config.train.num_steps=6",
+                     "--config.train.checkpoint_every=1", "--config.optim.lr=1e38",
+                     "--config.optim.grad_clip=0.0", "--config.optim.warmup_steps=0")
+    assert result.returncode == 3, result.stderr
+    assert "loss is nan at step" in result.stderr or "loss is inf at step" in result.stderr
+    bad_step = int(result.stderr.split(" at step ")[1].split(";")[0])
+    saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert saved and saved[-1] == bad_step - 1
+
+
+def test_sigterm_saves_and_exits(tmp_path, data_dir):
+    workdir = tmp_path / "term"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxformer", "train", f"--config={CHAR}:runlocal",
+         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+         "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+         "--config.train.eval_every=0"],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 5/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM at step" in stderr
+    step = int(stderr.split(" at step ")[1].split(";")[0])
+    assert os.listdir(workdir / "checkpoints") == [str(step)]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.num_step=3", "did you mean 'train.num_steps'"),
+    ("--config.optim.lr=fast", "expected a number"),
+])
+def test_bad_override_exits_2_and_leaves_workdir_alone(tmp_path, override, message):
+    workdir = tmp_path / "existing"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("keep me")
+    result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={workdir}", override)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(workdir) == ["notes.txt"]
+
+
+def test_unknown_model_name_lists_models(tmp_path):
+    result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={tmp_path / 'w'}",
+                     "--config.model.name=gtp")
+    assert result.returncode == 2
+    assert "unknown model 'gtp'; available: gpt" in result.stderr
