@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample = ml_collections.ConfigDict(dict(
         prompt="\n", max_new_tokens=500, temperature=0.8, top_k=200, top_p=1.0))
 
-    if arg.tokenizer == "bpe":  # About four characters per piece: the same text per window.
+    if arg.tokenizer == "bpe":  # Several characters per piece: more text per window.
         config.data.block_size = 128
     if arg.cpu:
         config.model.update(num_layers=4, num_heads=4, d_model=128, dropout_rate=0.0)
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.decay_steps = 2000
     if arg.runlocal:
         config.model.update(variant="tiny", dropout_rate=0.0)
-        config.data.update(block_size=32, vocab_size=300)
+        config.data.update(block_size=32, vocab_size=512)
         config.train.update(batch_size=8, num_steps=4, eval_every=2, eval_batches=2,
                             checkpoint_every=2, log_every=1)
         config.optim.update(warmup_steps=1, decay_steps=4)

@@ -1,10 +1,12 @@
 """Language-model batches from a 1-D token array, as a grain pipeline.
 
-Every batch holds random windows of `block_size + 1` consecutive tokens, split
-into `inputs` and `targets` shifted by one. Window starts are a seeded shuffle of
-all positions, reshuffled each epoch; process `p` of `n` takes every `n`-th start
-from `p`, so the processes' batches are disjoint and together make up the global
-batch. Iterators are grain `DatasetIterator`s whose state can be checkpointed.
+As in nanoGPT, a batch holds windows of `block_size + 1` consecutive tokens at
+uniformly random positions, split into `inputs` and `targets` shifted by one. The
+positions of step `k` are drawn from a generator seeded with `(seed, k)`: a batch
+depends only on the seed and the step, so iterators resume exactly from a saved
+step, and the rows of the global batch are split between processes, process `p`
+taking the `p`-th block of `batch_size` rows. Iterators are grain
+`DatasetIterator`s, whose state (the next step) can be checkpointed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +35,7 @@ EVAL_SEED = 0
 _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LMData:
     """Train and validation token streams of one corpus, with their tokenizer."""
 
@@ -83,40 +86,40 @@ def window_batches(
     tokens: np.ndarray, block_size: int, *, batch_size: int, seed: int,
     process_index: int = 0, process_count: int = 1,
 ) -> grain.MapDataset:
-    """An endless `MapDataset` of batches of random windows of `tokens`.
+    """An endless `MapDataset` whose element `k` is this process's batch for step `k`.
 
-    Returns:
-        A dataset whose elements are `{"inputs": int32[batch_size, block_size],
-        "targets": int32[batch_size, block_size]}` with `targets[:, i] ==
-        inputs[:, i + 1]` for `i < block_size - 1`.
+    Each element is `{"inputs": int32[batch_size, block_size], "targets":
+    int32[batch_size, block_size]}` with `targets[:, i] == inputs[:, i + 1]` for
+    `i < block_size - 1`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    num_windows = len(tokens) - block_size
-    if num_windows < 1:
+    if len(tokens) <= block_size:
         raise ValueError(f"{len(tokens)} tokens are too few for block_size {block_size}")
-    starts = (
-        grain.MapDataset.range(num_windows)
-        .shuffle(seed=_shuffle_seed(seed))
-        .repeat()
-        [process_index::process_count]
-    )
-    gather = functools.partial(_gather_windows, tokens, block_size)
-    return starts.batch(batch_size, drop_remainder=True).map(gather)
+    sample = _RandomWindows(tokens, block_size, batch_size, seed, process_index, process_count)
+    return grain.MapDataset.range(sys.maxsize).map(sample)
 
 
-def _shuffle_seed(seed: int) -> int:
-    # Grain shuffles epoch e with seed + e: spread user seeds apart so that runs with
-    # neighbouring seeds do not share epochs.
-    return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint32)[0])
+@dataclasses.dataclass(frozen=True, eq=False)
+class _RandomWindows:
+    """Step -> batch: the step's global batch of window starts, this process's rows of it."""
 
+    tokens: np.ndarray
+    block_size: int
+    batch_size: int
+    seed: int
+    process_index: int
+    process_count: int
 
-def _gather_windows(tokens: np.ndarray, block_size: int, starts: np.ndarray) -> Batch:
-    windows = tokens[starts[:, None] + np.arange(block_size + 1)]
-    return {"inputs": np.ascontiguousarray(windows[:, :-1]),
-            "targets": np.ascontiguousarray(windows[:, 1:])}
+    def __call__(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(len(self.tokens) - self.block_size,
+                              size=(self.process_count, self.batch_size))[self.process_index]
+        windows = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
+        return {"inputs": np.ascontiguousarray(windows[:, :-1]),
+                "targets": np.ascontiguousarray(windows[:, 1:])}
 
 
 def tokenize(tokenizer: Tokenizer, texts: Iterable[str]) -> np.ndarray:
@@ -149,7 +152,7 @@ def cached_tokens(
         try:
             save_atomically(path, functools.partial(_save_npy, tokens=tokens))
         except OSError as e:
-            logging.warning("not caching tokens at %s: %s", path, e)
+            logging.getLogger(__name__).warning("not caching tokens at %s: %s", path, e)
     return tokens
 
 
@@ -171,24 +174,23 @@ def tokenizer_for(
     filenames = {"char": tokenizers.CHAR_FILENAME, "bpe": tokenizers.BPE_FILENAME}
     if kind not in filenames:
         raise ValueError(f"unknown tokenizer {kind!r}; available: {', '.join(filenames)}")
-    if assets_dir is not None:
-        assets_dir = epath.Path(assets_dir)
-        other = next(name for k, name in filenames.items() if k != kind)
-        if (assets_dir / other).exists() and not (assets_dir / filenames[kind]).exists():
-            raise ValueError(f"{assets_dir} holds {other}, not the {kind} tokenizer the "
-                             "config asks for")
-        path = assets_dir / filenames[kind]
-        if path.exists():
-            tokenizer = tokenizers.load_tokenizer(path)
-            if kind == "bpe" and tokenizer.vocab_size != vocab_size:
-                raise ValueError(f"{path} has {tokenizer.vocab_size} pieces, the config asks "
-                                 f"for {vocab_size}")
-            return tokenizer
+    path = epath.Path(assets_dir) / filenames[kind] if assets_dir is not None else None
+    if path is not None and path.exists():
+        tokenizer = tokenizers.load_tokenizer(path)
+        if kind == "bpe" and tokenizer.vocab_size != vocab_size:
+            raise ValueError(f"{path} has {tokenizer.vocab_size} pieces, the config asks for "
+                             f"{vocab_size}")
+        return tokenizer
+    if path is not None:
+        for other in filenames.values():
+            if (path.parent / other).exists():
+                raise ValueError(f"{path.parent} holds {other}, not the {kind} tokenizer "
+                                 "the config asks for")
     if kind == "char":
         tokenizer = tokenizers.CharTokenizer.from_text(corpus())
     else:
         tokenizer = tokenizers.SentencePieceTokenizer.train(train_text(), vocab_size)
-    if assets_dir is not None:
+    if path is not None:
         save_atomically(path, tokenizer.save)
     return tokenizer
 

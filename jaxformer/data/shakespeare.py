@@ -137,7 +137,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
             and reused from there. None builds the tokenizer afresh in memory.
     """
     data_dir = config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    if not config.data_dir:
+    if not config.data_dir and "://" not in data_dir:
         os.makedirs(os.path.expanduser(data_dir), exist_ok=True)
     builder = prepare(data_dir)
     splits = read_splits(builder)

@@ -8,6 +8,7 @@ from jaxformer.layers.attention import (
     make_causal_mask,
     make_padding_mask,
 )
+from jaxformer.layers.dense import Dense, matmul_2d
 from jaxformer.layers.embeddings import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -18,6 +19,7 @@ from jaxformer.layers.mlp import MLP, gelu_tanh
 from jaxformer.layers.transformer import TransformerBlock, TransformerStack
 
 __all__ = [
+    "Dense",
     "MLP",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
@@ -31,5 +33,6 @@ __all__ = [
     "make_attention_mask",
     "make_causal_mask",
     "make_padding_mask",
+    "matmul_2d",
     "sinusoidal_positions",
 ]

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxformer.layers.dense import Dense
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -79,8 +81,8 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention with fused projections.
 
     Self-attention (`inputs_kv=None`) projects queries, keys and values with one fused Dense
-    (`qkv`, kernel `[d_model, 3, heads, head_dim]`); cross-attention projects the queries
-    (`query`) and the keys/values of `inputs_kv` (`kv`, kernel `[kv_features, 2, heads,
+    (`qkv`, kernel `[d_model, 3 * heads * head_dim]`); cross-attention projects the queries
+    (`query`) and the keys/values of `inputs_kv` (`kv`, kernel `[kv_features, 2 * heads *
     head_dim]`) separately. A given module instance must be used in one of the two ways.
 
     Attributes:
@@ -138,15 +140,19 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"qkv_features {qkv_features} not divisible by {self.num_heads} heads")
         head_dim = qkv_features // self.num_heads
         dense = functools.partial(
-            nn.DenseGeneral, use_bias=self.use_bias, kernel_init=self.kernel_init,
+            Dense, use_bias=self.use_bias, kernel_init=self.kernel_init,
             bias_init=self.bias_init, dtype=self.dtype, param_dtype=self.param_dtype)
+        batch, q_len = inputs_q.shape[:2]
 
         if inputs_kv is None:
-            qkv = dense((3, self.num_heads, head_dim), name="qkv")(inputs_q)  # [b, q, 3, h, d]
+            qkv = dense(3 * qkv_features, name="qkv")(inputs_q)
+            qkv = qkv.reshape(batch, q_len, 3, self.num_heads, head_dim)
             query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [b, q, h, d] each
         else:
-            query = dense((self.num_heads, head_dim), name="query")(inputs_q)  # [b, q, h, d]
-            kv = dense((2, self.num_heads, head_dim), name="kv")(inputs_kv)  # [b, kv, 2, h, d]
+            query = dense(qkv_features, name="query")(inputs_q)
+            query = query.reshape(batch, q_len, self.num_heads, head_dim)  # [b, q, h, d]
+            kv = dense(2 * qkv_features, name="kv")(inputs_kv)
+            kv = kv.reshape(*inputs_kv.shape[:2], 2, self.num_heads, head_dim)
             key, value = kv[:, :, 0], kv[:, :, 1]  # [b, kv, h, d] each
 
         if decode and inputs_kv is None:
@@ -165,10 +171,11 @@ class MultiHeadAttention(nn.Module):
             out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
         # out: [batch, q_len, heads, head_dim]
 
-        return nn.DenseGeneral(
-            self.out_features or features, axis=(-2, -1), use_bias=self.use_bias,
+        return Dense(
+            self.out_features or features, use_bias=self.use_bias,
             kernel_init=self.out_kernel_init or self.kernel_init, bias_init=self.bias_init,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+            dtype=self.dtype, param_dtype=self.param_dtype, name="out",
+        )(out.reshape(batch, q_len, qkv_features))
 
     def _update_cache(
         self, key: jax.Array, value: jax.Array

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxformer.layers.dense import matmul_2d
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -39,8 +41,7 @@ class TokenEmbedding(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Tied output head: `x @ embedding.T`, `[..., features]` -> float32 `[..., vocab]`."""
         embedding = self.embedding.astype(self.dtype)
-        return jnp.einsum(
-            "...d,vd->...v", x.astype(self.dtype), embedding, preferred_element_type=jnp.float32)
+        return matmul_2d(x.astype(self.dtype), embedding.T).astype(jnp.float32)
 
 
 def sinusoidal_positions(

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxformer.layers.dense import Dense
+
 Initializer = Callable[..., jax.Array]
 
 # GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
@@ -47,7 +49,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """`[..., d_model]` -> `[..., out_dim]`."""
         dense = functools.partial(
-            nn.Dense, use_bias=self.use_bias, bias_init=self.bias_init, dtype=self.dtype,
+            Dense, use_bias=self.use_bias, bias_init=self.bias_init, dtype=self.dtype,
             param_dtype=self.param_dtype)
         h = dense(self.hidden_dim, kernel_init=self.kernel_init, name="fc")(x)  # [..., hidden]
         h = self.activation(h)

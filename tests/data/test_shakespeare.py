@@ -1,5 +1,6 @@
 import collections
 import itertools
+import json
 import shutil
 
 import ml_collections
@@ -47,8 +48,7 @@ def take(iterator, n):
 
 
 def assert_same_batches(first, second):
-    assert len(first) == len(second)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a["inputs"], b["inputs"])
         np.testing.assert_array_equal(a["targets"], b["targets"])
 
@@ -210,14 +210,14 @@ def test_train_iter_is_deterministic_for_a_seed(char_data):
 def test_restored_iterator_continues_exactly(char_data):
     iterator = char_data.train_iter(batch_size=4, seed=7)
     take(iterator, 3)
-    state = iterator.get_state()
+    state = json.loads(json.dumps(iterator.get_state()))  # As a checkpoint stores it.
     expected = take(iterator, 4)
     fresh = char_data.train_iter(batch_size=4, seed=7)
     fresh.set_state(state)
     assert_same_batches(take(fresh, 4), expected)
 
 
-def test_processes_read_disjoint_shards_of_the_global_batch(char_data):
+def test_processes_split_the_global_batch(char_data):
     global_batches = take(char_data.train_iter(batch_size=8, seed=5), 3)
     shards = [take(char_data.train_iter(batch_size=4, seed=5, process_index=p, process_count=2),
                    3) for p in range(2)]

@@ -33,15 +33,20 @@ def reference_attention(params, x_q, x_kv=None, mask=None):
     """NumPy multi-head attention from the module's parameters: (output, weights)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     x_q = np.asarray(x_q, np.float64)
+
+    def split(a, n):  # [..., n * heads * head_dim] -> [..., n, heads, head_dim]
+        return a.reshape(*a.shape[:-1], n, HEADS, -1)
+
     if x_kv is None:
-        w, b = p["qkv"]["kernel"], p["qkv"]["bias"]  # [d, 3, heads, head_dim], [3, heads, head_dim]
+        w, b = split(p["qkv"]["kernel"], 3), split(p["qkv"]["bias"], 3)
         q = np.einsum("bsd,dhe->bshe", x_q, w[:, 0]) + b[0]
         k = np.einsum("bsd,dhe->bshe", x_q, w[:, 1]) + b[1]
         v = np.einsum("bsd,dhe->bshe", x_q, w[:, 2]) + b[2]
     else:
         x_kv = np.asarray(x_kv, np.float64)
-        q = np.einsum("bsd,dhe->bshe", x_q, p["query"]["kernel"]) + p["query"]["bias"]
-        w, b = p["kv"]["kernel"], p["kv"]["bias"]
+        q = (np.einsum("bsd,dhe->bshe", x_q, split(p["query"]["kernel"], 1)[:, 0])
+             + split(p["query"]["bias"], 1)[0])
+        w, b = split(p["kv"]["kernel"], 2), split(p["kv"]["bias"], 2)
         k = np.einsum("bsd,dhe->bshe", x_kv, w[:, 0]) + b[0]
         v = np.einsum("bsd,dhe->bshe", x_kv, w[:, 1]) + b[1]
     batch, q_len, heads, head_dim = q.shape
@@ -57,7 +62,7 @@ def reference_attention(params, x_q, x_kv=None, mask=None):
                 scores = np.where(mask[b, h], scores, -np.inf)
             weights[b, h] = _softmax(scores)
             out[b, :, h] = weights[b, h] @ v[b, :, h]
-    out = np.einsum("bshe,hed->bsd", out, p["out"]["kernel"]) + p["out"]["bias"]
+    out = out.reshape(batch, q_len, heads * head_dim) @ p["out"]["kernel"] + p["out"]["bias"]
     return out, weights
 
 
@@ -161,7 +166,7 @@ def test_cross_attention_with_different_kv_length(x):
     assert mask.shape == (BATCH, 1, SEQ, kv_len)
     module = _module()
     params = _init(module, x, memory)
-    assert params["kv"]["kernel"].shape == (kv_features, 2, HEADS, HEAD_DIM)
+    assert params["kv"]["kernel"].shape == (kv_features, 2 * HEADS * HEAD_DIM)
     assert "qkv" not in params
     expected, _ = reference_attention(params, x, memory, mask=mask)
     out = _apply(module)({"params": params}, x, memory, mask=mask)

@@ -1,5 +1,6 @@
 """The generic trainer on the tiny GPT: strategies agree, resume is exact, failures are safe."""
 
+import glob
 import json
 import os
 import signal
@@ -217,3 +218,15 @@ def test_unknown_model_name_lists_models(tmp_path):
                      "--config.model.name=gtp")
     assert result.returncode == 2
     assert "unknown model 'gtp'; available: gpt" in result.stderr
+
+
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_trains_one_step(path, tmp_path, data_dir):
+    config = config_lib.load_config(os.path.join(ROOT, path) + ":runlocal")
+    config_lib.apply_overrides(config, [f"data.data_dir={data_dir}", "train.num_steps=1"])
+    last = trainer.train(config, str(tmp_path / "run"))
+    assert np.isfinite(last["train/loss"]) and np.isfinite(last["eval/loss"])
