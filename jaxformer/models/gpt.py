@@ -58,7 +58,9 @@ class GPT(nn.Module):
     scan_layers: bool = False
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, *, train: bool = False, decode: bool = False
+    ) -> jax.Array:
         """Next-token logits for every position.
 
         With `decode=True` the call extends the KV cache: `tokens` are the next positions

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxformer import config as config_lib
 from jaxformer import registry
@@ -71,7 +72,13 @@ def _modules(config: ml_collections.ConfigDict):
 def build(config: ml_collections.ConfigDict, workdir: str | None):
     """(data, task) named by the config; used by train and bench."""
     data_module, task_module = _modules(config)
-    data = data_module.build(config.data, workdir=workdir)
+    # Process 0 prepares the dataset and tokenizer first; the others then read what it wrote.
+    if jax.process_index() == 0:
+        data = data_module.build(config.data, workdir=workdir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxformer: data prepared")
+    if jax.process_index() != 0:
+        data = data_module.build(config.data, workdir=workdir)
     return data, task_module.build(config, data)
 
 

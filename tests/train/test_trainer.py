@@ -111,6 +111,11 @@ def final_params(workdir, config):
     return int(state.step), jax.device_get(state.params)
 
 
+def assert_close_params(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
 def assert_same_params(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)

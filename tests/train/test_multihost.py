@@ -1,0 +1,39 @@
+"""A 2-process "pod" on 127.0.0.1 (jax.distributed, gloo collectives) trains like one process."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from tests.train.test_trainer import CHAR, ROOT, assert_close_params, final_params, tiny_config
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    overrides = ["train.num_steps=6", "train.batch_size=16", "train.eval_every=3",
+                 "train.checkpoint_every=3", f"data.data_dir={data_dir}"]
+    pod = tmp_path / "pod"
+    result = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
+         f"--log_dir={tmp_path}", "--", "train", f"--config={CHAR}:runlocal",
+         f"--workdir={pod}", *(f"--config.{o}" for o in overrides)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    other = (tmp_path / "process_1.log").read_text()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + other[-2000:]
+    assert "8 devices (sharded)" in result.stdout
+
+    from jaxformer.train import trainer
+
+    config = tiny_config(*overrides[:-1], data_dir=str(data_dir))
+    single = tmp_path / "single"
+    trainer.train(config, str(single))
+    assert jax.device_count() == 8
+    step_pod, params_pod = final_params(pod, config)
+    step_one, params_one = final_params(single, config)
+    assert step_pod == step_one == 6
+    assert_close_params(params_pod, params_one)
