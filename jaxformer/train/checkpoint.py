@@ -37,6 +37,15 @@ class CheckpointError(RuntimeError):
     exit_code = 1
 
 
+class CheckpointMismatchError(ValueError):
+    """The workdir's checkpoints hold a model of another shape than the config builds."""
+
+
+def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -68,6 +77,7 @@ class Checkpointer:
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iter is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+            self._check_shapes(step, abstract_state.params)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
@@ -81,6 +91,22 @@ class Checkpointer:
             raise CheckpointError(f"none of the checkpoints in {self.directory} "
                                   f"(steps {steps}) can be restored")
         return None
+
+    def _check_shapes(self, step: int, params: Any) -> None:
+        """A readable checkpoint of another model is the user's mistake, not corruption."""
+        try:
+            saved = self.manager.item_metadata(step)["state"]["params"]
+        except Exception:  # noqa: BLE001 -- unreadable metadata: the restore decides.
+            return
+        saved, expected = _param_shapes(saved), _param_shapes(params)
+        if saved != expected:
+            differing = sorted(k for k in saved.keys() | expected.keys()
+                               if saved.get(k) != expected.get(k))
+            raise CheckpointMismatchError(
+                f"the checkpoint at step {step} in {self.directory} holds a different model "
+                f"than this config builds ({len(differing)} parameters differ, e.g. "
+                f"{differing[0]}: saved {saved.get(differing[0])}, config "
+                f"{expected.get(differing[0])}); use a new --workdir or the original config")
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:

@@ -235,3 +235,15 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
     config_lib.apply_overrides(config, [f"data.data_dir={data_dir}", "train.num_steps=1"])
     last = trainer.train(config, str(tmp_path / "run"))
     assert np.isfinite(last["train/loss"]) and np.isfinite(last["eval/loss"])
+
+
+def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    trainer.train(tiny_config("train.num_steps=2", data_dir=data_dir), str(workdir))
+    result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={workdir}",
+                     f"--config.data.data_dir={data_dir}", "--config.model.variant=nano",
+                     "--config.train.num_steps=4")
+    assert result.returncode == 2
+    assert "holds a different model than this config builds" in result.stderr
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+    assert not (workdir / "checkpoints_corrupt").exists()
