@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -82,6 +83,25 @@ def _load(spec: str, overrides: list[str]):
     return config
 
 
+def _host_devices_per_core(config) -> None:
+    """Exposes the CPU cores as host devices, so data parallelism uses all of them.
+
+    XLA's CPU backend runs each small matmul on one core; splitting the batch over one host
+    device per core runs the per-device programs side by side (nano GPT on 2 cores: 43 ms ->
+    34 ms per step). The count is the largest that divides the per-step batch. It only
+    affects the CPU platform, and is left alone when XLA_FLAGS already sets it or jax is
+    already imported.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags or "jax" in sys.modules:
+        return
+    micro_batch = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = max(d for d in range(1, (cores or 1) + 1) if micro_batch % d == 0)
+    if count > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
 def _init_distributed(args) -> None:
     import jax
 
@@ -96,6 +116,8 @@ def _train(args, overrides) -> int:
     from jaxformer import config as config_lib
 
     config = _load(args.config, overrides)
+    if not (args.coordinator_address or args.num_processes or args.distributed):
+        _host_devices_per_core(config)
     _init_distributed(args)
     from jaxformer.train import trainer
 
@@ -118,6 +140,7 @@ def _sample(args) -> int:
 
 def _bench(args, overrides) -> int:
     config = _load(args.config, overrides)
+    _host_devices_per_core(config)
     from jaxformer.train import bench
 
     print(json.dumps(bench.run(config, steps=args.steps, warmup=args.warmup,

@@ -247,3 +247,16 @@ def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, da
     assert "holds a different model than this config builds" in result.stderr
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
     assert not (workdir / "checkpoints_corrupt").exists()
+
+
+def test_cli_uses_one_host_device_per_core(tmp_path, data_dir):
+    env = {k: v for k, v in _env().items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxformer", "train", f"--config={CHAR}:runlocal",
+         f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
+         "--config.train.num_steps=1", "--config.train.batch_size=6"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    cores = len(os.sched_getaffinity(0))
+    expected = max(d for d in range(1, cores + 1) if 6 % d == 0)
+    assert f"{expected} devices (sharded)" in result.stdout
