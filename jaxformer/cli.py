@@ -1,7 +1,7 @@
 """Command line: `jaxformer train|sample|bench ...` (also `python -m jaxformer`).
 
   jaxformer train  --config=configs/gpt/shakespeare_char.py:cpu --workdir=DIR [--config.a.b=v ...]
-  jaxformer sample --workdir=DIR --prompt=TEXT --max_new_tokens=N [--temperature --top_k --top_p --seed]
+  jaxformer sample --workdir=DIR --prompt=TEXT --max_new_tokens=N [--temperature --top_k ...]
   jaxformer bench  --config=configs/gpt/shakespeare_char.py:cpu [--steps=N] [--config.a.b=v ...]
 
 Exit codes: 0 done, 1 no readable checkpoint, 2 bad input (config, flags, paths, data),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from types import SimpleNamespace
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from jaxformer import decode, registry
 from jaxformer.data.tokenizers import load_tokenizer
 from jaxformer.train.checkpoint import Checkpointer
 from jaxformer.train.optimizer import make_optimizer
-from jaxformer.train.state import create_state
+from jaxformer.train.state import TrainState, create_state
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
@@ -30,10 +31,16 @@ def load_workdir(workdir: str):
     paths = [os.path.join(assets, name) for name in TOKENIZER_FILES]
     existing = [p for p in paths if os.path.isfile(p)]
     if not existing:
-        raise FileNotFoundError(f"no tokenizer in {assets} (looked for {', '.join(TOKENIZER_FILES)})")
+        raise FileNotFoundError(
+            f"no tokenizer in {assets} (looked for {', '.join(TOKENIZER_FILES)})")
     tokenizer = load_tokenizer(existing[0])
     data = SimpleNamespace(tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
     task = registry.lookup("tasks", config.task.name).build(config, data)
+    return config, task, restore_state(workdir, config, task).params
+
+
+def restore_state(workdir: str, config: ml_collections.ConfigDict, task: Any) -> TrainState:
+    """The newest readable checkpoint's train state, on the first device."""
     tx = make_optimizer(config.optim)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -43,7 +50,7 @@ def load_workdir(workdir: str):
     checkpointer.close()
     if state is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-    return config, task, state.params
+    return state
 
 
 def sample_from_workdir(workdir: str, *, prompt: str | None = None,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from jaxformer import config as config_lib
+from jaxformer.sampling import restore_state
 from jaxformer.train import parallel, trainer
-from jaxformer.train.checkpoint import Checkpointer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
 
@@ -99,15 +99,8 @@ def test_train_writes_metrics_config_and_checkpoints(tmp_path, data_dir):
 
 
 def final_params(workdir, config):
-    data, task = trainer.build(config, str(workdir))
-    tx = make_optimizer(config.optim)
-    abstract = jax.eval_shape(lambda: create_state(task, tx, config.seed))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                            abstract)
-    checkpointer = Checkpointer(str(workdir), keep=10, async_save=False)
-    state = checkpointer.restore(abstract)
-    checkpointer.close()
+    _, task = trainer.build(config, str(workdir))
+    state = restore_state(str(workdir), config, task)
     return int(state.step), jax.device_get(state.params)
 
 
