@@ -1,8 +1,9 @@
-"""Command line: `jaxformer train|sample|bench ...` (also `python -m jaxformer`).
+"""Command line: `jaxformer train|sample|bench|translate ...` (also `python -m jaxformer`).
 
   jaxformer train  --config=configs/gpt/shakespeare_char.py:cpu --workdir=DIR [--config.a.b=v ...]
   jaxformer sample --workdir=DIR --prompt=TEXT --max_new_tokens=N [--temperature --top_k ...]
   jaxformer bench  --config=configs/gpt/shakespeare_char.py:cpu [--steps=N] [--config.a.b=v ...]
+  jaxformer translate --workdir=DIR [--input=FILE] [--beam_size=N] [--average_last=K]
 
 Exit codes: 0 done, 1 no readable checkpoint, 2 bad input (config, flags, paths, data),
 3 non-finite loss, 128+N stopped by signal N after saving a checkpoint.
@@ -53,6 +54,15 @@ def make_parser() -> argparse.ArgumentParser:
     sample.add_argument("--greedy", action="store_true")
     sample.add_argument("--seed", type=int, default=0)
 
+    translate = commands.add_parser(
+        "translate", help="translate lines with a trained translation workdir")
+    translate.add_argument("--workdir", required=True)
+    translate.add_argument("--input", default="-", help="file of source lines (default: stdin)")
+    translate.add_argument("--beam_size", type=int, default=None, help="default: config")
+    translate.add_argument("--length_penalty", type=float, default=None, help="default: config")
+    translate.add_argument("--average_last", type=int, default=0,
+                           help="average the parameters of the last K checkpoints")
+
     bench = commands.add_parser("bench", help="time the jitted train step of a config")
     bench.add_argument("--config", required=True)
     bench.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
@@ -83,7 +93,7 @@ def _load(spec: str, overrides: list[str]):
     return config
 
 
-def _host_devices_per_core(config) -> None:
+def _host_devices_per_core(batch_size: int) -> None:
     """Exposes the CPU cores as host devices, so data parallelism uses all of them.
 
     XLA's CPU backend runs each small matmul on one core; splitting the batch over one host
@@ -95,11 +105,14 @@ def _host_devices_per_core(config) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags or "jax" in sys.modules:
         return
-    micro_batch = config.train.batch_size // max(config.train.grad_accum_steps, 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = max(d for d in range(1, (cores or 1) + 1) if micro_batch % d == 0)
+    count = max(d for d in range(1, (cores or 1) + 1) if batch_size % d == 0)
     if count > 1:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def _micro_batch(config) -> int:
+    return config.train.batch_size // max(config.train.grad_accum_steps, 1)
 
 
 def _init_distributed(args) -> None:
@@ -117,7 +130,7 @@ def _train(args, overrides) -> int:
 
     config = _load(args.config, overrides)
     if not (args.coordinator_address or args.num_processes or args.distributed):
-        _host_devices_per_core(config)
+        _host_devices_per_core(_micro_batch(config))
     _init_distributed(args)
     from jaxformer.train import trainer
 
@@ -138,9 +151,24 @@ def _sample(args) -> int:
     return 0
 
 
+def _translate(args) -> int:
+    if args.input != "-" and not os.path.isfile(args.input):
+        raise FileNotFoundError(f"--input {args.input}: no such file")
+    _host_devices_per_core(os.cpu_count() or 1)
+    from jaxformer import translate
+
+    with (sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")) as f:
+        lines = [line.rstrip("\n") for line in f]
+    for text in translate.translate_from_workdir(
+            args.workdir, lines, beam_size=args.beam_size, length_penalty=args.length_penalty,
+            average_last=args.average_last):
+        print(text, flush=False)
+    return 0
+
+
 def _bench(args, overrides) -> int:
     config = _load(args.config, overrides)
-    _host_devices_per_core(config)
+    _host_devices_per_core(_micro_batch(config))
     from jaxformer.train import bench
 
     print(json.dumps(bench.run(config, steps=args.steps, warmup=args.warmup,
@@ -163,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "translate":
+            return _translate(args)
         return _bench(args, overrides)
     except ConfigError as e:
         print(f"jaxformer: config error: {e}", file=sys.stderr)

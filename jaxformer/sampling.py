@@ -20,8 +20,11 @@ from jaxformer.train.state import TrainState, create_state
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
-def load_workdir(workdir: str):
-    """(config, task, params) of the newest readable checkpoint in `workdir`."""
+def load_workdir(workdir: str, *, average_last: int = 0):
+    """(config, task, params) of the newest readable checkpoint in `workdir`.
+
+    With `average_last > 1`, the params are the mean of the newest `average_last` checkpoints.
+    """
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
@@ -36,17 +39,32 @@ def load_workdir(workdir: str):
     tokenizer = load_tokenizer(existing[0])
     data = SimpleNamespace(tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
     task = registry.lookup("tasks", config.task.name).build(config, data)
+    if average_last > 1:
+        return config, task, average_params(workdir, config, task, average_last)
     return config, task, restore_state(workdir, config, task).params
+
+
+def _abstract_state(config: ml_collections.ConfigDict, task: Any) -> TrainState:
+    tx = make_optimizer(config.optim)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        jax.eval_shape(lambda: create_state(task, tx, config.seed)))
+
+
+def average_params(workdir: str, config: ml_collections.ConfigDict, task: Any, last: int):
+    """The mean parameters of the newest `last` checkpoints, on the first device."""
+    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+    try:
+        params, _ = checkpointer.average_params(_abstract_state(config, task), last)
+    finally:
+        checkpointer.close()
+    return params
 
 
 def restore_state(workdir: str, config: ml_collections.ConfigDict, task: Any) -> TrainState:
     """The newest readable checkpoint's train state, on the first device."""
-    tx = make_optimizer(config.optim)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                            jax.eval_shape(lambda: create_state(task, tx, config.seed)))
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
-    state = checkpointer.restore(abstract)
+    state = checkpointer.restore(_abstract_state(config, task))
     checkpointer.close()
     if state is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(dict(
         batch_size=arg.batch, num_steps=600000, grad_accum_steps=1, compute_dtype="bfloat16",
         remat=False, strategy="sharded", log_every=10, eval_every=2000, eval_batches=20,
-        checkpoint_every=2000, keep_checkpoints=3))
+        checkpoint_every=2000, keep_checkpoints=3, average_last=0))
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=6e-4, min_lr=6e-5, schedule="cosine", warmup_steps=2000,
         decay_steps=600000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(dict(
         batch_size=64, num_steps=5000, grad_accum_steps=1, compute_dtype="float32", remat=False,
         strategy="sharded", log_every=10, eval_every=250, eval_batches=200,
-        checkpoint_every=1000, keep_checkpoints=3))
+        checkpoint_every=1000, keep_checkpoints=3, average_last=0))
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, min_lr=1e-4, schedule="cosine", warmup_steps=100,
         decay_steps=5000, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, grad_clip=1.0))

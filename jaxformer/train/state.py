@@ -81,12 +81,18 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
 
 
 def make_eval_step(task: Task, *, axis_name: str | None = None):
-    """Returns `eval_step(params, batch) -> metrics` (means over the batch)."""
+    """Returns `eval_step(params, batch) -> metrics`.
+
+    A task's metrics are either means over the batch, or, when they include a `weight` (the
+    number of real tokens or examples in the batch), sums over those: across devices, means
+    are averaged and sums added, and the trainer divides the summed totals by the total weight.
+    """
 
     def eval_step(params, batch):
         metrics = task.eval_metrics(params, batch)
         if axis_name is not None:
-            metrics = jax.lax.pmean(metrics, axis_name)
+            reduce = jax.lax.psum if "weight" in metrics else jax.lax.pmean
+            metrics = reduce(metrics, axis_name)
         return metrics
 
     return eval_step

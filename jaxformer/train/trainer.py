@@ -105,6 +105,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if batch_size % (cfg.grad_accum_steps * jax.local_device_count()):
         raise ValueError(f"train.batch_size {cfg.batch_size} must split into "
                          f"{cfg.grad_accum_steps} micro-batches over {jax.device_count()} devices")
+    if cfg.average_last > cfg.keep_checkpoints:
+        raise ValueError(f"train.average_last {cfg.average_last} needs keep_checkpoints >= "
+                         f"{cfg.average_last}, got {cfg.keep_checkpoints}")
     _modules(config)  # Unknown names fail here, before anything is written.
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -131,18 +134,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     items_per_example = getattr(task, "tokens_per_example", 1)
     item_name = "tok" if hasattr(task, "tokens_per_example") else "ex"
 
-    def evaluate(state: TrainState) -> dict[str, float]:
+    def evaluate(state: TrainState, step: int, is_final: bool) -> dict[str, float]:
         totals: dict[str, float] = {}
         batches = data.eval_iter(batch_size=batch_size, num_batches=cfg.eval_batches,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
-        count = 0
         for batch in batches:
             metrics = jax.device_get(eval_step(state.params, strategy.place_batch(batch)))
+            metrics.setdefault("weight", 1.0)  # Per-batch means count once each.
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-            count += 1
-        return {f"eval/{k}": v / max(count, 1) for k, v in totals.items()}
+        weight = totals.pop("weight", 0.0)
+        scalars = {f"eval/{k}": v / max(weight, 1e-9) for k, v in totals.items()}
+        if hasattr(task, "decode_metrics"):  # Metrics of generated outputs (e.g. BLEU).
+            scalars.update(task.decode_metrics(strategy.host_state(state).params, data,
+                                               step=step, final=is_final))
+        return scalars
+
+    def averaged(state: TrainState) -> TrainState:
+        """`state` with the mean parameters of the last `train.average_last` checkpoints."""
+        host = strategy.host_state(state)
+        params, steps = checkpointer.average_params(_abstract(host), cfg.average_last)
+        log(f"final evaluation of the average of the checkpoints at steps {steps}")
+        return strategy.place_state(host.replace(params=params))
 
     pending: list[tuple[int, Any]] = []
     last: dict[str, float] = {}
@@ -189,13 +203,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 save_now = is_last or signum is not None or step % cfg.checkpoint_every == 0
                 if save_now or step % cfg.log_every == 0:
                     flush(step)
+                average = is_last and cfg.average_last > 1
+                if save_now and average:  # The average includes this last step.
+                    checkpointer.save(step, strategy.host_state(state), train_iter)
+                    checkpointer.wait()
                 if is_last or (cfg.eval_every and step % cfg.eval_every == 0):
-                    scalars = evaluate(state)
+                    eval_state = averaged(state) if average else state
+                    scalars = evaluate(eval_state, step, is_last)
                     writer.write(step, scalars)
                     log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
                     last.update(scalars)
                     timer = time.perf_counter()
-                if save_now:
+                if save_now and not average:
                     checkpointer.save(step, strategy.host_state(state), train_iter)
                 if signum is not None:
                     checkpointer.wait()

@@ -98,9 +98,10 @@ def test_cross_attention_stack_decodes_like_full_pass(scan_layers):
     stack = _stack(cross_attention=True, scan_layers=scan_layers)
     params = jax.jit(stack.init)(jax.random.key(0), X, ENCODED)["params"]
     expected = jax.jit(stack.apply)({"params": params}, X, ENCODED)
-    cache = jax.eval_shape(functools.partial(stack.init, decode=True),
-                           jax.random.key(0), X, ENCODED)["cache"]
-    cache = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), cache)
+    # The call that creates the cache projects the encoder output for cross-attention.
+    _, state = jax.jit(functools.partial(stack.apply, decode=True, mutable=["cache"]))(
+        {"params": params}, X, ENCODED)
+    cache = state["cache"]  # Self-attention caches empty, at index 0.
     step = jax.jit(lambda cache, token: stack.apply(
         {"params": params, "cache": cache}, token, ENCODED, decode=True, mutable=["cache"]))
     outputs = []
