@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 from flax import linen as nn

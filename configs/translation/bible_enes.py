@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.warmup_steps = 4000
     if arg.runlocal:
         config.model.variant = "tiny"
-        config.task.update(decode_batch_size=8, bleu_every=2, bleu_examples=8,
+        config.task.update(decode_batch_size=8, bleu_every=2, bleu_examples=8, test_bleu=False,
                            max_decode_length=24, extra_decode_length=8)
         config.data.update(vocab_size=400, max_source_length=32, max_target_length=32,
                            tokenizer_sentences=2000)

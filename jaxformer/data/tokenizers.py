@@ -1,8 +1,10 @@
-"""Tokenizers for language modelling: characters and SentencePiece BPE.
+"""Tokenizers: characters and SentencePiece BPE.
 
 Both kinds share the small `Tokenizer` interface and save to a single file:
 `tokenizer.json` for characters, `tokenizer.model` (a SentencePiece model proto)
-for BPE. `load_tokenizer` reads either back.
+for BPE. `load_tokenizer` reads either back. A BPE model trained with
+`special_tokens=True` (for translation) also has padding (id 0), end- and
+begin-of-sequence ids.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +25,8 @@ CHAR_FILENAME = "tokenizer.json"
 BPE_FILENAME = "tokenizer.model"
 
 _NUM_BYTE_PIECES = 256
+# Ids of the special tokens of a model trained with `special_tokens=True`.
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 
 
 @runtime_checkable
@@ -97,18 +101,24 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(
-        cls, text: str, vocab_size: int, *, max_sentences: int | None = None, seed: int = 0
+        cls, text: str | Sequence[str], vocab_size: int, *, max_sentences: int | None = None,
+        seed: int = 0, special_tokens: bool = False,
     ) -> SentencePieceTokenizer:
         """Trains a BPE model on the lines of `text`; the same input gives the same model.
 
         Args:
-            text: training text; each non-empty line is one sentence.
+            text: training text, each non-empty line one sentence; or a sequence of
+                sentences.
             vocab_size: size of the vocabulary, counting the 256 byte tokens, `<unk>`,
-                the newline and every character of `text`.
-            max_sentences: if set, train on this many lines drawn with `seed`.
-            seed: seed for drawing the lines.
+                the newline, the special tokens and every character of `text`.
+            max_sentences: if set, train on this many sentences drawn with `seed`.
+            seed: seed for drawing the sentences.
+            special_tokens: if true, ids 0, 1, 2 and 3 are `<pad>`, `</s>` (end of
+                sequence), `<s>` (begin of sequence) and `<unk>`; otherwise `<unk>` is
+                id 0 and there are no others.
         """
-        sentences = [line for line in text.split("\n") if line]
+        lines = text.split("\n") if isinstance(text, str) else text
+        sentences = [line for line in lines if line]
         if not sentences:
             raise ValueError("cannot train a tokenizer on empty text")
         if max_sentences is not None and max_sentences < len(sentences):
@@ -116,11 +126,18 @@ class SentencePieceTokenizer:
             keep = np.sort(rng.choice(len(sentences), max_sentences, replace=False))
             sentences = [sentences[i] for i in keep]
         chars = set().union(*sentences)
-        min_size = _NUM_BYTE_PIECES + 2 + len(chars - {"\n"})
+        num_special = 3 if special_tokens else 0
+        min_size = _NUM_BYTE_PIECES + 2 + num_special + len(chars - {"\n"})
         if vocab_size < min_size:
+            specials = "<unk>, <pad>, </s>, <s>" if special_tokens else "<unk>"
             raise ValueError(
                 f"bpe vocab_size {vocab_size} is too small: at least {min_size} are needed "
-                f"({_NUM_BYTE_PIECES} byte tokens, <unk>, newline and {len(chars)} characters)")
+                f"({_NUM_BYTE_PIECES} byte tokens, {specials}, newline and {len(chars)} "
+                "characters)")
+        if special_tokens:
+            ids = {"pad_id": PAD_ID, "eos_id": EOS_ID, "bos_id": BOS_ID, "unk_id": UNK_ID}
+        else:
+            ids = {"unk_id": 0, "bos_id": -1, "eos_id": -1, "pad_id": -1}
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -136,10 +153,7 @@ class SentencePieceTokenizer:
                 allow_whitespace_only_pieces=True,
                 split_digits=True,
                 user_defined_symbols=["\n"],
-                unk_id=0,
-                bos_id=-1,
-                eos_id=-1,
-                pad_id=-1,
+                **ids,
                 input_sentence_size=0,
                 shuffle_input_sentence=False,
                 num_threads=1,  # The learned merges depend on the number of threads.
@@ -156,6 +170,21 @@ class SentencePieceTokenizer:
     @property
     def model_proto(self) -> bytes:
         return self._proto
+
+    @property
+    def pad_id(self) -> int | None:
+        """Id of padding, or None if the model has none."""
+        return _optional_id(self._processor.pad_id())
+
+    @property
+    def eos_id(self) -> int | None:
+        """Id of end of sequence, or None if the model has none."""
+        return _optional_id(self._processor.eos_id())
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id of begin of sequence, or None if the model has none."""
+        return _optional_id(self._processor.bos_id())
 
     def pieces(self, text: str) -> list[str]:
         """The subword strings that `text` is split into."""
@@ -214,6 +243,10 @@ def _parse_char_json(data: bytes, path: PathLike) -> CharTokenizer:
         return CharTokenizer(spec["chars"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"malformed character tokenizer {path}: {e}") from e
+
+
+def _optional_id(piece_id: int) -> int | None:
+    return None if piece_id < 0 else piece_id
 
 
 def _parse_sentencepiece(data: bytes, path: PathLike) -> SentencePieceTokenizer:

@@ -79,10 +79,11 @@ class TranslationTask:
                 "accuracy": (correct * weights).sum(), "weight": weights.sum()}
 
     def loss(self, params, batch, rng, *, train: bool):
+        """Means over the batch's target tokens; their number is `weight` (see train.state)."""
         sums = self._token_metrics(params, batch, rng, train)
-        count = jnp.maximum(sums.pop("weight"), 1.0)
-        means = {k: v / count for k, v in sums.items()}
-        return means.pop("loss"), means
+        weight = sums.pop("weight")
+        means = {k: v / jnp.maximum(weight, 1.0) for k, v in sums.items()}
+        return means.pop("loss"), {**means, "weight": weight}
 
     def eval_metrics(self, params, batch) -> dict[str, jax.Array]:
         return self._token_metrics(params, batch, jax.random.key(0), train=False)

@@ -20,7 +20,7 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     peak, warmup, floor = config.lr, config.warmup_steps, config.min_lr
     if config.schedule == "rsqrt":
         def rsqrt(step):
-            step = jnp.maximum(step.astype(jnp.float32) + 1.0, 1.0)
+            step = jnp.asarray(step, jnp.float32) + 1.0
             return peak * jnp.minimum(step**-0.5, step * max(warmup, 1) ** -1.5)
         return rsqrt
     decay_steps = max(config.decay_steps - warmup, 1)

@@ -10,7 +10,8 @@ from typing import Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxformer.train.state import TrainState, make_eval_step, make_train_step
 

@@ -41,21 +41,27 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
 
     With `grad_accum_steps > 1` the batch is split into that many micro-batches (rows
     i, i+k, i+2k, ... form micro-batch i, so a batch sharded over devices stays sharded) and
-    their gradients are averaged in a scan. With `axis_name` (pmap), gradients and metrics are
-    averaged over that axis.
+    their gradients are combined in a scan. With `axis_name` (pmap), gradients and metrics are
+    combined over that axis. A task whose loss is a mean over a varying number of items (the
+    non-padding tokens of a translation batch) reports that number as the metric `weight`;
+    parts are then combined weighted by it, so that the step equals one pass over the whole
+    batch. Without `weight`, parts count equally.
     """
 
-    def grads_of(params, batch, rng):
+    def weighted_grads(params, batch, rng):
+        """(grads and metrics times the part's weight, the weight)."""
         (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(
             params, batch, rng, train=True)
-        return grads, {"loss": loss, **metrics}
+        metrics = {"loss": loss, **metrics}
+        weight = jnp.asarray(metrics.pop("weight", 1.0), jnp.float32)
+        return jax.tree.map(lambda x: x * weight, (grads, metrics)), weight
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         if grad_accum_steps == 1:
-            grads, metrics = grads_of(state.params, batch, rng)
+            summed, weight = weighted_grads(state.params, batch, rng)
         else:
             k = grad_accum_steps
             micro = jax.tree.map(
@@ -63,15 +69,15 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
 
             def accumulate(carry, inputs):
                 i, micro_batch = inputs
-                grads, metrics = grads_of(state.params, micro_batch, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+                part = weighted_grads(state.params, micro_batch, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, part), None
 
             zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                grads_of, state.params, jax.tree.map(lambda x: x[0], micro), rng))
-            summed, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
-            grads, metrics = jax.tree.map(lambda x: x / k, summed)
+                weighted_grads, state.params, jax.tree.map(lambda x: x[0], micro), rng))
+            (summed, weight), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
         if axis_name is not None:
-            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+            summed, weight = jax.lax.psum((summed, weight), axis_name)
+        grads, metrics = jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), summed)
         metrics["grad_norm"] = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

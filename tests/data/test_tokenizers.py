@@ -117,3 +117,32 @@ def test_load_tokenizer_rejects_bad_files(tmp_path):
             load_tokenizer(tmp_path / name)
     with pytest.raises(ValueError, match="no tokenizer.model or tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_bpe_special_tokens_for_translation(tmp_path, train_text):
+    bpe = SentencePieceTokenizer.train(train_text, BPE_VOCAB + 3, special_tokens=True)
+    assert (bpe.pad_id, bpe.eos_id, bpe.bos_id) == (0, 1, 2)
+    assert bpe.vocab_size == BPE_VOCAB + 3
+    assert bpe.encode("\n") == [4]  # After <pad>, </s>, <s> and <unk>.
+    assert bpe.decode([0, 1, 2]) == ""
+    odd = "  two spaces,\n\n\ttab, naïve ☃ and ünïcödé\n"
+    ids = bpe.encode(odd)
+    assert min(ids) > 3 and bpe.decode(ids) == odd
+    assert bpe.decode([2, *ids, 1, 0, 0]) == odd  # Special tokens decode to nothing.
+    bpe.save(tmp_path / "tokenizer.model")
+    loaded = load_tokenizer(tmp_path)
+    assert (loaded.pad_id, loaded.eos_id, loaded.bos_id) == (0, 1, 2)
+    assert loaded.encode(odd) == ids
+    with pytest.raises(ValueError, match="at least 333 are needed .*<unk>, <pad>, </s>, <s>"):
+        SentencePieceTokenizer.train(train_text, 332, special_tokens=True)
+
+
+def test_bpe_without_special_tokens_has_none(bpe):
+    assert (bpe.pad_id, bpe.eos_id, bpe.bos_id) == (None, None, None)
+
+
+def test_bpe_trains_on_a_list_of_sentences_as_on_lines(train_text):
+    lines = train_text.split("\n")[:3000]
+    from_text = SentencePieceTokenizer.train("\n".join(lines), BPE_VOCAB)
+    from_list = SentencePieceTokenizer.train(lines, BPE_VOCAB)
+    assert from_list.model_proto == from_text.model_proto
