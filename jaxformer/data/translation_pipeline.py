@@ -318,7 +318,7 @@ class _BucketedBatches:
         self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """The epoch's global batches: pair indices `[batches, G]` and bucket lengths `[batches]`."""
+        """The epoch's global batches: pair indices `[batches, G]`, bucket lengths `[batches]`."""
         if self._epoch is None or self._epoch[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             rows, lengths = [], []
