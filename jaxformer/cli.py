@@ -1,9 +1,10 @@
-"""Command line: `jaxformer train|sample|bench|translate ...` (also `python -m jaxformer`).
+"""Command line: `jaxformer train|sample|bench|translate|attention-map ...` (also `python -m jaxformer`).
 
   jaxformer train  --config=configs/gpt/shakespeare_char.py:cpu --workdir=DIR [--config.a.b=v ...]
   jaxformer sample --workdir=DIR --prompt=TEXT --max_new_tokens=N [--temperature --top_k ...]
   jaxformer bench  --config=configs/gpt/shakespeare_char.py:cpu [--steps=N] [--config.a.b=v ...]
   jaxformer translate --workdir=DIR [--input=FILE] [--beam_size=N] [--average_last=K]
+  jaxformer attention-map --workdir=DIR --image=PATH --out=PNG
 
 Exit codes: 0 done, 1 no readable checkpoint, 2 bad input (config, flags, paths, data),
 3 non-finite loss, 128+N stopped by signal N after saving a checkpoint.
@@ -62,6 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
     translate.add_argument("--length_penalty", type=float, default=None, help="default: config")
     translate.add_argument("--average_last", type=int, default=0,
                            help="average the parameters of the last K checkpoints")
+
+    attention = commands.add_parser(
+        "attention-map", help="overlay a trained ViT's [class]-token attention on an image")
+    attention.add_argument("--workdir", required=True)
+    attention.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
+    attention.add_argument("--out", required=True, help="the PNG to write")
 
     bench = commands.add_parser("bench", help="time the jitted train step of a config")
     bench.add_argument("--config", required=True)
@@ -166,6 +173,14 @@ def _translate(args) -> int:
     return 0
 
 
+def _attention_map(args) -> int:
+    from jaxformer import attention_map
+
+    maps = attention_map.write_attention_map(args.workdir, args.image, args.out)
+    print(f"wrote {args.out}: predicted {maps.class_name} ({maps.probability:.1%})")
+    return 0
+
+
 def _bench(args, overrides) -> int:
     config = _load(args.config, overrides)
     _host_devices_per_core(_micro_batch(config))
@@ -193,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sample(args)
         if args.command == "translate":
             return _translate(args)
+        if args.command == "attention-map":
+            return _attention_map(args)
         return _bench(args, overrides)
     except ConfigError as e:
         print(f"jaxformer: config error: {e}", file=sys.stderr)

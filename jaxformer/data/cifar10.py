@@ -1,0 +1,37 @@
+"""CIFAR-10 (Krizhevsky, 2009) through tfds: 32x32 colour images of 10 classes.
+
+Reads the tfds `cifar10` data set prepared as array_record in `data_dir` (see
+`image_pipeline.tfds_sources`): the train split (50,000) for training, the test split
+(10,000) for evaluation, unless `train_split` / `eval_split` say otherwise.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxformer.data import image_pipeline
+from jaxformer.data.image_pipeline import ImageData
+
+# The label order of the data set (its batches.meta.txt), which tfds keeps.
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck")
+IMAGE_SIZE = 32
+
+
+def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:
+    """CIFAR-10 as image classification data.
+
+    Args:
+        config: the `data` part of the experiment config: `data_dir` (a tfds data dir; ""
+            means $TFDS_DATA_DIR or ~/tensorflow_datasets), optionally `train_split` and
+            `eval_split` (tfds split strings), `read_threads`, and the preprocessing keys of
+            `image_pipeline.preprocess_from_config`.
+        workdir: unused.
+    """
+    del workdir
+    _, (train, evaluation) = image_pipeline.tfds_sources(
+        "cifar10", data_dir=config.get("data_dir", ""),
+        splits=(config.get("train_split", "train"), config.get("eval_split", "test")))
+    preprocess = image_pipeline.preprocess_from_config(config, channels=3, image_size=IMAGE_SIZE)
+    return ImageData(train_source=train, eval_source=evaluation, class_names=CLASS_NAMES,
+                     preprocess=preprocess, read_threads=config.get("read_threads", 0))

@@ -1,0 +1,42 @@
+"""ILSVRC-2012 (ImageNet-1k) through tfds: 1.28M training and 50,000 validation images.
+
+Reads the tfds `imagenet2012` data set prepared as array_record in `data_dir` (tfds needs
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in its manual download directory to
+prepare it; see `image_pipeline.tfds_sources`). The train split is for training and the
+validation split for evaluation, unless `train_split` / `eval_split` say otherwise
+(big_vision holds out `train[99%:]` as "minival"). Classes are named by their WordNet synset
+ids (`n01440764`...), in the order of the data set's labels.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxformer.data import image_pipeline
+from jaxformer.data.image_pipeline import ImageData
+
+NUM_CLASSES = 1000
+IMAGE_SIZE = 224
+
+
+def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:
+    """ImageNet-1k as image classification data.
+
+    Args:
+        config: the `data` part of the experiment config: `data_dir` (a tfds data dir; ""
+            means $TFDS_DATA_DIR or ~/tensorflow_datasets), optionally `train_split` and
+            `eval_split` (tfds split strings), `read_threads`, and the preprocessing keys of
+            `image_pipeline.preprocess_from_config`.
+        workdir: unused.
+    """
+    del workdir
+    builder, (train, evaluation) = image_pipeline.tfds_sources(
+        "imagenet2012", data_dir=config.get("data_dir", ""),
+        splits=(config.get("train_split", "train"), config.get("eval_split", "validation")))
+    class_names = tuple(builder.info.features["label"].names)
+    if len(class_names) != NUM_CLASSES:
+        raise ValueError(f"imagenet2012 in {builder.data_dir} has {len(class_names)} classes, "
+                         f"expected {NUM_CLASSES}")
+    preprocess = image_pipeline.preprocess_from_config(config, channels=3, image_size=IMAGE_SIZE)
+    return ImageData(train_source=train, eval_source=evaluation, class_names=class_names,
+                     preprocess=preprocess, read_threads=config.get("read_threads", 0))

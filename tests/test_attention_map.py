@@ -1,0 +1,115 @@
+"""Attention maps: rollout arithmetic, [class]-token maps, and the PNG of a trained run."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxformer import attention_map
+from jaxformer import config as config_lib
+from jaxformer.data import fashion_mnist
+from jaxformer.train import trainer
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def row_stochastic(rng, shape):
+    weights = rng.random(shape)
+    return weights / weights.sum(-1, keepdims=True)
+
+
+def test_rollout_of_one_layer_is_half_attention_half_identity():
+    weights = row_stochastic(np.random.default_rng(0), (2, 3, 5, 5))
+    rollout = attention_map.attention_rollout([weights])
+    np.testing.assert_allclose(rollout, 0.5 * weights.mean(1) + 0.5 * np.eye(5), atol=1e-6)
+
+
+def test_rollout_multiplies_later_layers_on_the_left():
+    rng = np.random.default_rng(1)
+    layers = [row_stochastic(rng, (1, 2, 4, 4)) for _ in range(3)]
+    mixed = [0.5 * w.mean(1)[0] + 0.5 * np.eye(4) for w in layers]
+    expected = mixed[2] @ mixed[1] @ mixed[0]
+    rollout = attention_map.attention_rollout(layers)[0]
+    np.testing.assert_allclose(rollout, expected, atol=1e-6)
+    np.testing.assert_allclose(rollout.sum(-1), 1.0, atol=1e-6)
+    # Known numbers: two layers where every token attends only to token 0.
+    only_first = np.zeros((1, 1, 3, 3))
+    only_first[..., 0] = 1.0
+    rolled = attention_map.attention_rollout([only_first, only_first])[0]
+    np.testing.assert_allclose(rolled[1], [0.75, 0.25, 0.0], atol=1e-6)
+    np.testing.assert_allclose(rolled[0], [1.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_token_map_takes_the_class_row_or_the_mean():
+    attention = np.array([[0.1, 0.2, 0.3, 0.0, 0.4],
+                          [0.2, 0.2, 0.2, 0.2, 0.2],
+                          [0.0, 0.5, 0.0, 0.5, 0.0],
+                          [0.0, 0.0, 0.0, 1.0, 0.0],
+                          [0.25, 0.25, 0.25, 0.25, 0.0]])
+    with_class = attention_map.token_map(attention, (2, 2), 1)
+    np.testing.assert_allclose(with_class, [[2 / 9, 3 / 9], [0.0, 4 / 9]], atol=1e-6)
+    without = attention_map.token_map(attention[1:, 1:], (2, 2), 0)
+    column_means = attention[1:, 1:].mean(0)
+    np.testing.assert_allclose(without, (column_means / column_means.sum()).reshape(2, 2),
+                               atol=1e-6)
+
+
+def test_heatmap_colours_low_and_high_ends():
+    values = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
+    colors = attention_map.heatmap(values, 2)
+    assert colors.shape == (2, 2, 3) and colors.dtype == np.uint8
+    np.testing.assert_array_equal(colors[0, 0], [0, 0, 96])
+    np.testing.assert_array_equal(colors[0, 1], [160, 0, 0])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("vit_run")
+    config = config_lib.load_config(
+        os.path.join(ROOT, "configs/vit/fashion_mnist.py:runlocal,source=subset"))
+    config_lib.apply_overrides(config, ["train.num_steps=2"])
+    trainer.train(config, str(workdir))
+    return str(workdir)
+
+
+def test_png_of_a_trained_run(trained_run, tmp_path):
+    images, labels = fashion_mnist.load_split(fashion_mnist.SUBSET_DIR, "test")
+    image_path = tmp_path / "sneaker.png"
+    index = int(np.flatnonzero(labels == 7)[0])
+    Image.fromarray(images[index, :, :, 0]).save(image_path)
+    out_path = tmp_path / "maps" / "attention.png"
+    maps = attention_map.write_attention_map(trained_run, str(image_path), str(out_path))
+    assert maps.class_name in fashion_mnist.CLASS_NAMES
+    assert 0.1 <= maps.probability <= 1.0
+    for values in (maps.last_layer, maps.rollout):
+        assert values.shape == (4, 4)  # 28 x 28 in 7 x 7 patches (the runlocal model).
+        np.testing.assert_allclose(values.sum(), 1.0, atol=1e-5)
+    with Image.open(out_path) as figure:
+        assert figure.format == "PNG" and figure.mode == "RGB"
+        assert figure.size == (3 * 224 + 4 * 8, 8 + 20 + 224 + 28 + 8) == (704, 288)
+        pixels = np.asarray(figure)
+    top, panel = 8 + 20, 224
+    panels = [pixels[top:top + panel, 8 + i * 232:8 + i * 232 + panel] for i in range(3)]
+    source = panels[0][::8, ::8, 0]  # The 28 x 28 input, upscaled 8x without smoothing.
+    np.testing.assert_array_equal(source, images[index, :, :, 0])
+    assert np.abs(panels[1].astype(int) - panels[0]).mean() > 10  # Overlays are drawn.
+
+
+def test_rgb_image_is_converted_for_a_grayscale_model(trained_run, tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, size=(40, 30, 3), dtype=np.uint8)
+    image_path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(image_path)
+    out_path = tmp_path / "attention.png"
+    attention_map.write_attention_map(trained_run, str(image_path), str(out_path))
+    with Image.open(out_path) as figure:
+        assert figure.size == (704, 288)
+
+
+def test_errors(trained_run, tmp_path):
+    with pytest.raises(ValueError, match="cannot read image"):
+        attention_map.write_attention_map(trained_run, str(tmp_path / "none.png"),
+                                          str(tmp_path / "out.png"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        attention_map.write_attention_map(str(tmp_path), str(tmp_path / "none.png"),
+                                          str(tmp_path / "out.png"))
