@@ -1,13 +1,15 @@
-"""Command line: `jaxformer train|sample|bench|translate|attention-map ...` (also `python -m jaxformer`).
+"""Command line: `jaxformer train|evaluate|sample|translate|attention-map|bench ...`.
 
   jaxformer train  --config=configs/gpt/shakespeare_char.py:cpu --workdir=DIR [--config.a.b=v ...]
+  jaxformer evaluate --workdir=DIR [--average_last=K]
   jaxformer sample --workdir=DIR --prompt=TEXT --max_new_tokens=N [--temperature --top_k ...]
   jaxformer bench  --config=configs/gpt/shakespeare_char.py:cpu [--steps=N] [--config.a.b=v ...]
   jaxformer translate --workdir=DIR [--input=FILE] [--beam_size=N] [--average_last=K]
   jaxformer attention-map --workdir=DIR --image=PATH --out=PNG
 
-Exit codes: 0 done, 1 no readable checkpoint, 2 bad input (config, flags, paths, data),
-3 non-finite loss, 128+N stopped by signal N after saving a checkpoint.
+Also `python -m jaxformer ...`. Exit codes: 0 done, 1 no readable checkpoint, 2 bad input
+(config, flags, paths, data), 3 non-finite loss, 128+N stopped by signal N after saving a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="path/to/config.py[:arg-string]")
     train.add_argument("--workdir", required=True)
     _add_distributed(train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a workdir's newest checkpoint as at the end of training")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--average_last", type=int, default=0,
+                          help="evaluate the mean parameters of the last K checkpoints")
 
     sample = commands.add_parser("sample", help="generate text from a trained LM workdir")
     sample.add_argument("--workdir", required=True)
@@ -146,6 +154,17 @@ def _train(args, overrides) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from jaxformer import sampling
+
+    config = sampling.load_config(args.workdir)
+    _host_devices_per_core(_micro_batch(config))
+    from jaxformer.train import trainer
+
+    trainer.evaluate(config, args.workdir, average_last=args.average_last)
+    return 0
+
+
 def _sample(args) -> int:
     from jaxformer import sampling
 
@@ -204,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, overrides)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "sample":
             return _sample(args)
         if args.command == "translate":

@@ -20,16 +20,21 @@ from jaxformer.train.state import TrainState, create_state
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json)."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
+    with open(config_path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
 def load_workdir(workdir: str, *, average_last: int = 0):
     """(config, task, params) of the newest readable checkpoint in `workdir`.
 
     With `average_last > 1`, the params are the mean of the newest `average_last` checkpoints.
     """
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
-    with open(config_path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = load_config(workdir)
     assets = os.path.join(workdir, "assets")
     paths = [os.path.join(assets, name) for name in TOKENIZER_FILES]
     existing = [p for p in paths if os.path.isfile(p)]

@@ -88,8 +88,8 @@ class TranslationTask:
     def eval_metrics(self, params, batch) -> dict[str, jax.Array]:
         return self._token_metrics(params, batch, jax.random.key(0), train=False)
 
+    def decode_metrics(self, params, data, *, step: int, final: bool) -> dict[str, float]:
         """BLEU of beam-search translations: validation every `bleu_every` steps, test at end."""
-        """BLEU of beam-search translations: validation every `bleu_every` steps, test at the end."""
         cfg = self.config
         splits = []
         if cfg.bleu_every and (step % cfg.bleu_every == 0 or final):

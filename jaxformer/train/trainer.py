@@ -135,21 +135,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     item_name = "tok" if hasattr(task, "tokens_per_example") else "ex"
 
     def evaluate(state: TrainState, step: int, is_final: bool) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        batches = data.eval_iter(batch_size=batch_size, num_batches=cfg.eval_batches,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-        for batch in batches:
-            metrics = jax.device_get(eval_step(state.params, strategy.place_batch(batch)))
-            metrics.setdefault("weight", 1.0)  # Per-batch means count once each.
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        weight = totals.pop("weight", 0.0)
-        scalars = {f"eval/{k}": v / max(weight, 1e-9) for k, v in totals.items()}
-        if hasattr(task, "decode_metrics"):  # Metrics of generated outputs (e.g. BLEU).
-            scalars.update(task.decode_metrics(strategy.host_state(state).params, data,
-                                               step=step, final=is_final))
-        return scalars
+        return run_eval(config, strategy, eval_step, data, task, state, step=step,
+                        final=is_final)
 
     def averaged(state: TrainState) -> TrainState:
         """`state` with the mean parameters of the last `train.average_last` checkpoints."""
@@ -224,6 +211,60 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         checkpointer.close()
         writer.close()
     return last
+
+
+def run_eval(config: ml_collections.ConfigDict, strategy: Any, eval_step: Any, data: Any,
+             task: Any, state: TrainState, *, step: int, final: bool) -> dict[str, float]:
+    """Eval-split metrics over `train.eval_batches` batches, plus the task's decode metrics."""
+    totals: dict[str, float] = {}
+    batches = data.eval_iter(batch_size=parallel.local_batch_size(config.train.batch_size),
+                             num_batches=config.train.eval_batches,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in batches:
+        metrics = jax.device_get(eval_step(state.params, strategy.place_batch(batch)))
+        metrics.setdefault("weight", 1.0)  # Per-batch means count once each.
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    weight = totals.pop("weight", 0.0)
+    scalars = {f"eval/{k}": v / max(weight, 1e-9) for k, v in totals.items()}
+    if hasattr(task, "decode_metrics"):  # Metrics of generated outputs (e.g. BLEU).
+        scalars.update(task.decode_metrics(strategy.host_state(state).params, data, step=step,
+                                           final=final))
+    return scalars
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, average_last: int = 0
+             ) -> dict[str, float]:
+    """Evaluates the newest checkpoint in `workdir` (or the mean of the newest
+    `average_last`) as at the end of training, and appends the metrics to metrics.jsonl."""
+    strategy = parallel.make_strategy(config.train.strategy)
+    tx = make_optimizer(config.optim)
+    _modules(config)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"no checkpoints in {workdir}: train first")
+    data, task = build(config, workdir)
+    state = strategy.init_state(lambda: create_state(task, tx, config.seed))
+    abstract = _abstract(strategy.host_state(state))
+    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+    try:
+        restored = checkpointer.restore(abstract)
+        if restored is None:
+            raise FileNotFoundError(f"no checkpoints in {workdir}: train first")
+        if average_last > 1:
+            params, steps = checkpointer.average_params(abstract, average_last)
+            log(f"evaluating the average of the checkpoints at steps {steps}")
+            restored = restored.replace(params=params)
+    finally:
+        checkpointer.close()
+    state = strategy.place_state(restored)
+    step = int(np.asarray(restored.step))
+    scalars = run_eval(config, strategy, strategy.eval_step(task), data, task, state, step=step,
+                       final=True)
+    writer = MetricWriter(workdir)
+    writer.write(step, scalars)
+    writer.close()
+    log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    return scalars
 
 
 def _abstract(state: TrainState) -> TrainState:

@@ -112,6 +112,25 @@ def test_translate_command(trained):
     assert len(averaged.stdout.split("\n")[:-1]) == 3
 
 
+def test_evaluate_command_appends_final_metrics(trained, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained, workdir)
+    before = _metrics(workdir)
+    result = run_cli("evaluate", f"--workdir={workdir}", "--average_last=2")
+    assert result.returncode == 0, result.stderr
+    assert "average of the checkpoints at steps [1, 2]" in result.stdout
+    after = _metrics(workdir)
+    assert after[:len(before)] == before and len(after) == len(before) + 1
+    # The same averaged parameters as the end of training: the same metrics.
+    final = [m for m in before if "eval/bleu" in m][-1]
+    for key in ("eval/loss", "eval/accuracy", "eval/bleu"):
+        assert after[-1][key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
+    empty = run_cli("evaluate", f"--workdir={tmp_path / 'none'}")
+    assert empty.returncode == 2 and "not a training workdir" in empty.stderr
+
+
 def test_translate_refuses_bad_input(trained, tmp_path):
     missing = run_cli("translate", f"--workdir={tmp_path / 'none'}", stdin="x\n")
     assert missing.returncode == 2 and "not a training workdir" in missing.stderr
