@@ -35,10 +35,8 @@ def strip_eos(ids: np.ndarray, eos_id: int) -> list[int]:
     return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "model", "beam_size", "length_penalty", "max_length", "bos_id", "eos_id"))
-def _search(model: nn.Module, params: Any, inputs: jax.Array, *, beam_size: int,
-            length_penalty: float, max_length: int, bos_id: int, eos_id: int) -> jax.Array:
+def _local_search(model: nn.Module, params: Any, inputs: jax.Array, *, beam_size: int,
+                  length_penalty: float, max_length: int, bos_id: int, eos_id: int) -> jax.Array:
     """Best beam of each source: int32 `[batch, max_length]`, 0 after EOS."""
     batch = inputs.shape[0]
     encoded = model.apply({"params": params}, inputs, method="encode")
@@ -55,6 +53,17 @@ def _search(model: nn.Module, params: Any, inputs: jax.Array, *, beam_size: int,
         logits_fn, cache, batch_size=batch, beam_size=beam_size, max_len=max_length,
         bos_id=bos_id, eos_id=eos_id, alpha=length_penalty)
     return sequences[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model", "mesh", "beam_size", "length_penalty", "max_length", "bos_id", "eos_id"))
+def _search(model: nn.Module, params: Any, inputs: jax.Array, *, mesh: Mesh, **options
+            ) -> jax.Array:
+    """`_local_search` on each device's rows: sources are independent, so the devices never
+    communicate (an automatically partitioned search would exchange caches every step)."""
+    search = functools.partial(_local_search, model, **options)
+    return jax.shard_map(search, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("data")),
+                         out_specs=PartitionSpec("data"), check_vma=False)(params, inputs)
 
 
 def translate_ids(
@@ -82,7 +91,7 @@ def translate_ids(
         inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec("data")))
         decode_length = min(width + extra_length, max_length, model.max_len)
         best = np.asarray(_search(
-            model, params, inputs, beam_size=beam_size, length_penalty=length_penalty,
+            model, params, inputs, mesh=mesh, beam_size=beam_size, length_penalty=length_penalty,
             max_length=decode_length, bos_id=bos_id, eos_id=eos_id))
         for row, i in enumerate(chunk):
             outputs[i] = strip_eos(best[row], eos_id)
