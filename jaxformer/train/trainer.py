@@ -134,12 +134,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     items_per_example = getattr(task, "tokens_per_example", 1)
     item_name = "tok" if hasattr(task, "tokens_per_example") else "ex"
 
-    def evaluate(state: TrainState, step: int, is_final: bool) -> dict[str, float]:
-        return run_eval(config, strategy, eval_step, data, task, state, step=step,
-                        final=is_final)
-
     def averaged(state: TrainState) -> TrainState:
         """`state` with the mean parameters of the last `train.average_last` checkpoints."""
+        checkpointer.wait()  # The average includes the step just saved.
         host = strategy.host_state(state)
         params, steps = checkpointer.average_params(_abstract(host), cfg.average_last)
         log(f"final evaluation of the average of the checkpoints at steps {steps}")
@@ -190,19 +187,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 save_now = is_last or signum is not None or step % cfg.checkpoint_every == 0
                 if save_now or step % cfg.log_every == 0:
                     flush(step)
-                average = is_last and cfg.average_last > 1
-                if save_now and average:  # The average includes this last step.
+                if save_now:
                     checkpointer.save(step, strategy.host_state(state), train_iter)
-                    checkpointer.wait()
                 if is_last or (cfg.eval_every and step % cfg.eval_every == 0):
-                    eval_state = averaged(state) if average else state
-                    scalars = evaluate(eval_state, step, is_last)
+                    average = is_last and cfg.average_last > 1
+                    scalars = run_eval(config, strategy, eval_step, data, task,
+                                       averaged(state) if average else state, step=step,
+                                       final=is_last)
                     writer.write(step, scalars)
                     log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
                     last.update(scalars)
                     timer = time.perf_counter()
-                if save_now and not average:
-                    checkpointer.save(step, strategy.host_state(state), train_iter)
                 if signum is not None:
                     checkpointer.wait()
                     raise Interrupted(signum, step)
