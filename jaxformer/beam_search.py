@@ -129,13 +129,15 @@ def beam_search(
         source_rows = row_offset + jnp.take_along_axis(top_beam, keep, axis=1)
         cache = _gather_rows(cache, source_rows.reshape(B * K))
 
-        # Finished: the K best of the old ones and the EOS candidates ranked in the top K.
-        new_scores = jnp.where(top_eos[:, :K], top_logp[:, :K] / length_penalty(i + 1, alpha),
-                               neg_inf)
+        # Finished: the K best of the old ones and the EOS candidates ranked in the top K. (A
+        # mask, not a slice `[:, :K]`: XLA would fold that slice into the first top-k, which
+        # then compiles to a full sort of the K * V candidates, ~100x slower on XLA:CPU.)
+        new_scores = jnp.where(top_eos & (jnp.arange(top_eos.shape[1]) < K),
+                               top_logp / length_penalty(i + 1, alpha), neg_inf)
         finished_scores, keep = jax.lax.top_k(
             jnp.concatenate([finished_scores, new_scores], axis=1), K)
         finished_seqs = jnp.take_along_axis(
-            jnp.concatenate([finished_seqs, top_seqs[:, :K]], axis=1), keep[..., None], axis=1)
+            jnp.concatenate([finished_seqs, top_seqs], axis=1), keep[..., None], axis=1)
         return i + 1, alive_seqs, alive_logp, finished_seqs, finished_scores, tokens, cache
 
     empty_seqs = jnp.full((B, K, max_len), PAD_ID, jnp.int32)

@@ -41,7 +41,7 @@ def _local_search(model: nn.Module, params: Any, inputs: jax.Array, *, beam_size
     batch = inputs.shape[0]
     encoded = model.apply({"params": params}, inputs, method="encode")
     encoded, inputs = beam_search.tile_beams((encoded, inputs), beam_size)
-    cache = init_cache(model, params, encoded, inputs, max_length)
+    cache = init_cache(model, encoded, inputs, max_length)
 
     def logits_fn(tokens, cache):
         logits, variables = model.apply(

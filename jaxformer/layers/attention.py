@@ -133,9 +133,9 @@ class MultiHeadAttention(nn.Module):
             the cache length.
           is_causal: apply a causal mask (query t sees keys <= t).
           train: enables attention dropout.
-          decode: self-attention over the KV cache (causal by construction); cross-attention
-            projects `inputs_kv` on the call that creates the cache and reuses the projection
-            afterwards, so that call must be made with the real parameters.
+          decode: self-attention over the KV cache (causal by construction). Cross-attention
+            keeps no cache: inside a jitted decoding loop the projection of a fixed `inputs_kv`
+            is loop-invariant, and XLA computes it once, before the loop.
 
         Returns:
           `[batch, q_len, out_features]`.
@@ -157,12 +157,7 @@ class MultiHeadAttention(nn.Module):
         else:
             query = dense(qkv_features, name="query")(inputs_q)
             query = query.reshape(batch, q_len, self.num_heads, head_dim)  # [b, q, h, d]
-            if decode and self.has_variable("cache", "cached_kv"):
-                kv = self.get_variable("cache", "cached_kv")  # Projected once per source.
-            else:
-                kv = dense(2 * qkv_features, name="kv")(inputs_kv)
-                if decode:
-                    self.put_variable("cache", "cached_kv", kv)
+            kv = dense(2 * qkv_features, name="kv")(inputs_kv)
             kv = kv.reshape(*inputs_kv.shape[:2], 2, self.num_heads, head_dim)
             key, value = kv[:, :, 0], kv[:, :, 1]  # [b, kv, h, d] each
 

@@ -149,23 +149,16 @@ def shift_right(targets: jax.Array, bos_id: int) -> jax.Array:
         [jnp.full_like(targets[:, :1], bos_id), targets[:, :-1]], axis=1)
 
 
-def init_cache(model: Transformer, params: Any, encoded: jax.Array, inputs: jax.Array,
-               max_len: int) -> Any:
-    """A decoding cache for `max_len` target positions of the given encoded sources.
+def init_cache(model: Transformer, encoded: jax.Array, inputs: jax.Array, max_len: int) -> Any:
+    """An empty self-attention KV cache for `max_len` target positions of the given sources.
 
-    The self-attention caches start empty; the cross-attention keys and values are the
-    encoder output projected once, by a one-position call with the real parameters.
+    The cross-attention projection of `encoded` is not cached: a decoding loop closes over
+    `encoded`, so XLA hoists the projection out of the loop.
     """
-    def create(length):
-        tokens = jnp.zeros((encoded.shape[0], length), jnp.int32)
-        return model.apply({"params": params}, encoded, inputs, tokens, decode=True,
-                           mutable=["cache"], method="decode")[1]["cache"]
-
-    shapes = jax.eval_shape(lambda: create(max_len))
-    projected = create(1)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, shape, value: value if path[-1].key == "cached_kv"
-        else jnp.zeros(shape.shape, shape.dtype), shapes, projected)
+    tokens = jnp.zeros((encoded.shape[0], max_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), encoded, inputs, tokens, decode=True, method="decode")["cache"])
+    return jax.tree.map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
 
 
 def build(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, bos_id: int,

@@ -102,7 +102,7 @@ def test_cached_decoding_matches_teacher_forcing():
     full = model.apply({"params": params}, source, target)
     encoded = model.apply({"params": params}, source, method="encode")
     decoder_inputs = shift_right(target, 1)
-    cache = init_cache(model, params, encoded, source, max_len=6)
+    cache = init_cache(model, encoded, source, max_len=6)
     steps = []
     for t in range(target.shape[1]):
         logits, variables = model.apply(
