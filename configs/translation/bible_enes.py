@@ -31,19 +31,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(dict(
         name="translation", label_smoothing=0.1, beam_size=4, length_penalty=0.6,
         extra_decode_length=50, max_decode_length=160, decode_batch_size=128,
-        bleu_every=800, bleu_examples=400, test_bleu=True))
+        bleu_every=1000, bleu_examples=400, test_bleu=True))
     source, target = ("es", "en") if arg.reverse else ("en", "es")
     config.data = ml_collections.ConfigDict(dict(
         name="bible_enes", source=source, target=target, vocab_size=8000,
         max_source_length=128, max_target_length=128, tokenizer_sentences=100_000,
         data_dir=""))
     config.train = ml_collections.ConfigDict(dict(
-        batch_size=64, num_steps=1600, grad_accum_steps=1, compute_dtype="float32",
+        batch_size=64, num_steps=2000, grad_accum_steps=1, compute_dtype="float32",
         remat=False, strategy="sharded", log_every=50, eval_every=500, eval_batches=-1,
         checkpoint_every=100, keep_checkpoints=5, average_last=5))
     config.optim = ml_collections.ConfigDict(dict(
         name="adam", lr=256**-0.5, min_lr=0.0, schedule="rsqrt", warmup_steps=800,
-        decay_steps=1600, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, grad_clip=0.0))
+        decay_steps=2000, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, grad_clip=0.0))
 
     if arg.variant:
         from jaxformer.models.transformer import VARIANTS
