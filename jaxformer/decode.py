@@ -21,12 +21,17 @@ Params = Any
 Cache = Any
 
 
-def init_cache(model: nn.Module, batch_size: int, max_len: int) -> Cache:
-    """An empty cache for decoding up to `max_len` positions (no parameters are computed)."""
-    tokens = jnp.zeros((batch_size, max_len), jnp.int32)
+def empty_cache(model: nn.Module, *args: Any, **kwargs: Any) -> Cache:
+    """The zero 'cache' collection of `model.init(rng, *args, decode=True, **kwargs)`, whose
+    inputs set the cache length (no parameters are computed)."""
     shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), tokens, decode=True)["cache"])
+        lambda: model.init(jax.random.key(0), *args, decode=True, **kwargs)["cache"])
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def init_cache(model: nn.Module, batch_size: int, max_len: int) -> Cache:
+    """An empty cache for decoding up to `max_len` positions."""
+    return empty_cache(model, jnp.zeros((batch_size, max_len), jnp.int32))
 
 
 def decode_step(model: nn.Module, params: Params, cache: Cache, tokens: jax.Array

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from jaxformer.decode import empty_cache
 from jaxformer.layers import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -156,9 +157,7 @@ def init_cache(model: Transformer, encoded: jax.Array, inputs: jax.Array, max_le
     `encoded`, so XLA hoists the projection out of the loop.
     """
     tokens = jnp.zeros((encoded.shape[0], max_len), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), encoded, inputs, tokens, decode=True, method="decode")["cache"])
-    return jax.tree.map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
+    return empty_cache(model, encoded, inputs, tokens, method="decode")
 
 
 def build(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, bos_id: int,
