@@ -9,17 +9,21 @@ to the locked config: an unknown key or a value of the wrong type is a `ConfigEr
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import importlib.util
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
 
+from jaxformer.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file, arg string or override that cannot be applied."""
 
 
@@ -47,23 +51,51 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:arg]` and returns the locked config."""
-    path, _, arg = spec.partition(":")
+    """Loads `path/to/config.py[:arg]` and returns the locked config.
+
+    A config under a `configs/` directory may import its shared blocks as
+    `from configs import common`: the directory above `configs/` is importable meanwhile.
+    """
+    path, has_arg, arg = spec.partition(":")
+    if has_arg and not arg:
+        raise ConfigError(f"--config={spec}: empty arg string after ':' (drop the ':' for the "
+                          "default recipe)")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     module_spec = importlib.util.spec_from_file_location("jaxformer_user_config", path)
     module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # A broken config file: report it, don't dump a traceback.
-        raise ConfigError(f"cannot load {path}: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config()")
-    config = module.get_config(arg or None)
+    with _importable_configs(path):
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:  # A broken config file: report it, don't dump a traceback.
+            raise ConfigError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} defines no get_config()")
+        try:
+            config = module.get_config(arg or None)
+        except ValueError as e:
+            raise ConfigError(f"{spec}: {e}") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     config.lock()
     return config
+
+
+@contextlib.contextmanager
+def _importable_configs(path: str) -> Iterator[None]:
+    """Puts the directory above the nearest enclosing `configs/` on sys.path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while os.path.basename(directory) != "configs" and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
+    root = os.path.dirname(directory) if os.path.basename(directory) == "configs" else None
+    if root is None or root in sys.path:
+        yield
+        return
+    sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        sys.path.remove(root)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -147,3 +179,17 @@ def _literal(raw: str) -> Any:
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The config as indented JSON (for printing and saving in the workdir)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json), without importing jax."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir}: no such directory")
+    if not os.path.isfile(path):
+        raise UserError(f"{workdir} is not a training workdir: no config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from e

@@ -1,4 +1,5 @@
-"""Name -> module lookup, by convention: models.<name>, tasks.<name>, data.<name>.
+"""Name -> module lookup, by convention: models.<name>, tasks.<name>, data.<name>,
+evaluators.<type>.
 
 Each module is imported lazily, only when a config names it. An unknown name is an error that
 lists the names that exist.
@@ -11,10 +12,12 @@ import importlib.util
 import pkgutil
 from types import ModuleType
 
-KINDS = ("models", "tasks", "data")
+from jaxformer.errors import UserError
+
+KINDS = ("models", "tasks", "data", "evaluators")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError):
     """A config names a model, task or dataset that does not exist."""
 
 
@@ -34,7 +37,8 @@ def lookup(kind: str, name: str) -> ModuleType:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     names = available(kind)
     if name not in names:
-        singular = {"models": "model", "tasks": "task", "data": "dataset"}[kind]
+        singular = {"models": "model", "tasks": "task", "data": "dataset",
+                    "evaluators": "evaluator type"}[kind]
         raise UnknownNameError(
             f"unknown {singular} {name!r}; available: {', '.join(names) or 'none'}"
         )

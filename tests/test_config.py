@@ -1,14 +1,11 @@
 """Config loading, arg strings, locked overrides; every config file loads."""
 
-import glob
 import os
 
 import pytest
 
 from jaxformer import config as config_lib
-
-ROOT = os.path.dirname(os.path.dirname(__file__))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+from tests.helpers import CONFIGS, ROOT
 
 
 def test_parse_arg_types_and_flags():
@@ -22,8 +19,9 @@ def test_parse_arg_unknown_name():
         config_lib.parse_arg("gpu", cpu=False)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+@pytest.mark.parametrize("path", CONFIGS)
 def test_every_config_loads_locked(path):
+    path = os.path.join(ROOT, path)
     config = config_lib.load_config(path)
     with pytest.raises(AttributeError):
         config.no_such_field = 1
@@ -67,3 +65,22 @@ def test_bad_overrides_raise(override, message):
 def test_missing_config_file():
     with pytest.raises(config_lib.ConfigError, match="config file not found"):
         config_lib.load_config("configs/nope.py")
+
+
+def test_empty_arg_string_is_refused():
+    with pytest.raises(config_lib.ConfigError, match="empty arg string"):
+        config_lib.load_config(os.path.join(ROOT, "configs/gpt/shakespeare_char.py:"))
+
+
+def test_configs_import_no_library_code():
+    """Configs are data: loading one must not import jax (the command line sets up devices
+    after reading the config)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from jaxformer import config as c; from tests.helpers import CONFIGS; "
+            "[c.load_config(p) for p in CONFIGS]; print('jax' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

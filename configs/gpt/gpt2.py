@@ -11,6 +11,7 @@ Args: variant=gpt2-small|gpt2-medium|gpt2-large|gpt2-xl (default gpt2-small), ba
 
 import ml_collections
 
+from configs import common
 from jaxformer.config import parse_arg
 
 
@@ -24,10 +25,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(dict(name="lm"))
     config.data = ml_collections.ConfigDict(dict(
         name="synthetic", tokenizer="ids", vocab_size=50257, block_size=1024, data_dir=""))
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=arg.batch, num_steps=600000, grad_accum_steps=1, compute_dtype="bfloat16",
-        remat=False, strategy="sharded", log_every=10, eval_every=2000, eval_batches=20,
-        checkpoint_every=2000, keep_checkpoints=3, average_last=0))
+    config.train = common.train(batch_size=arg.batch, num_steps=600000,
+                                compute_dtype="bfloat16", log_every=10, checkpoint_every=2000)
+    config.evals = ml_collections.ConfigDict()
+    config.evals.val = common.evaluator("loss", every_steps=2000, split="validation",
+                                        num_batches=20, perplexity_of="loss")
+    common.add_transfer(config)
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=6e-4, min_lr=6e-5, schedule="cosine", warmup_steps=2000,
         decay_steps=600000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
@@ -36,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.runlocal:
         config.model.variant = "tiny"
         config.data.update(vocab_size=512, block_size=32)
-        config.train.update(batch_size=8, num_steps=4, eval_every=2, eval_batches=2,
-                            checkpoint_every=2, log_every=1, compute_dtype="float32")
+        config.train.update(batch_size=8, num_steps=4, checkpoint_every=2, log_every=1,
+                            compute_dtype="float32")
+        config.evals.val.update(every_steps=2, num_batches=2)
         config.optim.update(warmup_steps=1, decay_steps=4)
     return config

@@ -5,13 +5,9 @@ shakespeare_char.py (`:cpu`, `:runlocal`, `:variant=...`).
   jaxformer train --config=configs/gpt/shakespeare_bpe.py:cpu --workdir=/tmp/shakespeare_bpe
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(__file__))
-import shakespeare_char  # noqa: E402
+from configs.gpt import shakespeare_char
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,6 +11,7 @@ Variants (arg string):
 
 import ml_collections
 
+from configs import common
 from jaxformer.config import parse_arg
 
 
@@ -26,10 +27,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         name="shakespeare", tokenizer=arg.tokenizer, vocab_size=2000, block_size=256,
         data_dir=""))
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=64, num_steps=5000, grad_accum_steps=1, compute_dtype="float32", remat=False,
-        strategy="sharded", log_every=10, eval_every=250, eval_batches=200,
-        checkpoint_every=1000, keep_checkpoints=3, average_last=0))
+    config.train = common.train(batch_size=64, num_steps=5000, log_every=10,
+                                checkpoint_every=1000)
+    config.evals = ml_collections.ConfigDict()
+    config.evals.val = common.evaluator("loss", every_steps=250, split="validation",
+                                        num_batches=200, perplexity_of="loss")
+    common.add_transfer(config)
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, min_lr=1e-4, schedule="cosine", warmup_steps=100,
         decay_steps=5000, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
@@ -41,14 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.cpu:
         config.model.update(num_layers=4, num_heads=4, d_model=128, dropout_rate=0.0)
         config.data.block_size = 64
-        config.train.update(batch_size=12, num_steps=2000, eval_every=250, eval_batches=20,
-                            checkpoint_every=500, log_every=50)
+        config.train.update(batch_size=12, num_steps=2000, checkpoint_every=500, log_every=50)
+        config.evals.val.num_batches = 20
         config.optim.decay_steps = 2000
     if arg.runlocal:
         config.model.update(variant="tiny", dropout_rate=0.0)
         config.data.update(block_size=32, vocab_size=512)
-        config.train.update(batch_size=8, num_steps=4, eval_every=2, eval_batches=2,
-                            checkpoint_every=2, log_every=1)
+        config.train.update(batch_size=8, num_steps=4, checkpoint_every=2, log_every=1)
+        config.evals.val.update(every_steps=2, num_batches=2)
         config.optim.update(warmup_steps=1, decay_steps=4)
         config.sample.max_new_tokens = 20
     return config

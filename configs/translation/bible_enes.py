@@ -17,6 +17,7 @@ Variants (arg string):
 
 import ml_collections
 
+from configs import common
 from jaxformer.config import parse_arg
 
 
@@ -29,37 +30,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mlp_dim=1024, dropout_rate=0.1, attention_dropout_rate=0.0, norm_first=False,
         positions="sinusoidal", share_embeddings=True))
     config.task = ml_collections.ConfigDict(dict(
-        name="translation", label_smoothing=0.1, beam_size=4, length_penalty=0.6,
-        extra_decode_length=50, max_decode_length=160, decode_batch_size=128,
-        bleu_every=1000, bleu_examples=400, test_bleu=True))
+        name="translation", label_smoothing=0.1, max_decode_length=160))
     source, target = ("es", "en") if arg.reverse else ("en", "es")
     config.data = ml_collections.ConfigDict(dict(
         name="bible_enes", source=source, target=target, vocab_size=8000,
         max_source_length=128, max_target_length=128, tokenizer_sentences=100_000,
         data_dir=""))
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=64, num_steps=2000, grad_accum_steps=1, compute_dtype="float32",
-        remat=False, strategy="sharded", log_every=50, eval_every=500, eval_batches=-1,
-        checkpoint_every=100, keep_checkpoints=5, average_last=5))
+    config.train = common.train(batch_size=64, num_steps=2000, checkpoint_every=100,
+                                keep_checkpoints=5, average_last=5)
+    # Beam 4, length penalty 0.6, decoding up to the source length + 50 (the paper's).
+    search = dict(beam_size=4, length_penalty=0.6, extra_decode_length=50,
+                  decode_batch_size=128)
+    config.evals = ml_collections.ConfigDict()
+    config.evals.val = common.evaluator("loss", every_steps=500, split="validation",
+                                        num_batches=-1, perplexity_of="nll")
+    config.evals.val_bleu = common.evaluator("bleu", every_steps=1000, split="validation",
+                                             max_examples=400, **search)
+    config.evals.test_bleu = common.evaluator("bleu", split="test", max_examples=-1, **search)
+    common.add_transfer(config)
     config.optim = ml_collections.ConfigDict(dict(
         name="adam", lr=256**-0.5, min_lr=0.0, schedule="rsqrt", warmup_steps=800,
         decay_steps=2000, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, grad_clip=0.0))
 
     if arg.variant:
-        from jaxformer.models.transformer import VARIANTS
-
-        if arg.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {arg.variant!r}; known: {', '.join(VARIANTS)}")
-        config.optim.lr = VARIANTS[arg.variant]["d_model"] ** -0.5
+        widths = common.TRANSFORMER_WIDTHS
+        if arg.variant not in widths:
+            raise ValueError(f"unknown variant {arg.variant!r}; known: {', '.join(widths)}")
+        config.optim.lr = widths[arg.variant] ** -0.5
         config.optim.warmup_steps = 4000
     if arg.runlocal:
         config.model.variant = "tiny"
-        config.task.update(decode_batch_size=8, bleu_every=2, bleu_examples=8, test_bleu=False,
-                           max_decode_length=24, extra_decode_length=8)
+        config.task.max_decode_length = 24
+        config.evals.val.update(every_steps=2, num_batches=2)
+        config.evals.val_bleu.update(every_steps=2, max_examples=8, decode_batch_size=8,
+                                     extra_decode_length=8)
+        del config.evals["test_bleu"]
         config.data.update(vocab_size=400, max_source_length=32, max_target_length=32,
                            tokenizer_sentences=2000)
-        config.train.update(batch_size=8, num_steps=2, log_every=1, eval_every=2,
-                            eval_batches=2, checkpoint_every=1, keep_checkpoints=2,
-                            average_last=2)
+        config.train.update(batch_size=8, num_steps=2, log_every=1, checkpoint_every=1,
+                            keep_checkpoints=2, average_last=2)
         config.optim.update(warmup_steps=1, decay_steps=2, lr=32**-0.5)
     return config

@@ -14,6 +14,7 @@ Variants (arg string):
 
 import ml_collections
 
+from configs import common
 from jaxformer.config import parse_arg
 
 # Pixel mean and standard deviation of the 60,000 training images, in [0, 1].
@@ -39,18 +40,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         crop_padding=0, flip=True, resize_size=0, mean=(MEAN,), std=(STD,), read_threads=1))
     batch_size, epochs = 128, 10
     num_steps = epochs * TRAIN_EXAMPLES // batch_size
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=batch_size, num_steps=num_steps, grad_accum_steps=1,
-        compute_dtype="float32", remat=False, strategy="sharded", log_every=100,
-        eval_every=1000, eval_batches=-1, checkpoint_every=1000, keep_checkpoints=3,
-        average_last=0))
+    config.train = common.train(batch_size=batch_size, num_steps=num_steps, log_every=100,
+                                checkpoint_every=1000)
+    config.evals = ml_collections.ConfigDict()
+    config.evals.test = common.evaluator("classification", every_steps=1000, split="test",
+                                         num_batches=-1, top_k=(1, 5))
+    config.evals.test_loss = common.evaluator("loss", split="test", num_batches=-1)
+    common.add_transfer(config)
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, min_lr=1e-5, schedule="cosine", warmup_steps=300,
         decay_steps=num_steps, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip=1.0))
 
     if arg.runlocal:
         config.model.update(num_layers=2, num_heads=2, d_model=32, mlp_dim=64, patch_size=7)
-        config.train.update(batch_size=16, num_steps=4, eval_every=2, eval_batches=2,
-                            checkpoint_every=2, log_every=1)
+        config.train.update(batch_size=16, num_steps=4, checkpoint_every=2, log_every=1)
+        for entry in config.evals.values():
+            entry.update(every_steps=2, num_batches=2)
         config.optim.update(warmup_steps=1, decay_steps=4)
     return config

@@ -28,6 +28,7 @@ Recipes:
 
 import ml_collections
 
+from configs import common
 from jaxformer.config import ConfigError, parse_arg
 
 TRAIN_EXAMPLES = 1_281_167  # ILSVRC-2012 train split.
@@ -58,11 +59,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), read_threads=16))
     batch_size, epochs = 4096, 300
     num_steps = epochs * TRAIN_EXAMPLES // batch_size  # 93,835
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=batch_size, num_steps=num_steps, grad_accum_steps=1,
-        compute_dtype="bfloat16", remat=False, strategy="sharded", log_every=50,
-        eval_every=2500, eval_batches=-1, checkpoint_every=1000, keep_checkpoints=3,
-        average_last=0))
+    config.train = common.train(batch_size=batch_size, num_steps=num_steps,
+                                compute_dtype="bfloat16", checkpoint_every=1000)
+    config.evals = ml_collections.ConfigDict()
+    config.evals.val = common.evaluator("classification", every_steps=2500, split="",
+                                        num_batches=-1, top_k=(1, 5))
+    config.evals.val_loss = common.evaluator("loss", every_steps=2500, split="",
+                                             num_batches=-1)
+    common.add_transfer(config)
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, min_lr=0.0, schedule="cosine", warmup_steps=10_000,
         decay_steps=num_steps, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
@@ -75,6 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             mlp_dim=64, representation_size=32)
         config.data.update(image_size=64, resize_size=72, read_threads=0)
         config.train.update(batch_size=8, num_steps=4, compute_dtype="float32", log_every=1,
-                            eval_every=2, eval_batches=2, checkpoint_every=2)
+                            checkpoint_every=2)
+        for entry in config.evals.values():
+            entry.update(every_steps=2, num_batches=2)
         config.optim.update(warmup_steps=1, decay_steps=4)
     return config

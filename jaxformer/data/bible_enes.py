@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxformer.data import translation_pipeline
+from jaxformer.data import common, translation_pipeline
 from jaxformer.data.translation_pipeline import TranslationData
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "assets" / "bible_enes" / "bible_enes.tsv.xz"
@@ -154,6 +154,13 @@ def read_splits(builder: BibleEnes) -> dict[str, list[Verse]]:
     return splits
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject, before anything is written."""
+    translation_pipeline.check_translation_config(config, LANGUAGES, data_dir_must_exist=False)
+    if not CORPUS_PATH.is_file():
+        raise ValueError(f"the embedded corpus {CORPUS_PATH} is missing; reinstall jaxformer")
+
+
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> TranslationData:
     """The Bible pair as translation data, in the direction and sizes `config` says.
 
@@ -165,8 +172,9 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Translat
         workdir: the experiment's directory; the tokenizer is kept in its `assets/`
             and reused from there. None builds the tokenizer afresh in memory.
     """
+    check_config(config)
     source, target = translation_pipeline.direction(config, LANGUAGES)
-    builder = prepare(translation_pipeline.resolve_data_dir(config.data_dir, create=True))
+    builder = prepare(common.resolve_data_dir(config.get("data_dir", ""), create=True))
     splits = read_splits(builder)
     pairs = {name: [(getattr(v, source), getattr(v, target)) for v in verses]
              for name, verses in splits.items()}

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxformer.data import image_pipeline
+from jaxformer.data import common, image_pipeline
 from jaxformer.data.image_pipeline import ImageData
 
 # The label order of the data set (its batches.meta.txt), which tfds keeps.
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck")
 IMAGE_SIZE = 32
+CHANNELS = 3
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject, without reading any data."""
+    image_pipeline.check_image_config(config, channels=CHANNELS, image_size=IMAGE_SIZE)
+    common.check_data_dir(config.get("data_dir", ""), default_must_exist=False)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:
@@ -29,9 +36,13 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
         workdir: unused.
     """
     del workdir
+    check_config(config)
+    eval_split = config.get("eval_split", "test")
     _, (train, evaluation) = image_pipeline.tfds_sources(
         "cifar10", data_dir=config.get("data_dir", ""),
-        splits=(config.get("train_split", "train"), config.get("eval_split", "test")))
-    preprocess = image_pipeline.preprocess_from_config(config, channels=3, image_size=IMAGE_SIZE)
-    return ImageData(train_source=train, eval_source=evaluation, class_names=CLASS_NAMES,
-                     preprocess=preprocess, read_threads=config.get("read_threads", 0))
+        splits=(config.get("train_split", "train"), eval_split))
+    preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
+                                                       image_size=IMAGE_SIZE)
+    return ImageData(train_source=train, eval_sources={eval_split: evaluation},
+                     class_names=CLASS_NAMES, preprocess=preprocess,
+                     read_threads=config.get("read_threads", 0))

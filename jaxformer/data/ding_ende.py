@@ -32,8 +32,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxformer.data import translation_pipeline
-from jaxformer.data.translation_pipeline import Pair, TranslationData
+from jaxformer.data import common, translation_pipeline
+from jaxformer.data.translation_pairs import Pair
+from jaxformer.data.translation_pipeline import TranslationData
 
 DICTD_DIR = "/usr/share/dictd"
 DICTIONARY = "freedict-eng-deu"
@@ -101,13 +102,19 @@ def decode_number(digits: str) -> int:
     return value
 
 
-def read_entries(dictd_dir: str = DICTD_DIR, name: str = DICTIONARY) -> Iterator[str]:
-    """Each distinct entry of a dictd dictionary, in the order of the dict file."""
+def dictionary_files(dictd_dir: str = DICTD_DIR, name: str = DICTIONARY) -> tuple[str, str]:
+    """The index and dict files of a dictd dictionary, which must exist."""
     index_path = os.path.join(dictd_dir, f"{name}.index")
     dict_path = os.path.join(dictd_dir, f"{name}.dict.dz")
     if not (os.path.isfile(index_path) and os.path.isfile(dict_path)):
         raise ValueError(f"{index_path} and {dict_path} not found: the Ding dictionary is read "
                          f"from the Debian package {PACKAGE} (apt-get install {PACKAGE})")
+    return index_path, dict_path
+
+
+def read_entries(dictd_dir: str = DICTD_DIR, name: str = DICTIONARY) -> Iterator[str]:
+    """Each distinct entry of a dictd dictionary, in the order of the dict file."""
+    index_path, dict_path = dictionary_files(dictd_dir, name)
     try:
         with open(index_path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -202,7 +209,7 @@ def prepare(data_dir: str, *, dictd_dir: str = DICTD_DIR) -> DingEnde:
     try:
         builder = DingEnde(data_dir=data_dir, file_format="array_record", dictd_dir=dictd_dir)
         if not builder.is_prepared():
-            next(read_entries(dictd_dir), None)  # A missing package, said plainly.
+            dictionary_files(dictd_dir)  # A missing package, said plainly.
             builder.download_and_prepare()
     except Exception as e:  # tfds raises many kinds of errors for unwritable or damaged files.
         raise ValueError(f"cannot prepare ding_ende in {data_dir!r}: {e}") from e
@@ -226,6 +233,15 @@ def read_splits(builder: DingEnde) -> dict[str, list[Pair]]:
     return splits
 
 
+def check_config(config: ml_collections.ConfigDict, *, dictd_dir: str = DICTD_DIR) -> None:
+    """Raises ValueError for settings `build` would reject, before anything is written: the
+    dictionary package must be installed unless the data is prepared already."""
+    translation_pipeline.check_translation_config(config, LANGUAGES, data_dir_must_exist=False)
+    data_dir = common.default_data_dir(config.get("data_dir", ""))
+    if not DingEnde(data_dir=data_dir, file_format="array_record").is_prepared():
+        dictionary_files(dictd_dir)
+
+
 def build(
     config: ml_collections.ConfigDict, *, workdir: str | None, dictd_dir: str = DICTD_DIR
 ) -> TranslationData:
@@ -241,8 +257,9 @@ def build(
         dictd_dir: where the dictd files are (the package installs them in
             /usr/share/dictd).
     """
+    check_config(config, dictd_dir=dictd_dir)
     source, _ = translation_pipeline.direction(config, LANGUAGES)
-    builder = prepare(translation_pipeline.resolve_data_dir(config.data_dir, create=True),
+    builder = prepare(common.resolve_data_dir(config.get("data_dir", ""), create=True),
                       dictd_dir=dictd_dir)
     splits = read_splits(builder)
     pairs = {name: [pair if source == "en" else pair[::-1] for pair in split]

@@ -34,6 +34,7 @@ SUBSET_DIR = pathlib.Path(__file__).parent / "assets" / "fashion_mnist"
 SOURCES = ("auto", "full", "subset")
 SPLITS = {"train": "train", "test": "t10k"}  # Split name -> file prefix.
 IMAGE_SIZE = 28
+CHANNELS = 1
 
 # sha256 of the decompressed idx files.
 SHA256 = {
@@ -120,7 +121,7 @@ def resolve(source: str, data_dir: str = "") -> tuple[str, pathlib.Path]:
     if source not in SOURCES:
         raise ValueError(f"unknown Fashion-MNIST source {source!r}; available: "
                          f"{', '.join(SOURCES)}")
-    full_dir = pathlib.Path(os.path.expanduser(data_dir or FULL_DIR))
+    full_dir = _full_dir(data_dir)
     if source == "subset":
         return "subset", SUBSET_DIR
     present = all((full_dir / f"{name}.gz").is_file() for name in SHA256["full"])
@@ -129,16 +130,18 @@ def resolve(source: str, data_dir: str = "") -> tuple[str, pathlib.Path]:
                          "`apt-get install dataset-fashion-mnist`, set data.data_dir to a "
                          "directory holding its four idx .gz files, or use "
                          "data.source=subset")
-    if not present:
-        logging.getLogger(__name__).warning(
-            "full Fashion-MNIST not found in %s; using the embedded subset (10,000 train / "
-            "2,000 test images)", full_dir)
-        return "subset", SUBSET_DIR
-    return "full", full_dir
+    return ("full", full_dir) if present else ("subset", SUBSET_DIR)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject (a missing full set included),
+    without reading the images."""
+    image_pipeline.check_image_config(config, channels=CHANNELS, image_size=IMAGE_SIZE)
+    resolve(config.get("source", "auto"), config.get("data_dir", ""))
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:
-    """Fashion-MNIST as image classification data.
+    """Fashion-MNIST as image classification data; evaluation reads the test split.
 
     Args:
         config: the `data` part of the experiment config: `source` ("auto", "full" or
@@ -148,12 +151,22 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
         workdir: unused (nothing is derived from the data).
     """
     del workdir
-    kind, directory = resolve(config.get("source", "auto"), config.get("data_dir", ""))
-    train = load_split(directory, "train", sha256=SHA256[kind])
-    test = load_split(directory, "test", sha256=SHA256[kind])
-    preprocess = image_pipeline.preprocess_from_config(config, channels=1,
+    check_config(config)
+    source = config.get("source", "auto")
+    kind, directory = resolve(source, config.get("data_dir", ""))
+    if source == "auto" and kind == "subset":
+        logging.getLogger(__name__).warning(
+            "full Fashion-MNIST not found in %s; using the embedded subset (10,000 train / "
+            "2,000 test images)", _full_dir(config.get("data_dir", "")))
+    images, labels = load_split(directory, "train", sha256=SHA256[kind])
+    train = image_pipeline.ArraySource({"image": images, "label": labels})
+    images, labels = load_split(directory, "test", sha256=SHA256[kind])
+    test = image_pipeline.ArraySource({"image": images, "label": labels})
+    preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
                                                        image_size=IMAGE_SIZE)
-    return ImageData(
-        train_source=image_pipeline.ArraySource(*train),
-        eval_source=image_pipeline.ArraySource(*test), class_names=CLASS_NAMES,
-        preprocess=preprocess, read_threads=config.get("read_threads", 0))
+    return ImageData(train_source=train, eval_sources={"test": test}, class_names=CLASS_NAMES,
+                     preprocess=preprocess, read_threads=config.get("read_threads", 0))
+
+
+def _full_dir(data_dir: str) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(data_dir or FULL_DIR))

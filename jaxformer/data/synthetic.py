@@ -11,9 +11,11 @@ from collections.abc import Iterable
 import ml_collections
 import numpy as np
 
+from jaxformer.data import common, lm_pipeline
 from jaxformer.data.lm_pipeline import LMData
 
 TRAIN_TOKENS, EVAL_TOKENS = 1 << 22, 1 << 18
+TOKENIZER = "ids"
 
 
 class IdTokenizer:
@@ -32,11 +34,18 @@ class IdTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for a `tokenizer` other than "ids" (the default), a `vocab_size` below
+    2, or a `block_size` the eval stream is too short for."""
+    lm_pipeline.check_lm_config(config, kinds=(TOKENIZER,), default_kind=TOKENIZER,
+                                max_block_size=EVAL_TOKENS - 1)
+    common.require_int(config, "vocab_size", minimum=2)
+
+
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
     """Random train / eval token streams over `config.vocab_size` ids."""
     del workdir  # Nothing to keep: the streams are a pure function of the vocabulary size.
-    if config.vocab_size < 2:
-        raise ValueError(f"data.vocab_size must be at least 2, got {config.vocab_size}")
+    check_config(config)
     rng = np.random.default_rng(0)
     train, evaluation = (rng.integers(config.vocab_size, size=n, dtype=np.int32)
                          for n in (TRAIN_TOKENS, EVAL_TOKENS))

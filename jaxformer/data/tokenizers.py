@@ -9,9 +9,11 @@ begin-of-sequence ids.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -126,8 +128,7 @@ class SentencePieceTokenizer:
             keep = np.sort(rng.choice(len(sentences), max_sentences, replace=False))
             sentences = [sentences[i] for i in keep]
         chars = set().union(*sentences)
-        num_special = 3 if special_tokens else 0
-        min_size = _NUM_BYTE_PIECES + 2 + num_special + len(chars - {"\n"})
+        min_size = min_bpe_vocab_size(len(chars - {"\n"}), special_tokens=special_tokens)
         if vocab_size < min_size:
             specials = "<unk>, <pad>, </s>, <s>" if special_tokens else "<unk>"
             raise ValueError(
@@ -202,6 +203,20 @@ class SentencePieceTokenizer:
     @classmethod
     def load(cls, path: PathLike) -> SentencePieceTokenizer:
         return _parse_sentencepiece(_read_bytes(path), path)
+
+
+def min_bpe_vocab_size(num_chars: int = 1, *, special_tokens: bool = False) -> int:
+    """The smallest BPE vocabulary for text of `num_chars` distinct characters (newline aside):
+    the byte tokens, `<unk>`, the newline, the special tokens if any, and the characters."""
+    return _NUM_BYTE_PIECES + 2 + (3 if special_tokens else 0) + num_chars
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+    """A short hash of the tokenizer's saved form: equal fingerprints, equal ids."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = epath.Path(folder) / "tokenizer"
+        tokenizer.save(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def load_tokenizer(path: PathLike) -> CharTokenizer | SentencePieceTokenizer:

@@ -20,7 +20,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxformer.data import translation_pipeline
+from jaxformer.data import common, translation_pairs, translation_pipeline
 from jaxformer.data.translation_pipeline import TranslationData
 
 TFDS_NAME = "wmt14_translate/de-en"
@@ -52,6 +52,12 @@ def open_splits(data_dir: str) -> tuple[tfds.core.DatasetBuilder, dict[str, Sequ
     return builder, sources
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject, before anything is read or
+    written (whether the data is prepared, `build` finds out from tfds)."""
+    translation_pipeline.check_translation_config(config, LANGUAGES, data_dir_must_exist=True)
+
+
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> TranslationData:
     """WMT'14 as translation data, in the direction and sizes `config` says.
 
@@ -64,10 +70,11 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Translat
         workdir: the experiment's directory; the tokenizer is kept in its `assets/`
             and reused from there. None builds the tokenizer afresh in memory.
     """
+    check_config(config)
     source, target = translation_pipeline.direction(config, LANGUAGES)
-    data_dir = translation_pipeline.resolve_data_dir(config.data_dir, create=False)
+    data_dir = common.resolve_data_dir(config.get("data_dir", ""), create=False)
     builder, sources = open_splits(data_dir)
-    pairs = {name: translation_pipeline.lazy_pairs(records, source, target)
+    pairs = {name: translation_pairs.lazy_pairs(records, source, target)
              for name, records in sources.items()}
     token_dir = epath.Path(data_dir) / builder.info.full_name / "tokens"
     return translation_pipeline.make_data(pairs, config, workdir=workdir, token_dir=token_dir)

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from jaxformer.decode import empty_cache
 from jaxformer.layers import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -148,16 +147,6 @@ def shift_right(targets: jax.Array, bos_id: int) -> jax.Array:
     """Decoder inputs: `bos_id` followed by all but the last target token."""
     return jnp.concatenate(
         [jnp.full_like(targets[:, :1], bos_id), targets[:, :-1]], axis=1)
-
-
-def init_cache(model: Transformer, encoded: jax.Array, inputs: jax.Array, max_len: int) -> Any:
-    """An empty self-attention KV cache for `max_len` target positions of the given sources.
-
-    The cross-attention projection of `encoded` is not cached: a decoding loop closes over
-    `encoded`, so XLA hoists the projection out of the loop.
-    """
-    tokens = jnp.zeros((encoded.shape[0], max_len), jnp.int32)
-    return empty_cache(model, encoded, inputs, tokens, method="decode")
 
 
 def build(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, bos_id: int,

@@ -1,9 +1,7 @@
-"""Image classification: softmax cross-entropy (optionally label-smoothed), top-1 / top-5.
+"""Image classification: softmax cross-entropy (optionally label-smoothed).
 
 Batches are `{"image": float32[batch, H, W, C], "label": int32[batch]}`. Evaluation batches
-may be padded to a fixed size with rows whose label is -1: `eval_metrics` sums over the real
-rows only and reports their number as `weight`; the trainer adds both up over devices and
-batches and divides, so the metrics are exact means over the real examples.
+may be padded to a fixed size with rows whose label is -1; those rows carry no weight.
 """
 
 from __future__ import annotations
@@ -13,34 +11,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from jaxformer import registry
-from jaxformer.tasks.lm import compute_dtype
+from jaxformer.losses.cross_entropy import smoothed_cross_entropy
+from jaxformer.models.vit import resize_position_embedding
+from jaxformer.tasks.base import Average, Task, compute_dtype
 
 
-def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                           label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example cross-entropy `[batch]` against one-hot targets smoothed towards uniform:
-    `(1 - label_smoothing) * onehot + label_smoothing / num_classes` (Szegedy et al. 2016)."""
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """Whether each label is among the `k` highest logits, float32 `[batch]`.
-
-    Ties count against the label: at most `k - 1` other classes may score as high as it
-    (so constant logits, as from a zero-initialised head, are never correct).
-    """
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)  # [batch, 1]
-    rivals = (logits >= label_logit).sum(axis=-1) - 1  # Other classes scoring at least as high.
-    return (rivals < k).astype(jnp.float32)
-
-
-class ClassificationTask:
+class ClassificationTask(Task):
     """Supervised classification of images into `data.num_classes` classes."""
 
     def __init__(self, config: ml_collections.ConfigDict, data: Any):
@@ -59,31 +37,19 @@ class ClassificationTask:
         return {"image": jnp.zeros((batch_size, *self.image_shape), jnp.float32),
                 "label": jnp.zeros((batch_size,), jnp.int32)}
 
-    def init(self, rng: jax.Array) -> Any:
-        return self.model.init(rng, self.dummy_batch(1)["image"])["params"]
+    def model_inputs(self, batch):
+        return (batch["image"],)
 
-    def loss(self, params, batch, rng, *, train: bool):
+    def loss(self, params, batch, rng, *, train: bool, axis_name=None):
         logits = self.model.apply({"params": params}, batch["image"], train=train,
                                   rngs={"dropout": rng})
-        loss = smoothed_cross_entropy(logits, batch["label"], self.num_classes,
-                                      self.label_smoothing).mean()
-        accuracy = (logits.argmax(-1) == batch["label"]).mean()
-        return loss, {"accuracy": accuracy}
-
-    def eval_metrics(self, params, batch) -> dict[str, jax.Array]:
-        """Sums over the rows with a label >= 0, and their number as `weight` (the
-        trainer's convention for weighted metrics, see `train.state.make_eval_step`)."""
-        logits = self.model.apply({"params": params}, batch["image"], train=False)
         labels = batch["label"]
-        real = (labels >= 0).astype(jnp.float32)
+        real = labels >= 0
         safe_labels = jnp.maximum(labels, 0)
-        per_example = {
-            "loss": smoothed_cross_entropy(logits, safe_labels, self.num_classes,
-                                           self.label_smoothing),
-            "accuracy": top_k_correct(logits, safe_labels, 1),
-            "top5_accuracy": top_k_correct(logits, safe_labels, min(5, self.num_classes)),
-        }
-        return {**{k: (v * real).sum() for k, v in per_example.items()}, "weight": real.sum()}
+        loss = smoothed_cross_entropy(logits, safe_labels, self.num_classes,
+                                      self.label_smoothing)
+        correct = logits.argmax(-1) == safe_labels
+        return Average.of(loss, real), {"accuracy": Average.of(correct, real)}
 
     def flops_per_example(self, params) -> float:
         """Training FLOPs of one image: 3x the forward matmul FLOPs (forward + backward).
@@ -107,6 +73,16 @@ class ClassificationTask:
             head_in = model.representation_size
         forward += 2 * head_in * model.num_classes
         return float(3 * forward)
+
+    def resize_param(self, path: str, value: Any, shape: tuple[int, ...]) -> Any:
+        """Position embeddings are resampled to a new patch grid (fine-tuning at another
+        image size, as in the ViT paper)."""
+        if path.endswith("pos_embedding"):
+            prefix = 1 if self.model.pool_type == "tok" else 0
+            height, width = self.image_shape[:2]
+            grid = (height // self.model.patch_size, width // self.model.patch_size)
+            return resize_position_embedding(value, grid, num_prefix_tokens=prefix)
+        return super().resize_param(path, value, shape)
 
 
 def build(config: ml_collections.ConfigDict, data: Any) -> ClassificationTask:

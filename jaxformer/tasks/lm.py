@@ -1,4 +1,4 @@
-"""Next-token prediction: cross-entropy over every position, perplexity, sampling."""
+"""Next-token prediction: cross-entropy over every position of `{"inputs", "targets"}`."""
 
 from __future__ import annotations
 
@@ -10,22 +10,14 @@ import ml_collections
 import optax
 
 from jaxformer import registry
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def compute_dtype(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"unknown compute dtype {name!r}; available: {', '.join(DTYPES)}")
-    return DTYPES[name]
+from jaxformer.tasks.base import Average, Task, compute_dtype
 
 
-class LMTask:
+class LMTask(Task):
     """Causal language modelling on batches `{"inputs", "targets"}: int32[batch, block_size]`."""
 
     def __init__(self, config: ml_collections.ConfigDict, data: Any):
         self.block_size = config.data.block_size
-        self.tokens_per_example = self.block_size
         self.tokenizer = data.tokenizer
         self.model = registry.lookup("models", config.model.name).build(
             config.model, vocab_size=data.vocab_size, block_size=self.block_size,
@@ -35,19 +27,18 @@ class LMTask:
         tokens = jnp.zeros((batch_size, self.block_size), jnp.int32)
         return {"inputs": tokens, "targets": tokens}
 
-    def init(self, rng: jax.Array) -> Any:
-        return self.model.init(rng, self.dummy_batch(1)["inputs"])["params"]
+    def model_inputs(self, batch):
+        return (batch["inputs"],)
 
-    def loss(self, params, batch, rng, *, train: bool):
+    def loss(self, params, batch, rng, *, train: bool, axis_name=None):
         logits = self.model.apply({"params": params}, batch["inputs"], train=train,
                                   rngs={"dropout": rng})
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
-        accuracy = (logits.argmax(-1) == batch["targets"]).mean()
-        return loss, {"accuracy": accuracy}
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        correct = logits.argmax(-1) == batch["targets"]
+        return Average.of(nll), {"accuracy": Average.of(correct)}
 
-    def eval_metrics(self, params, batch) -> dict[str, jax.Array]:
-        loss, metrics = self.loss(params, batch, jax.random.key(0), train=False)
-        return {"loss": loss, **metrics}
+    def items_per_example(self) -> tuple[int, str]:
+        return self.block_size, "tok"
 
     def flops_per_example(self, params) -> float:
         """Training FLOPs of one sequence: 6N per token plus attention (PaLM appendix B)."""

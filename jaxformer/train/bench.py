@@ -14,10 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxformer.errors import UserError, as_user_error
+from jaxformer.inference.workdir import build_data_and_task
 from jaxformer.train import parallel
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
-from jaxformer.train.trainer import build
 
 # Dense peak FLOP/s per device by compute dtype, from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -43,12 +44,14 @@ def peak_flops(device: jax.Device, dtype: str) -> float | None:
 def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         workdir: str | None = None) -> dict:
     cfg = config.train
-    with tempfile.TemporaryDirectory() as scratch:
-        data, task = build(config, workdir or scratch)
+    if steps < 1 or warmup < 0:
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    with tempfile.TemporaryDirectory() as scratch, as_user_error("config"):
+        data, task = build_data_and_task(config, workdir or scratch)
         batch_size = parallel.local_batch_size(cfg.batch_size)
         batch = next(data.train_iter(batch_size=batch_size, seed=config.seed))
     strategy = parallel.make_strategy(cfg.strategy)
-    tx = make_optimizer(config.optim)
+    tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)
     train_step = strategy.train_step(task, tx, cfg.grad_accum_steps)
@@ -80,10 +83,11 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         "step_seconds_median": step_seconds,
         "examples_per_sec": cfg.batch_size / step_seconds,
     }
-    if hasattr(task, "tokens_per_example"):
-        result["tokens_per_sec"] = cfg.batch_size * task.tokens_per_example / step_seconds
+    items, unit = task.items_per_example()
+    if unit != "ex":
+        result[f"{unit}_per_sec"] = cfg.batch_size * items / step_seconds
     peak = peak_flops(jax.devices()[0], cfg.compute_dtype)
-    if peak and hasattr(task, "flops_per_example"):
-        achieved = task.flops_per_example(params) * cfg.batch_size / step_seconds
-        result["mfu"] = achieved / (peak * jax.device_count())
+    flops = task.flops_per_example(params)
+    if peak and flops:
+        result["mfu"] = flops * cfg.batch_size / step_seconds / (peak * jax.device_count())
     return result

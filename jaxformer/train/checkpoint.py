@@ -2,8 +2,8 @@
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it when
 complete), so a killed run never leaves a half-written step behind as "latest". A step that
-fails to restore (corrupt files) is moved to `<workdir>/checkpoints_corrupt/` with a warning,
-and the previous step is used instead.
+fails to restore (corrupt files) is moved to `<workdir>/checkpoints_corrupt/` with one warning
+line, and the previous step is used instead.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from typing import Any
 
 import grain
@@ -42,22 +43,119 @@ class CheckpointMismatchError(ValueError):
     """The workdir's checkpoints hold a model of another shape than the config builds."""
 
 
+_ORBAX_DIRECTORY = os.path.dirname(os.path.dirname(ocp.__file__))
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+    """Whether an unraisable exception comes from the reads of a restore that already failed.
+
+    Orbax restores in a fresh event loop and closes it at the first failed read; the other
+    reads still in flight then end against the closed loop (tensorstore callbacks raise
+    "Event loop is closed") or are destroyed with it (orbax coroutines raise on close).
+    """
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and code.co_filename.startswith(_ORBAX_DIRECTORY)
+
+
+class _DropAbandonedReads:
+    """`sys.unraisablehook` that drops abandoned-read noise and passes anything else on."""
+
+    def __init__(self, previous: Any):
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if not _is_abandoned_read(unraisable):
+            self.previous(unraisable)
+
+
+class _DropAbandonedReadLogs(logging.Filter):
+    """asyncio's reports of the abandoned reads' futures and tasks ("never retrieved", ...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return "orbax" not in text and "tensorstore" not in text.lower()
+
+
+def _silence_abandoned_reads() -> None:
+    """Keeps a failed restore to the one warning line the Checkpointer writes for it.
+
+    Process-wide and lasting: the abandoned reads end, and are garbage-collected, at any time
+    after the failed restore has returned. Only their own noise is dropped.
+    """
+    if not isinstance(sys.unraisablehook, _DropAbandonedReads):
+        sys.unraisablehook = _DropAbandonedReads(sys.unraisablehook)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropAbandonedReadLogs) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropAbandonedReadLogs())
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause on one short line (orbax's wrappers repeat whole tensorstore specs)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    line = (str(error).splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
+    return f"{type(error).__name__}: {line[:200]}"
+
+
 def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
     return {jax.tree_util.keystr(path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+
+def _check_shapes(manager: ocp.CheckpointManager, step: int, params: Any) -> bool:
+    """Raises CheckpointMismatchError if `step` holds a model of other shapes than `params`;
+    False if its metadata cannot be read (then the restore decides whether it is corrupt).
+
+    A readable checkpoint of another model is the user's mistake, not corruption.
+    """
+    try:
+        saved = _param_shapes(manager.item_metadata(step)["state"]["params"])
+    except Exception:  # noqa: BLE001 -- unreadable metadata: the restore decides.
+        return False
+    expected = _param_shapes(params)
+    if saved != expected:
+        differing = sorted(k for k in saved.keys() | expected.keys()
+                           if saved.get(k) != expected.get(k))
+        raise CheckpointMismatchError(
+            f"the checkpoint at step {step} in {manager.directory} holds a different model "
+            f"than this config builds ({len(differing)} parameters differ, e.g. "
+            f"{differing[0]}: saved {saved.get(differing[0])}, config "
+            f"{expected.get(differing[0])}); use a new --workdir or the original config")
+    return True
 
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.corrupt_directory = os.path.join(os.path.abspath(workdir), "checkpoints_corrupt")
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler()},
-        )
+        self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+
+    @staticmethod
+    def check_compatible(workdir: str, params: Any) -> None:
+        """Raises CheckpointMismatchError if the newest checkpoint in `workdir` whose metadata
+        reads holds a model of other shapes than `params`. Reads only; creates nothing."""
+        directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if not os.path.isdir(directory):
+            return
+        manager = _manager(directory, ocp.CheckpointManagerOptions(
+            create=False, enable_async_checkpointing=False))
+        try:
+            for step in sorted(manager.all_steps(), reverse=True):
+                if _check_shapes(manager, step, params):
+                    return
+        finally:
+            manager.close()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -68,74 +166,92 @@ class Checkpointer:
             data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iter.get_state())),
         ), force=True)
 
-    def restore(self, abstract_state: Any, data_iter: Any = None) -> Any | None:
-        """The newest readable step's state (and data position, into `data_iter` if given).
+    def restore(self, abstract_state: Any, data_iter: Any = None, *,
+                step: int | None = None) -> Any | None:
+        """The state of the newest readable step, or of `step` if given (and the data position,
+        into `data_iter` if given).
 
-        None if there is no checkpoint.
+        None if there is no checkpoint. An unreadable newest step is moved aside and the one
+        before it is tried; an explicit `step` is read as it is (ValueError if there is no such
+        step, CheckpointError if it is unreadable, and nothing is moved).
         """
+        _silence_abandoned_reads()
         steps = self.steps()
-        for step in reversed(steps):
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if data_iter is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-            self._check_shapes(step, abstract_state.params)
+        if step is not None:
+            if step not in steps:
+                raise ValueError(f"no checkpoint at step {step} in {self.directory} "
+                                 f"(its steps: {steps})")
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                return self._restore_step(step, abstract_state, data_iter)
+            except CheckpointMismatchError:
+                raise
             except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
-                log.warning("checkpoint step %d cannot be restored (%s: %s); moving it to %s and "
-                            "trying the previous one", step, type(e).__name__,
-                            str(e).splitlines()[0][:200], self.corrupt_directory)
-                self._quarantine(step)
-                continue
-            return restored["state"]
+                raise CheckpointError(
+                    f"checkpoint step {step} cannot be restored ({_reason(e)})") from None
+        for newest in reversed(steps):
+            try:
+                return self._restore_step(newest, abstract_state, data_iter)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
+                target = self._quarantine(newest)
+                log.warning("checkpoint step %d cannot be restored (%s); moved to %s",
+                            newest, _reason(e), target)
         if steps:
             raise CheckpointError(f"none of the checkpoints in {self.directory} "
                                   f"(steps {steps}) can be restored")
         return None
 
     def average_params(self, abstract_state: Any, last: int) -> tuple[Any, list[int]]:
-        """The mean of the parameters of the newest `last` checkpoints, and their steps.
+        """The mean parameters of the readable checkpoints among the newest `last`; their steps.
 
         Averaging the last checkpoints gives a better model than the last one alone
-        (Vaswani et al. 2017 average the last 5 for base models, 20 for big ones).
+        (Vaswani et al. 2017 average the last 5 for base models, 20 for big ones). An unreadable
+        checkpoint is left out with a warning and left in place (training may still own it).
         """
+        if last < 1:
+            raise ValueError(f"the number of checkpoints to average must be >= 1, not {last}")
         steps = self.steps()[-last:]
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory} to average")
-        total = None
+        _silence_abandoned_reads()
+        total, used = None, []
         for step in steps:
-            params = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))["state"].params
+            try:
+                params = self._restore_step(step, abstract_state).params
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
+                log.warning("checkpoint step %d cannot be restored (%s); left out of the average",
+                            step, _reason(e))
+                continue
             params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
             total = params if total is None else jax.tree.map(jnp.add, total, params)
-        mean = jax.tree.map(lambda t, a: (t / len(steps)).astype(a.dtype), total,
+            used.append(step)
+        if not used:
+            raise CheckpointError(f"none of the checkpoints in {self.directory} "
+                                  f"(steps {steps}) can be restored to average")
+        mean = jax.tree.map(lambda t, a: (t / len(used)).astype(a.dtype), total,
                             abstract_state.params)
-        return mean, steps
+        return mean, used
 
-    def _check_shapes(self, step: int, params: Any) -> None:
-        """A readable checkpoint of another model is the user's mistake, not corruption."""
-        try:
-            saved = self.manager.item_metadata(step)["state"]["params"]
-        except Exception:  # noqa: BLE001 -- unreadable metadata: the restore decides.
-            return
-        saved, expected = _param_shapes(saved), _param_shapes(params)
-        if saved != expected:
-            differing = sorted(k for k in saved.keys() | expected.keys()
-                               if saved.get(k) != expected.get(k))
-            raise CheckpointMismatchError(
-                f"the checkpoint at step {step} in {self.directory} holds a different model "
-                f"than this config builds ({len(differing)} parameters differ, e.g. "
-                f"{differing[0]}: saved {saved.get(differing[0])}, config "
-                f"{expected.get(differing[0])}); use a new --workdir or the original config")
+    def _restore_step(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
+        _check_shapes(self.manager, step, abstract_state.params)
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
-    def _quarantine(self, step: int) -> None:
+    def _quarantine(self, step: int) -> str:
+        """Moves a step out of the manager's sight (process 0 moves it); where it went."""
+        target = os.path.join(self.corrupt_directory, str(step))
         if jax.process_index() == 0:
             os.makedirs(self.corrupt_directory, exist_ok=True)
-            target = os.path.join(self.corrupt_directory, str(step))
             if os.path.exists(target):
                 shutil.rmtree(target)
             shutil.move(os.path.join(self.directory, str(step)), target)
         self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,26 +1,82 @@
-"""Metric writers (`<workdir>/metrics.jsonl`, TensorBoard) and the human progress line."""
+"""Metric writers (`<workdir>/metrics.jsonl`, TensorBoard), their reader, and the human
+progress line."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _read_lines(path: str) -> list[tuple[str, dict]]:
+    """(line, record) pairs of a metrics file; a last line cut short by a kill is left out."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # No newline after it: a write that was cut short.
+                break
+            raise ValueError(f"{path}:{number} is not a JSON record ({e})") from None
+    return records
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of `<workdir>/metrics.jsonl` in file order ([] if there is none yet)."""
+    return [record for _, record in _read_lines(os.path.join(workdir, METRICS_FILE))]
+
+
+def _ends_mid_line(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def _rewrite(path: str, last_step: int | None) -> None:
+    """Atomically keeps the complete records of `path` with step <= `last_step` (all if None)."""
+    kept = [line for line, record in _read_lines(path)
+            if last_step is None or record.get("step", 0) <= last_step]
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
 
 
 class MetricWriter:
     """Writes scalars to `metrics.jsonl` (one object per line) and TensorBoard events.
 
-    Only process 0 writes; other processes' calls are no-ops.
+    A run resumed from the checkpoint at step S passes `resume_step=S`: the records a killed
+    run wrote after S are dropped first, as the resumed run writes them again. Only process 0
+    writes; other processes' calls are no-ops.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, *, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(workdir, METRICS_FILE)
+        if resume_step is not None or _ends_mid_line(path):
+            _rewrite(path, resume_step)
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- open until close().
         from tensorboardX import SummaryWriter  # Heavy import; only where metrics are written.
 
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -61,6 +117,14 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float], *,
 
 
 def log(message: str) -> None:
-    """A line on stdout from process 0."""
-    if jax.process_index() == 0:
+    """A line on stdout from process 0; nothing once stdout is a pipe its reader has closed
+    (`jaxformer train ... | head`), so that training goes on."""
+    if jax.process_index() != 0:
+        return
+    try:
         print(message, file=sys.stdout, flush=True)
+    except BrokenPipeError:
+        # Later lines, and the flush at exit, then go to /dev/null instead of raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxformer.train.transfer import with_freeze
+
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -42,8 +44,10 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Global-norm clipping followed by the configured optimizer with its schedule."""
+def make_optimizer(config: ml_collections.ConfigDict, freeze: tuple[str, ...] = ()
+                   ) -> optax.GradientTransformation:
+    """Global-norm clipping followed by the configured optimizer with its schedule; the
+    parameters matching `freeze` (see `train.transfer`) are left out of both."""
     schedule = make_schedule(config)
     if config.name == "adamw":
         opt = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -56,4 +60,4 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         raise ValueError(f"unknown optimizer {config.name!r}; available: {', '.join(OPTIMIZERS)}")
     if config.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), opt)
-    return opt
+    return with_freeze(opt, freeze)

@@ -13,7 +13,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxformer.train.state import TrainState, make_eval_step, make_train_step
+from jaxformer.errors import UserError
+from jaxformer.train.state import TrainState, make_train_step
 
 STRATEGIES = ("sharded", "pmap")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -24,7 +25,7 @@ def local_batch_size(global_batch_size: int) -> int:
     """This process's share of the global batch; must split evenly over all devices."""
     devices = jax.device_count()
     if global_batch_size % devices:
-        raise ValueError(f"batch size {global_batch_size} does not split over {devices} devices; "
+        raise UserError(f"train.batch_size {global_batch_size} does not split over {devices} devices; "
                          f"use a multiple of {devices}")
     return global_batch_size // jax.process_count()
 
@@ -33,6 +34,7 @@ class Sharded:
     """`jax.jit` over a (data, fsdp, tensor) mesh: params replicated, batch split over data."""
 
     name = "sharded"
+    axis_name = None  # The jitted step sees the global batch.
 
     def __init__(self, devices: list[jax.Device] | None = None,
                  mesh_shape: tuple[int, int, int] | None = None):
@@ -42,8 +44,8 @@ class Sharded:
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
 
-    def init_state(self, create: Callable[[], TrainState]) -> TrainState:
-        return jax.jit(create, out_shardings=self.replicated)()
+    def init_state(self, create: Callable[..., TrainState], *args) -> TrainState:
+        return jax.jit(create, out_shardings=self.replicated)(*args)
 
     def place_state(self, state: TrainState) -> TrainState:
         return jax.device_put(state, self.replicated)
@@ -62,8 +64,9 @@ class Sharded:
         return jax.jit(step, in_shardings=(self.replicated, self.batch_sharding),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
-    def eval_step(self, task) -> Callable:
-        return jax.jit(make_eval_step(task), in_shardings=(self.replicated, self.batch_sharding),
+    def reduce_fn(self, fn: Callable) -> Callable:
+        """`fn(params, batch) -> pytree of sums` over the global batch, jitted."""
+        return jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
                        out_shardings=self.replicated)
 
 
@@ -71,14 +74,15 @@ class Pmap:
     """Classic replicated data parallelism: `jax.pmap` with `lax.pmean` over local devices."""
 
     name = "pmap"
-    axis = "batch"
+    axis_name = "batch"
 
-    def init_state(self, create: Callable[[], TrainState]) -> TrainState:
-        return self.place_state(jax.jit(create)())
+    def init_state(self, create: Callable[..., TrainState], *args) -> TrainState:
+        return self.place_state(jax.jit(create)(*args))
 
     def __init__(self):
         devices = jax.local_devices()
-        self.stacked = NamedSharding(Mesh(np.asarray(devices), (self.axis,)), P(self.axis))
+        mesh = Mesh(np.asarray(devices), (self.axis_name,))
+        self.stacked = NamedSharding(mesh, P(self.axis_name))
 
     def place_state(self, state: TrainState) -> TrainState:
         """One copy per local device, stacked on a leading axis."""
@@ -96,8 +100,9 @@ class Pmap:
                             batch)
 
     def train_step(self, task, tx, grad_accum_steps: int) -> Callable:
-        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, axis_name=self.axis)
-        pstep = jax.pmap(step, axis_name=self.axis, donate_argnums=0)
+        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps,
+                               axis_name=self.axis_name)
+        pstep = jax.pmap(step, axis_name=self.axis_name, donate_argnums=0)
 
         def train_step(state, batch):
             state, metrics = pstep(state, batch)
@@ -105,9 +110,11 @@ class Pmap:
 
         return train_step
 
-    def eval_step(self, task) -> Callable:
-        pstep = jax.pmap(make_eval_step(task, axis_name=self.axis), axis_name=self.axis)
-        return lambda params, batch: jax.tree.map(lambda x: x[0], pstep(params, batch))
+    def reduce_fn(self, fn: Callable) -> Callable:
+        """`fn(params, batch) -> pytree of sums`, run per device and added over devices."""
+        pfn = jax.pmap(lambda params, batch: jax.lax.psum(fn(params, batch), self.axis_name),
+                       axis_name=self.axis_name)
+        return lambda params, batch: jax.tree.map(lambda x: x[0], pfn(params, batch))
 
 
 def make_strategy(name: str):
@@ -115,4 +122,4 @@ def make_strategy(name: str):
         return Sharded()
     if name == "pmap":
         return Pmap()
-    raise ValueError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}")
+    raise UserError(f"unknown train.strategy {name!r}; available: {', '.join(STRATEGIES)}")

@@ -1,15 +1,24 @@
-"""The generic training loop: config -> (data, task) from the registry -> steps, evals, checkpoints.
+"""The generic training loop: config -> (data, task, evaluators) -> steps, evals, checkpoints.
 
-Nothing here knows which model family it trains. Resume order, in one place: the data
-pipeline and task are built from the config, a fresh state is initialised, then the newest
-readable checkpoint (if any) overwrites the state and the data iterator position.
+Nothing here knows which model family it trains. A run goes in three phases:
+  1. check: the config's parts are built (data into a staging directory, the model's shapes
+     with `jax.eval_shape`) and every mistake is a `UserError` before the workdir changes;
+  2. claim: the workdir is locked, its newest readable checkpoint (if any) is checked against
+     the model, and only then are `config.json` and the assets written;
+  3. train: resume order in one place: a fresh state (or `init_from`) unless a checkpoint
+     restores the state and the data iterator position; then the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -20,11 +29,18 @@ from jax.experimental import multihost_utils
 
 from jaxformer import config as config_lib
 from jaxformer import registry
-from jaxformer.train import parallel
-from jaxformer.train.checkpoint import Checkpointer
-from jaxformer.train.metrics import MetricWriter, log, progress_line
+from jaxformer.errors import UserError, as_user_error
+from jaxformer.evaluators.base import Context, build_evaluators
+from jaxformer.inference.workdir import abstract_state, build_data_and_task
+from jaxformer.train import parallel, transfer
+from jaxformer.train.checkpoint import Checkpointer, CheckpointMismatchError
+from jaxformer.train.metrics import MetricWriter, log, progress_line, read_metrics
 from jaxformer.train.optimizer import make_optimizer, make_schedule
 from jaxformer.train.state import TrainState, create_state
+from jaxformer.train.workdir import check_workdir_path, lock_workdir
+
+# Config fields that may change between a run and its resume without a warning.
+RESUMABLE_CHANGES = ("train.num_steps",)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,84 +79,200 @@ class _StopOnSignal:
             signal.signal(s, handler)
 
 
-def _modules(config: ml_collections.ConfigDict):
-    """The data and task modules the config names (and a check that its model exists)."""
+def check_train_config(config: ml_collections.ConfigDict) -> None:
+    """Values the trainer itself needs; raises ValueError."""
+    cfg = config.train
+    for name in ("num_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints",
+                 "grad_accum_steps"):
+        if cfg[name] < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {cfg[name]}")
+    if cfg.average_last < 0 or cfg.average_last > cfg.keep_checkpoints:
+        raise ValueError(f"train.average_last must be in [0, keep_checkpoints="
+                         f"{cfg.keep_checkpoints}], got {cfg.average_last}")
+    if cfg.batch_size % cfg.grad_accum_steps:
+        raise ValueError(f"train.batch_size {cfg.batch_size} does not split into "
+                         f"{cfg.grad_accum_steps} micro-batches")
     registry.lookup("models", config.model.name)
-    return registry.lookup("data", config.data.name), registry.lookup("tasks", config.task.name)
+    registry.lookup("tasks", config.task.name)
+    registry.lookup("data", config.data.name).check_config(config.data)
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | None):
-    """(data, task) named by the config; used by train and bench."""
-    data_module, task_module = _modules(config)
-    # Process 0 prepares the dataset and tokenizer first; the others then read what it wrote.
-    if jax.process_index() == 0:
-        data = data_module.build(config.data, workdir=workdir)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("jaxformer: data prepared")
-    if jax.process_index() != 0:
-        data = data_module.build(config.data, workdir=workdir)
-    return data, task_module.build(config, data)
+    """(data, task) named by the config (one process; the trainer orders processes itself)."""
+    return build_data_and_task(config, workdir)
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What a run is built from."""
+
+    data: Any
+    task: Any
+    tx: Any
+    strategy: Any
+    evaluators: dict
+    abstract: TrainState
+
+
+def _check(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The config values and the workdir path, before anything is built."""
+    check_workdir_path(workdir)
+    with as_user_error("config"):
+        check_train_config(config)
+        local_batch = parallel.local_batch_size(config.train.batch_size)
+        if local_batch % (config.train.grad_accum_steps * jax.local_device_count()):
+            raise ValueError(f"train.batch_size {config.train.batch_size} must split into "
+                             f"{config.train.grad_accum_steps} micro-batches over "
+                             f"{jax.device_count()} devices")
+
+
+def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str) -> _Parts:
+    """Data (its assets read from or written to `assets_workdir/assets`), task, optimizer,
+    evaluators and the train state's shapes; a ValueError here is a config mistake."""
+    with as_user_error("config"):
+        strategy = parallel.make_strategy(config.train.strategy)
+        data, task = build_data_and_task(config, assets_workdir)
+        freeze = tuple(config.get("freeze", ()))
+        tx = make_optimizer(config.optim, freeze)
+        abstract = abstract_state(config, task, _state_sharding(strategy))
+        transfer.check_freeze(abstract.params, freeze)
+        local_batch = parallel.local_batch_size(config.train.batch_size)
+        evaluators = build_evaluators(config, Context(task, data, strategy, local_batch))
+    return _Parts(data, task, tx, strategy, evaluators, abstract)
+
+
+def _state_sharding(strategy) -> jax.sharding.Sharding:
+    if isinstance(strategy, parallel.Sharded):
+        return strategy.replicated
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _commit(config: ml_collections.ConfigDict, workdir: str, staging: str | None) -> None:
+    """Once the run is known to be valid: config.json and the new assets (process 0)."""
+    save_config(config, workdir)
+    if staging is not None:
+        staged = os.path.join(staging, "assets")
+        if os.path.isdir(staged):
+            shutil.move(staged, os.path.join(workdir, "assets"))
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes config.json; an earlier run's different config is kept beside it."""
+    """Writes config.json; an earlier run's different config is kept beside it, and any
+    difference beyond the step budget is reported."""
     path = os.path.join(workdir, "config.json")
     text = config_lib.to_json(config)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-        os.replace(path, os.path.join(workdir, f"config.{int(time.time())}.json"))
-    with open(path, "w", encoding="utf-8") as f:
+            old = f.read()
+        if old == text:
+            return
+        kept = os.path.join(workdir, f"config.{int(time.time())}.json")
+        os.replace(path, kept)
+        changed = [k for k in _diff(json.loads(old), json.loads(text))
+                   if k not in RESUMABLE_CHANGES]
+        if changed:
+            log(f"WARNING: this config differs from the workdir's previous one in "
+                f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}; the previous "
+                f"config is kept as {os.path.basename(kept)}")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+    os.replace(tmp, path)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old.keys() | new.keys())
+        return [k for key in keys
+                for k in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _saved_steps(workdir: str) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from `workdir`; returns the last metrics."""
-    cfg = config.train
-    strategy = parallel.make_strategy(cfg.strategy)
-    tx = make_optimizer(config.optim)
-    schedule = make_schedule(config.optim)
-    batch_size = parallel.local_batch_size(cfg.batch_size)
-    if batch_size % (cfg.grad_accum_steps * jax.local_device_count()):
-        raise ValueError(f"train.batch_size {cfg.batch_size} must split into "
-                         f"{cfg.grad_accum_steps} micro-batches over {jax.device_count()} devices")
-    if cfg.average_last > cfg.keep_checkpoints:
-        raise ValueError(f"train.average_last {cfg.average_last} needs keep_checkpoints >= "
-                         f"{cfg.average_last}, got {cfg.keep_checkpoints}")
-    _modules(config)  # Unknown names fail here, before anything is written.
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        save_config(config, workdir)
-    data, task = build(config, workdir)
+    _check(config, workdir)
+    saved = _saved_steps(workdir)
+    if saved and saved[-1] > config.train.num_steps:
+        raise UserError(f"train.num_steps {config.train.num_steps} is below the step of the "
+                        f"workdir's newest checkpoint ({saved[-1]}); use a new --workdir or "
+                        "more steps")
+    lead = jax.process_index() == 0
+    parts = staging = None
+    if lead:  # Built first, into a staging directory unless the workdir has its assets.
+        staging = None if os.path.isdir(os.path.join(workdir, "assets")) else (
+            tempfile.mkdtemp(prefix="jaxformer-assets-"))
+        try:
+            parts = _build_parts(config, staging or workdir)
+        except BaseException:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+    with (lock_workdir(workdir) if lead else contextlib.nullcontext()):
+        if lead:
+            try:
+                Checkpointer.check_compatible(workdir, parts.abstract.params)
+            except CheckpointMismatchError as e:
+                raise UserError(str(e)) from e
+            _commit(config, workdir, staging)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("jaxformer: workdir ready")
+        if not lead:  # The other processes read the assets process 0 wrote.
+            parts = _build_parts(config, workdir)
+        return _train(config, workdir, parts)
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> dict[str, float]:
+    cfg = config.train
+    data, task, tx, strategy = parts.data, parts.task, parts.tx, parts.strategy
+    batch_size = parallel.local_batch_size(cfg.batch_size)
     train_iter = data.train_iter(batch_size=batch_size, seed=config.seed,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
-    state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints)
-    restored = checkpointer.restore(_abstract(strategy.host_state(state)), train_iter)
+    restored = checkpointer.restore(parts.abstract, train_iter)
     if restored is not None:
         state = strategy.place_state(restored)
+    else:
+        state = _fresh_state(config, task, tx, strategy)
     start = int(np.asarray(strategy.host_state(state).step))
-    num_params = sum(x.size for x in jax.tree.leaves(strategy.host_state(state).params))
+    params = strategy.host_state(state).params
+    trained, frozen = transfer.count_frozen(params, tuple(config.get("freeze", ())))
     log(f"{'resuming from step ' + str(start) if start else 'starting'}: "
-        f"{num_params:,} parameters, {jax.device_count()} devices ({strategy.name}), "
-        f"global batch {cfg.batch_size}")
+        f"{trained + frozen:,} parameters ({trained:,} trained, {frozen:,} frozen), "
+        f"{jax.device_count()} devices ({strategy.name}), global batch {cfg.batch_size}")
 
+    schedule = make_schedule(config.optim)
     train_step = strategy.train_step(task, tx, cfg.grad_accum_steps)
-    eval_step = strategy.eval_step(task)
-    writer = MetricWriter(workdir)
-    items_per_example = getattr(task, "tokens_per_example", 1)
-    item_name = "tok" if hasattr(task, "tokens_per_example") else "ex"
+    evaluators = parts.evaluators
+    writer = MetricWriter(workdir, resume_step=start)
+    items_per_example, item_name = task.items_per_example()
 
-    def averaged(state: TrainState) -> TrainState:
-        """`state` with the mean parameters of the last `train.average_last` checkpoints."""
-        checkpointer.wait()  # The average includes the step just saved.
-        host = strategy.host_state(state)
-        params, steps = checkpointer.average_params(_abstract(host), cfg.average_last)
-        log(f"final evaluation of the average of the checkpoints at steps {steps}")
-        return strategy.place_state(host.replace(params=params))
+    def evaluate(state: TrainState, step: int, final: bool) -> dict[str, float]:
+        due = {name: e for name, e in evaluators.items() if e.due(step, final=final)}
+        if not due:
+            return {}
+        params = state.params
+        if final and cfg.average_last > 1:
+            checkpointer.wait()  # The average includes the step just saved.
+            host = strategy.host_state(state)
+            mean, steps = checkpointer.average_params(parts.abstract, cfg.average_last)
+            log(f"final evaluation of the average of the checkpoints at steps {steps}")
+            params = strategy.place_state(host.replace(params=mean)).params
+        scalars = {}
+        for name, evaluator in due.items():
+            scalars.update({f"eval/{name}/{k}": v for k, v in evaluator.run(params).items()})
+        writer.write(step, scalars)
+        log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+        return scalars
 
     pending: list[tuple[int, Any]] = []
     last: dict[str, float] = {}
@@ -171,6 +303,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         timer, timed_steps = time.perf_counter(), 0
 
     try:
+        if start == cfg.num_steps and not _final_eval_done(workdir, evaluators, start):
+            log(f"step {start} reached; running the final evaluation that did not complete")
+            last.update(evaluate(state, start, final=True))
         with _StopOnSignal() as stop:
             for step in range(start + 1, cfg.num_steps + 1):  # Updates done after this one.
                 batch = strategy.place_batch(next(train_iter))
@@ -189,13 +324,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     flush(step)
                 if save_now:
                     checkpointer.save(step, strategy.host_state(state), train_iter)
-                if is_last or (cfg.eval_every and step % cfg.eval_every == 0):
-                    average = is_last and cfg.average_last > 1
-                    scalars = run_eval(config, strategy, eval_step, data, task,
-                                       averaged(state) if average else state, step=step,
-                                       final=is_last)
-                    writer.write(step, scalars)
-                    log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+                scalars = evaluate(state, step, final=is_last)
+                if scalars:
                     last.update(scalars)
                     timer = time.perf_counter()
                 if signum is not None:
@@ -208,60 +338,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return last
 
 
-def run_eval(config: ml_collections.ConfigDict, strategy: Any, eval_step: Any, data: Any,
-             task: Any, state: TrainState, *, step: int, final: bool) -> dict[str, float]:
-    """Eval-split metrics over `train.eval_batches` batches, plus the task's decode metrics."""
-    totals: dict[str, float] = {}
-    batches = data.eval_iter(batch_size=parallel.local_batch_size(config.train.batch_size),
-                             num_batches=config.train.eval_batches,
-                             process_index=jax.process_index(), process_count=jax.process_count())
-    for batch in batches:
-        metrics = jax.device_get(eval_step(state.params, strategy.place_batch(batch)))
-        metrics.setdefault("weight", 1.0)  # Per-batch means count once each.
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    weight = totals.pop("weight", 0.0)
-    scalars = {f"eval/{k}": v / max(weight, 1e-9) for k, v in totals.items()}
-    if hasattr(task, "decode_metrics"):  # Metrics of generated outputs (e.g. BLEU).
-        scalars.update(task.decode_metrics(strategy.host_state(state).params, data, step=step,
-                                           final=final))
-    return scalars
+def _fresh_state(config, task, tx, strategy) -> TrainState:
+    """A new train state, with `init_from`'s parameters where the config names a source."""
+    if not config.get("init_from", {}).get("workdir", ""):
+        return strategy.init_state(lambda: create_state(task, tx, config.seed))
+    params = jax.device_get(jax.jit(task.init)(jax.random.split(jax.random.key(config.seed))[0]))
+    with as_user_error("config"):
+        params = transfer.init_from(config, task, params)
+    return strategy.init_state(lambda p: create_state(task, tx, config.seed, params=p), params)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, average_last: int = 0
-             ) -> dict[str, float]:
-    """Evaluates the newest checkpoint in `workdir` (or the mean of the newest
-    `average_last`) as at the end of training, and appends the metrics to metrics.jsonl."""
-    strategy = parallel.make_strategy(config.train.strategy)
-    tx = make_optimizer(config.optim)
-    _modules(config)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"no checkpoints in {workdir}: train first")
-    data, task = build(config, workdir)
-    state = strategy.init_state(lambda: create_state(task, tx, config.seed))
-    abstract = _abstract(strategy.host_state(state))
-    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
-    try:
-        restored = checkpointer.restore(abstract)
-        if restored is None:
-            raise FileNotFoundError(f"no checkpoints in {workdir}: train first")
-        if average_last > 1:
-            params, steps = checkpointer.average_params(abstract, average_last)
-            log(f"evaluating the average of the checkpoints at steps {steps}")
-            restored = restored.replace(params=params)
-    finally:
-        checkpointer.close()
-    state = strategy.place_state(restored)
-    step = int(np.asarray(restored.step))
-    scalars = run_eval(config, strategy, strategy.eval_step(task), data, task, state, step=step,
-                       final=True)
-    writer = MetricWriter(workdir)
-    writer.write(step, scalars)
-    writer.close()
-    log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
-    return scalars
-
-
-def _abstract(state: TrainState) -> TrainState:
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+def _final_eval_done(workdir: str, evaluators: dict, step: int) -> bool:
+    """Whether metrics.jsonl holds, at `step`, a metric of every end-of-run evaluator."""
+    names = {name for name, e in evaluators.items() if e.due(step, final=True)}
+    logged = {key.split("/")[1] for record in read_metrics(workdir) if record["step"] == step
+              for key in record if key.startswith("eval/")}
+    return names <= logged

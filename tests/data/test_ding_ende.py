@@ -166,12 +166,15 @@ def test_builder_and_build(tmp_path):
     pairs = ding_ende.read_pairs(folder)
     assert len(pairs) == len(EXPECTED) + 60
     builder = ding_ende.prepare(str(tmp_path / "tfds"), dictd_dir=folder)
+    # Prepared data needs no dictionary.
+    ding_ende.check_config(make_config(tmp_path / "tfds"), dictd_dir=str(tmp_path / "none"))
     splits = ding_ende.read_splits(builder)
     assert splits == ding_ende.assign_splits(pairs)
     data = ding_ende.build(make_config(tmp_path / "tfds"), workdir=str(tmp_path / "run"),
                            dictd_dir=folder)
     assert data.pairs["train"] == splits["train"]
-    assert (tmp_path / "run" / "assets" / "tokenizer.model").exists()
+    assert os.listdir(tmp_path / "run") == ["assets"]
+    assert os.listdir(tmp_path / "run" / "assets") == ["tokenizer.model"]
     batch = next(data.train_iter(batch_size=8, seed=0))
     assert batch["inputs"].shape[0] == batch["targets"].shape[0] == 8
     for inputs, targets in zip(batch["inputs"], batch["targets"], strict=True):

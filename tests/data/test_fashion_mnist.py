@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import logging
 import pathlib
 import shutil
 import struct
@@ -78,9 +79,9 @@ def test_source_selection(tmp_path):
 @needs_full
 def test_auto_picks_the_installed_full_set():
     assert fashion_mnist.resolve("auto") == ("full", FULL)
-    config = ml_collections.ConfigDict(dict(source="auto", data_dir=""))
+    config = ml_collections.ConfigDict({"source": "auto", "data_dir": ""})
     data = fashion_mnist.build(config, workdir=None)
-    assert (len(data.train_source), len(data.eval_source)) == (60_000, 10_000)
+    assert (len(data.train_source), len(data.eval_sources["test"])) == (60_000, 10_000)
     assert data.class_names[9] == "Ankle boot" and data.image_shape == (28, 28, 1)
 
 
@@ -123,13 +124,28 @@ def test_parse_idx_reads_images_row_major():
 
 
 def test_build_from_the_subset_serves_normalised_batches():
-    config = ml_collections.ConfigDict(dict(source="subset", crop="pad", crop_padding=2,
-                                            flip=True, mean=(fashion_mnist.MEAN,),
-                                            std=(fashion_mnist.STD,)))
+    config = ml_collections.ConfigDict({"source": "subset", "crop": "pad", "crop_padding": 2,
+                                        "flip": True, "mean": (fashion_mnist.MEAN,),
+                                        "std": (fashion_mnist.STD,)})
     data = fashion_mnist.build(config, workdir=None)
-    assert (len(data.train_source), len(data.eval_source)) == (10_000, 2_000)
+    assert (len(data.train_source), len(data.eval_sources["test"])) == (10_000, 2_000)
+    assert data.eval_splits == ("test",)
     batch = next(data.eval_iter(batch_size=16, num_batches=1))
+    again = next(data.eval_iter(batch_size=16, num_batches=1, split="test"))
+    np.testing.assert_array_equal(again["image"], batch["image"])
+    with pytest.raises(ValueError, match="unknown split 'train'; available: test"):
+        data.eval_iter(batch_size=16, num_batches=1, split="train")
     images, labels = fashion_mnist.load_split(SUBSET_DIR, "test")
     np.testing.assert_array_equal(batch["label"], labels[:16])
     expected = (images[:16] / 255.0 - fashion_mnist.MEAN) / fashion_mnist.STD
     np.testing.assert_allclose(batch["image"], expected, atol=1e-5)
+
+
+def test_auto_without_the_full_set_warns_once_and_takes_the_subset(tmp_path, caplog):
+    config = ml_collections.ConfigDict({"source": "auto", "data_dir": str(tmp_path)})
+    with caplog.at_level(logging.WARNING, logger=fashion_mnist.__name__):
+        data = fashion_mnist.build(config, workdir=None)
+    assert len(data.train_source) == 10_000
+    assert [r.getMessage() for r in caplog.records] == [
+        (f"full Fashion-MNIST not found in {tmp_path}; using the embedded subset (10,000 train / "
+         "2,000 test images)")]

@@ -1,17 +1,17 @@
-"""Image pipeline: per-image operations, determinism, exact resume, process shards, eval padding,
-and the tfds-backed data sets (CIFAR-10, ImageNet) on tfds' mock examples."""
+"""Image pipeline: determinism, exact resume, process shards, eval padding and splits, features
+of any name, and the tfds-backed data sets (CIFAR-10, ImageNet) on tfds' mock examples."""
 
-import io
+import hashlib
 import itertools
 
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from jaxformer.data import cifar10, image_pipeline, imagenet2012
-from jaxformer.data.image_pipeline import ArraySource, Draws, ImageData, Preprocess
+from jaxformer.data import cifar10, imagenet2012, transforms
+from jaxformer.data.image_pipeline import ArraySource, ImageData, Preprocess
+from jaxformer.data.transforms import Draws
 
 
 def take(iterator, n):
@@ -29,15 +29,15 @@ def numbered():
     """13 images 8x8 whose pixels all hold the example's number (so a batch shows which
     examples it holds), with labels number % 5."""
     images = np.repeat(np.arange(13, dtype=np.uint8) * 10, 64).reshape(13, 8, 8, 1)
-    return ArraySource(images, np.arange(13) % 5)
+    return ArraySource({"image": images, "label": np.arange(13) % 5})
 
 
-def numbered_data(source, crop="none", flip=False, read_threads=0):
+def numbered_data(source, crop="none", flip=False, read_threads=0, **kwargs):
     preprocess = Preprocess(image_size=8, channels=1, crop=crop, crop_padding=2, flip=flip,
                             mean=(0.0,), std=(1 / 255,))  # Normalised value = pixel value.
-    return ImageData(train_source=source, eval_source=source,
+    return ImageData(train_source=source, eval_sources={"test": source},
                      class_names=tuple("abcde"), preprocess=preprocess,
-                     read_threads=read_threads)
+                     read_threads=read_threads, **kwargs)
 
 
 def example_ids(batch):
@@ -130,62 +130,66 @@ def test_normalisation():
                                [[[0.9, 0.4, 0.175]]], atol=1e-6)
 
 
-def test_pad_and_random_crop_matches_numpy_pad():
-    image = np.arange(5 * 5 * 2, dtype=np.uint8).reshape(5, 5, 2)
-    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
-    for top in range(5):
-        for left in range(5):
-            # Draws mapping to offsets (top, left) in [0, 5): u = (offset + 0.5) / 5.
-            draws = Draws(np.array([(top + 0.5) / 5, (left + 0.5) / 5]))
-            crop = image_pipeline.pad_and_random_crop(image, 5, 2, draws)
-            np.testing.assert_array_equal(crop, padded[top:top + 5, left:left + 5])
+def digest(batches):
+    hashed = hashlib.sha256()
+    for batch in batches:
+        hashed.update(batch["image"].tobytes())
+        hashed.update(batch["label"].tobytes())
+    return hashed.hexdigest()[:16]
 
 
-def test_draws_are_budgeted():
-    draws = Draws(np.array([0.25, 0.999]))
-    assert draws.integers(4) == 1 and draws.integers(3) == 2
-    with pytest.raises(RuntimeError, match="declared"):
-        draws.random()
+def test_batches_are_those_of_earlier_versions():
+    """Digests of batches made by the pipeline before it worked on feature dicts: the same
+    examples, in the same order, with the same random crops and flips."""
+    rng = np.random.default_rng(1)
+    source = ArraySource({"image": rng.integers(0, 256, size=(29, 24, 24, 3), dtype=np.uint8),
+                          "label": rng.integers(0, 7, size=29)})
+    preprocess = Preprocess(image_size=24, channels=3, crop="pad", crop_padding=4, flip=True,
+                            mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+    data = ImageData(train_source=source, eval_sources={"test": source},
+                     class_names=tuple("abcdefg"), preprocess=preprocess)
+    assert digest(take(data.train_iter(batch_size=6, seed=11), 3)) == "d4025716dfbfd6c6"
+    assert digest(data.eval_iter(batch_size=4, num_batches=-1, process_index=1,
+                                 process_count=2)) == "a4a8e0afd0847e9c"
 
 
-def test_train_views_and_flip():
+def test_train_transforms_and_their_draws():
     image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
-    preprocess = Preprocess(image_size=4, channels=1, crop="none", flip=True)
-    kept = preprocess.train_view(image, Draws(np.array([0.7])))
-    flipped = preprocess.train_view(image, Draws(np.array([0.2])))
-    np.testing.assert_array_equal(kept, image)
-    np.testing.assert_array_equal(flipped, image[:, ::-1])
+    preprocess = Preprocess(image_size=4, channels=1, crop="none", flip=True,
+                            mean=(0.0,), std=(1 / 255,))
+    steps = preprocess.train_transforms()
+    kept = steps({"image": image}, Draws(np.array([0.7])))["image"]
+    flipped = steps({"image": image}, Draws(np.array([0.2])))["image"]
+    np.testing.assert_allclose(kept, image, atol=1e-4)
+    np.testing.assert_allclose(flipped, image[:, ::-1], atol=1e-4)
+    budgets = {crop: Preprocess(image_size=4, channels=1, crop=crop).train_transforms().num_draws
+               for crop in ("none", "pad", "inception")}
+    assert budgets == {"none": 1, "pad": 3, "inception": 23}  # The crop's, then the flip's.
 
 
-def test_inception_crop_and_center_crop_shapes():
+def test_crops_do_not_depend_on_flips(numbered):
+    """The flip's draw is reserved without flips: turning them on only mirrors some rows."""
+    plain = take(numbered_data(numbered, crop="pad").train_iter(batch_size=13, seed=2), 2)
+    flips = take(numbered_data(numbered, crop="pad", flip=True).train_iter(batch_size=13, seed=2),
+                 2)
+    mirrored = 0
+    for a, b in zip(plain, flips, strict=True):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        for x, y in zip(a["image"], b["image"], strict=True):
+            same = np.array_equal(x, y)
+            assert same or np.array_equal(x[:, ::-1], y)
+            mirrored += not same
+    assert mirrored > 0
+
+
+def test_eval_view_is_the_central_crop_of_the_resized_image():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
-    preprocess = Preprocess(image_size=32, channels=3, crop="inception", flip=True,
-                            resize_size=36)
-    for _ in range(5):
-        view = preprocess.train_view(image, Draws(rng.random(preprocess.num_draws)))
-        assert view.shape == (32, 32, 3) and view.dtype == np.uint8
-    # Evaluation: shorter side 60 -> 36 (90 -> 54), then the central 32 x 32.
-    assert image_pipeline.resize_shorter(image, 36).shape == (36, 54, 3)
-    view = preprocess.eval_view(image)
-    expected = image_pipeline.center_crop(image_pipeline.resize_shorter(image, 36), 32)
-    np.testing.assert_array_equal(view, expected)
-    np.testing.assert_array_equal(image_pipeline.center_crop(image, 30), image[15:45, 30:60])
-
-
-def test_decode_encoded_images_and_channels():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    np.testing.assert_array_equal(image_pipeline.decode(buffer.getvalue(), 3), rgb)
-    gray = image_pipeline.decode(rgb[:, :, 0], 3)
-    assert gray.shape == (5, 7, 3) and np.array_equal(gray[:, :, 2], rgb[:, :, 0])
-    assert image_pipeline.decode(rgb, 1).shape == (5, 7, 1)
-    with pytest.raises(ValueError, match="cannot decode"):
-        image_pipeline.decode(b"not an image", 3)
-    with pytest.raises(ValueError, match="uint8"):
-        image_pipeline.decode(rgb.astype(np.float32), 3)
+    preprocess = Preprocess(image_size=32, channels=3, resize_size=36)
+    expected = transforms.center_crop(transforms.resize_shorter(image, 36), 32)
+    np.testing.assert_array_equal(preprocess.eval_view(image), expected)
+    evaluated = preprocess.eval_transforms()({"image": image}, transforms.no_draws())["image"]
+    np.testing.assert_array_equal(evaluated, preprocess.normalize(expected))
 
 
 def test_preprocess_rejects_bad_settings():
@@ -195,6 +199,59 @@ def test_preprocess_rejects_bad_settings():
         Preprocess(image_size=8, channels=1, resize_size=4)
     with pytest.raises(ValueError, match="std"):
         Preprocess(image_size=8, channels=1, std=(0.0,))
+    with pytest.raises(ValueError, match="crop_padding"):
+        Preprocess(image_size=8, channels=1, crop="pad", crop_padding=-1)
+
+
+# Features and splits.
+
+def test_features_of_any_name_ride_along(numbered):
+    ids = np.arange(13) * 100
+    tokens = np.arange(13 * 3).reshape(13, 3)
+    source = ArraySource({**numbered.features, "id": ids, "tokens": tokens,
+                          "file_name": np.array([b"x"] * 13)})
+    data = numbered_data(source, flip=True, features=("image", "label", "id", "tokens"))
+    batch = next(data.train_iter(batch_size=5, seed=0))
+    assert set(batch) == {"image", "label", "id", "tokens"}  # file_name is not read.
+    rows = example_ids(batch)
+    np.testing.assert_array_equal(batch["id"], ids[rows])
+    np.testing.assert_array_equal(batch["tokens"], tokens[rows])
+    evaluation = list(data.eval_iter(batch_size=5, num_batches=-1))
+    np.testing.assert_array_equal(evaluation[-1]["id"], [1000, 1100, 1200, 0, 0])
+    np.testing.assert_array_equal(evaluation[-1]["tokens"][3:], 0)
+    np.testing.assert_array_equal(evaluation[-1]["label"], [0, 1, 2, -1, -1])
+    unlabelled = numbered_data(source, features=("image", "id"))
+    assert set(next(unlabelled.train_iter(batch_size=2, seed=0))) == {"image", "id"}
+
+
+def test_labels_outside_the_classes_are_errors(numbered):
+    source = ArraySource({"image": numbered.features["image"], "label": np.arange(13)})
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\), got 5"):
+        list(numbered_data(source).eval_iter(batch_size=13, num_batches=-1))
+
+
+def test_eval_splits(numbered):
+    first_six = ArraySource({key: values[:6] for key, values in numbered.features.items()})
+    data = ImageData(train_source=numbered, eval_sources={"test": numbered, "minival": first_six},
+                     class_names=tuple("abcde"), preprocess=numbered_data(numbered).preprocess)
+    assert data.eval_splits == ("test", "minival")
+    default = list(data.eval_iter(batch_size=4, num_batches=-1))
+    assert_same(default, list(data.eval_iter(batch_size=4, num_batches=-1, split="test")))
+    assert len(default) == 4
+    minival = list(data.eval_iter(batch_size=4, num_batches=-1, split="minival"))
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in minival]),
+                                  [0, 1, 2, 3, 4, 0, -1, -1])
+    with pytest.raises(ValueError, match="unknown split 'train'; available: test, minival"):
+        data.eval_iter(batch_size=4, num_batches=1, split="train")
+    empty = ArraySource({key: values[:0] for key, values in numbered.features.items()})
+    with pytest.raises(ValueError, match="the minival split is empty"):
+        ImageData(train_source=numbered, eval_sources={"minival": empty},
+                  class_names=tuple("abcde"), preprocess=data.preprocess)
+
+
+def test_array_source_checks_lengths():
+    with pytest.raises(ValueError, match="different lengths"):
+        ArraySource({"image": np.zeros((3, 2, 2, 1), np.uint8), "label": np.zeros(4)})
 
 
 def tfds_config(**overrides):
@@ -203,14 +260,16 @@ def tfds_config(**overrides):
                                       **overrides})
 
 
-@pytest.mark.parametrize("module,classes,size,first_name", [
-    (cifar10, 10, 32, "airplane"), (imagenet2012, 1000, 224, "n01440764")])
-def test_tfds_data_sets_on_mock_examples(module, classes, size, first_name):
+@pytest.mark.parametrize("module,classes,size,first_name,eval_split", [
+    (cifar10, 10, 32, "airplane", "test"), (imagenet2012, 1000, 224, "n01440764", "validation")])
+def test_tfds_data_sets_on_mock_examples(module, classes, size, first_name, eval_split):
     with tfds.testing.mock_data(num_examples=7):
         data = module.build(tfds_config(), workdir=None)
         assert data.num_classes == classes and data.class_names[0] == first_name
         assert data.image_shape == (size, size, 3)
+        assert data.eval_splits == (eval_split,)
         batch = next(data.train_iter(batch_size=3, seed=0))
+        assert batch.keys() == {"image", "label"}  # Not tfds's ids or file names.
         assert batch["image"].shape == (3, size, size, 3)
         assert np.all((0 <= batch["label"]) & (batch["label"] < classes))
         assert np.abs(batch["image"]).max() <= 1.0
@@ -222,3 +281,11 @@ def test_tfds_data_sets_on_mock_examples(module, classes, size, first_name):
 def test_tfds_data_sets_not_prepared(tmp_path):
     with pytest.raises(ValueError, match="cannot read cifar10.*tfds build cifar10"):
         cifar10.build(tfds_config(data_dir=str(tmp_path)), workdir=None)
+
+
+def test_tfds_eval_split_is_the_configured_one():
+    with tfds.testing.mock_data(num_examples=7):
+        data = cifar10.build(tfds_config(eval_split="train"), workdir=None)
+        assert data.eval_splits == ("train",)
+        with pytest.raises(ValueError, match="unknown split 'test'; available: train"):
+            data.eval_iter(batch_size=3, num_batches=1, split="test")

@@ -16,9 +16,9 @@ BPE_VOCAB = 400
 
 
 def make_config(data_dir, tokenizer="char", vocab_size=BPE_VOCAB) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="shakespeare", tokenizer=tokenizer, vocab_size=vocab_size, block_size=BLOCK_SIZE,
-        data_dir=str(data_dir)))
+    return ml_collections.ConfigDict({
+        "name": "shakespeare", "tokenizer": tokenizer, "vocab_size": vocab_size,
+        "block_size": BLOCK_SIZE, "data_dir": str(data_dir)})
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,7 @@ def test_char_build_tokenizes_the_splits(char_data, char_workdir, corpus):
     assert char_data.tokenizer.decode(char_data.eval_tokens) == corpus[split:]
     saved = load_tokenizer(char_workdir)
     assert saved.chars == sorted(set(corpus))
+    assert [p.name for p in char_workdir.iterdir()] == ["assets"]  # Nothing else written.
 
 
 def test_tokens_are_cached(data_dir, char_workdir, char_data, monkeypatch):
@@ -233,6 +234,9 @@ def test_eval_iter_gives_the_same_batches_every_call(char_data, corpus):
     first = list(char_data.eval_iter(batch_size=4, num_batches=3))
     assert len(first) == 3
     assert_same_batches(first, list(char_data.eval_iter(batch_size=4, num_batches=3)))
+    assert char_data.eval_splits == ("validation",)
+    assert_same_batches(first, list(char_data.eval_iter(batch_size=4, num_batches=3,
+                                                        split="validation")))
     validation = corpus[shakespeare.split_index(corpus):]
     assert all(char_data.tokenizer.decode(row) in validation for row in windows(first[0]))
     shards = [list(char_data.eval_iter(batch_size=2, num_batches=3, process_index=p,
@@ -246,3 +250,7 @@ def test_pipeline_rejects_bad_arguments(char_data):
         char_data.train_iter(batch_size=4, seed=0, process_index=2, process_count=2)
     with pytest.raises(ValueError, match="batch_size"):
         char_data.eval_iter(batch_size=0, num_batches=1)
+    with pytest.raises(ValueError, match="num_batches"):
+        char_data.eval_iter(batch_size=4, num_batches=-1)
+    with pytest.raises(ValueError, match="unknown split 'train'; available: validation"):
+        char_data.eval_iter(batch_size=4, num_batches=1, split="train")

@@ -8,14 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxformer.data import bible_enes, translation_pipeline
+from jaxformer.data import bible_enes, translation_pairs, translation_pipeline
 from jaxformer.data.tokenizers import SentencePieceTokenizer, load_tokenizer
-from jaxformer.data.translation_pipeline import (
-    EncodedPairs,
-    TranslationData,
-    default_bucket_lengths,
-    padding_fraction,
-)
+from jaxformer.data.translation_batches import default_bucket_lengths, padding_fraction
+from jaxformer.data.translation_pairs import EncodedPairs
+from jaxformer.data.translation_pipeline import TranslationData
 
 # The English -> Spanish recipe's data settings.
 VOCAB = 8000
@@ -98,17 +95,18 @@ def test_tokenizer_has_special_ids_and_round_trips(data):
 def test_tokenizer_is_trained_on_train_split_and_saved(data, workdir):
     saved = workdir / "assets" / "tokenizer.model"
     assert saved.read_bytes() == data.tokenizer.model_proto
+    assert [p.name for p in workdir.iterdir()] == ["assets"]  # Nothing else written.
     loaded = load_tokenizer(workdir)
     assert isinstance(loaded, SentencePieceTokenizer)
     assert (loaded.pad_id, loaded.eos_id, loaded.bos_id) == (0, 1, 2)
-    expected = translation_pipeline.train_tokenizer(
+    expected = translation_pairs.train_tokenizer(
         data.pairs["train"], vocab_size=VOCAB, max_sentences=100_000)
     assert expected.model_proto == data.tokenizer.model_proto
 
 
 def test_incompatible_saved_tokenizers_are_errors(data, workdir, tmp_path):
     def tokenizer_for(assets_dir, vocab_size=VOCAB):
-        return translation_pipeline.tokenizer_for(
+        return translation_pairs.tokenizer_for(
             assets_dir, data.pairs["validation"], vocab_size=vocab_size, max_sentences=1000)
 
     assert tokenizer_for(workdir / "assets").model_proto == data.tokenizer.model_proto
@@ -127,12 +125,12 @@ def test_incompatible_saved_tokenizers_are_errors(data, workdir, tmp_path):
 
 def test_tokenizer_subsample_draws_whole_pairs():
     pairs = [(f"source sentence {i}", f"frase destino {i}") for i in range(100)]
-    small = translation_pipeline.train_tokenizer(pairs, vocab_size=300, max_sentences=20)
-    again = translation_pipeline.train_tokenizer(pairs, vocab_size=300, max_sentences=20)
-    whole = translation_pipeline.train_tokenizer(pairs, vocab_size=300, max_sentences=200)
+    small = translation_pairs.train_tokenizer(pairs, vocab_size=300, max_sentences=20)
+    again = translation_pairs.train_tokenizer(pairs, vocab_size=300, max_sentences=20)
+    whole = translation_pairs.train_tokenizer(pairs, vocab_size=300, max_sentences=200)
     assert small.model_proto == again.model_proto != whole.model_proto
     with pytest.raises(ValueError, match="tokenizer_sentences"):
-        translation_pipeline.train_tokenizer(pairs, vocab_size=300, max_sentences=1)
+        translation_pairs.train_tokenizer(pairs, vocab_size=300, max_sentences=1)
 
 
 # Token ids.
@@ -331,6 +329,9 @@ def test_eval_covers_the_split_once_in_order(data):
     first_two = list(data.eval_iter(batch_size=BATCH, num_batches=2))
     assert_same_batches(first_two, batches[:2])
     assert_same_batches(list(data.eval_iter(batch_size=BATCH, num_batches=50)), batches)
+    assert data.eval_splits == ("validation", "test")
+    assert_same_batches(list(data.eval_iter(batch_size=BATCH, num_batches=-1,
+                                            split="validation")), batches)
     test = list(data.eval_iter(batch_size=BATCH, num_batches=-1, split="test"))
     assert sum(int(batch["inputs"].any(axis=1).sum()) for batch in test) == 2227
 
@@ -376,8 +377,10 @@ def test_pipeline_rejects_bad_arguments(data):
         data.eval_iter(batch_size=0, num_batches=1)
     with pytest.raises(ValueError, match="num_batches"):
         data.eval_iter(batch_size=4, num_batches=-2)
-    with pytest.raises(ValueError, match="unknown split 'dev'"):
-        data.eval_iter(batch_size=4, num_batches=1, split="dev")
+    for split in ("dev", "train"):
+        with pytest.raises(ValueError, match=f"unknown split '{split}'; available: validation, "
+                                             "test"):
+            data.eval_iter(batch_size=4, num_batches=1, split=split)
     with pytest.raises(ValueError, match="fewer than a global batch"):
         data.train_iter(batch_size=20_000, seed=0, process_count=2)
     with pytest.raises(ValueError, match="at least 2"):

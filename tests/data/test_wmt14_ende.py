@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxformer.data import translation_pipeline, wmt14_ende
+from jaxformer.data import translation_pairs, wmt14_ende
 from jaxformer.data.tokenizers import load_tokenizer
 
 NUM_EXAMPLES = 48
@@ -77,6 +77,6 @@ def test_direction_is_configurable(mocked_wmt, tmp_path):
 
 def test_prepared_records_hold_bytes():
     records = [{"de": "Grüß Gott.".encode(), "en": b"Hello."}, {"de": b"Ja.", "en": b"Yes."}]
-    pairs = translation_pipeline.lazy_pairs(records, "en", "de")
+    pairs = translation_pairs.lazy_pairs(records, "en", "de")
     assert list(pairs) == [("Hello.", "Grüß Gott."), ("Yes.", "Ja.")]
     assert len(pairs) == 2 and pairs[-2] == ("Hello.", "Grüß Gott.")

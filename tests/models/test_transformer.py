@@ -10,10 +10,10 @@ from jaxformer.models.transformer import (
     VARIANTS,
     Transformer,
     build,
-    init_cache,
     shift_right,
 )
-from jaxformer.tasks.translation import label_smoothed_cross_entropy
+from jaxformer.inference.seq2seq import init_cache
+from jaxformer.losses.cross_entropy import label_smoothed_nll
 
 VOCAB = 37_000
 
@@ -136,8 +136,8 @@ def test_label_smoothing_matches_the_smoothed_target_cross_entropy():
     smoothed[np.arange(3), np.asarray(targets)] = 1 - eps
     log_probs = np.asarray(jax.nn.log_softmax(logits))
     kl = (smoothed * (np.log(smoothed) - log_probs)).sum(-1)  # KL(smoothed || model)
-    loss, nll = label_smoothed_cross_entropy(logits, targets, eps)
+    loss, nll = label_smoothed_nll(logits, targets, eps)
     np.testing.assert_allclose(loss, kl, rtol=1e-5)
     np.testing.assert_allclose(nll, -log_probs[np.arange(3), np.asarray(targets)], rtol=1e-6)
-    unsmoothed, _ = label_smoothed_cross_entropy(logits, targets, 0.0)
+    unsmoothed, _ = label_smoothed_nll(logits, targets, 0.0)
     np.testing.assert_allclose(unsmoothed, nll)

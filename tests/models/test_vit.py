@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxformer.attention_map import collect_attention
+from jaxformer.inference.attention_map import collect_attention
 from jaxformer.models import vit
 from jaxformer.models.vit import VARIANTS, PatchEmbedding, ViT, ViTEncoder
 

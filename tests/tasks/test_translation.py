@@ -10,7 +10,8 @@ import pytest
 import sacrebleu
 
 from jaxformer import config as config_lib
-from jaxformer import translate
+from jaxformer.inference import seq2seq
+from jaxformer.inference.workdir import load_run
 from jaxformer.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -49,20 +50,23 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_bleu_is_logged_and_equals_sacrebleu_of_the_translations(trained, data_dir):
-    bleu_rows = [m for m in _metrics(trained) if "eval/bleu" in m]
-    assert [m["step"] for m in bleu_rows] == [2]
-    config = bible_config(data_dir=data_dir)
-    data, task = trainer.build(config, trained)
-    from jaxformer.sampling import average_params
+BLEU = "eval/val_bleu/bleu"
 
+
+def test_bleu_is_logged_and_equals_sacrebleu_of_the_translations(trained, data_dir):
+    bleu_rows = [m for m in _metrics(trained) if BLEU in m]
+    assert [m["step"] for m in bleu_rows] == [2]
     # The final evaluation used the average of the last 2 checkpoints.
-    params = average_params(trained, config, task, 2)
-    sources = data.sources("validation")[:config.task.bleu_examples]
-    references = data.references("validation")[:config.task.bleu_examples]
-    hypotheses = task.translate(params, sources)
+    run = load_run(trained, average_last=2)
+    cfg = run.config.evals.val_bleu
+    sources = run.data.sources("validation")[:cfg.max_examples]
+    references = run.data.references("validation")[:cfg.max_examples]
+    hypotheses = seq2seq.translate_texts(
+        run.task, run.params, sources, beam_size=cfg.beam_size,
+        length_penalty=cfg.length_penalty, extra_length=cfg.extra_decode_length,
+        batch_size=cfg.decode_batch_size)
     expected = sacrebleu.corpus_bleu(hypotheses, [references]).score
-    assert bleu_rows[0]["eval/bleu"] == pytest.approx(expected)
+    assert bleu_rows[0][BLEU] == pytest.approx(expected)
 
 
 def test_resumed_run_reuses_the_saved_tokenizer(trained, data_dir, tmp_path):
@@ -79,8 +83,8 @@ def test_resumed_run_reuses_the_saved_tokenizer(trained, data_dir, tmp_path):
     last = trainer.train(config, workdir)
     with open(tokenizer_path, "rb") as f:
         assert f.read() == saved
-    assert np.isfinite(last["eval/bleu"]) and [m["step"] for m in _metrics(workdir)
-                                               if "eval/bleu" in m] == [2, 4]
+    assert np.isfinite(last[BLEU]) and [m["step"] for m in _metrics(workdir)
+                                        if BLEU in m] == [2, 4]
     data, task = trainer.build(config, workdir)
     assert task.tokenizer.model_proto == saved
 
@@ -91,25 +95,42 @@ def test_steps_and_evaluations_weight_tokens_exactly(strategy, accum, tmp_path, 
     their counts makes every split of the batch train and evaluate as one pass over it."""
     results = []
     for name, steps in (("sharded", 1), (strategy, accum)):
-        config = bible_config("train.num_steps=2", "task.bleu_every=0", "train.average_last=0",
+        config = bible_config("train.num_steps=2", "evals.val_bleu.at_end=False",
+                              "evals.val_bleu.every_steps=0", "train.average_last=0",
                               "train.batch_size=16", f"train.strategy={name}",
-                              f"train.grad_accum_steps={steps}", "train.eval_batches=-1",
+                              f"train.grad_accum_steps={steps}", "evals.val.num_batches=-1",
                               data_dir=data_dir)
         results.append(trainer.train(config, str(tmp_path / f"{name}{steps}")))
-    for key in ("train/loss", "eval/loss", "eval/nll", "eval/accuracy"):
+    for key in ("train/loss", "eval/val/loss", "eval/val/nll", "eval/val/accuracy"):
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-4), key
 
 
-def test_translate_command(trained):
-    lines = "In the beginning was the Word.\n\nAnd God said, Let there be light.\n"
-    result = run_cli("translate", f"--workdir={trained}", stdin=lines)
+def test_translate_command_keeps_input_order_and_equals_the_models_decode(trained):
+    # Lines of different lengths: the command sorts them by length to batch them.
+    lines = ["And God said, Let there be light: and there was light.", "", "Jesus wept.",
+             "In the beginning was the Word, and the Word was with God."]
+    result = run_cli("translate", f"--workdir={trained}", "--beam_size=2",
+                     stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
+    assert "step 2" in result.stderr  # It says which checkpoint it used.
     outputs = result.stdout.split("\n")[:-1]
-    assert len(outputs) == 3 and outputs[1] == ""
+    run = load_run(trained)
+    task = run.task
+    expected = []
+    for line in lines:  # One at a time: no batching, no reordering.
+        if not line:
+            expected.append("")
+            continue
+        ids = seq2seq.translate_ids(
+            task.model, run.params, [task.encode_source(line)], beam_size=2, length_penalty=0.6,
+            extra_length=50, max_length=task.max_decode_length, batch_size=1,
+            bos_id=task.bos_id, eos_id=task.eos_id)[0]
+        expected.append(task.tokenizer.decode(ids))
+    assert outputs == expected
     averaged = run_cli("translate", f"--workdir={trained}", "--average_last=2",
-                       "--beam_size=1", stdin=lines)
+                       "--beam_size=1", stdin="\n".join(lines) + "\n")
     assert averaged.returncode == 0, averaged.stderr
-    assert len(averaged.stdout.split("\n")[:-1]) == 3
+    assert len(averaged.stdout.split("\n")[:-1]) == 4
 
 
 def test_evaluate_command_appends_final_metrics(trained, tmp_path):
@@ -120,28 +141,24 @@ def test_evaluate_command_appends_final_metrics(trained, tmp_path):
     before = _metrics(workdir)
     result = run_cli("evaluate", f"--workdir={workdir}", "--average_last=2")
     assert result.returncode == 0, result.stderr
-    assert "average of the checkpoints at steps [1, 2]" in result.stdout
+    assert "mean of the checkpoints at steps [1, 2]" in result.stdout
     after = _metrics(workdir)
     assert after[:len(before)] == before and len(after) == len(before) + 1
     # The same averaged parameters as the end of training: the same metrics.
-    final = [m for m in before if "eval/bleu" in m][-1]
-    for key in ("eval/loss", "eval/accuracy", "eval/bleu"):
+    final = [m for m in before if BLEU in m][-1]
+    for key in ("eval/val/loss", "eval/val/accuracy", BLEU):
         assert after[-1][key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
     empty = run_cli("evaluate", f"--workdir={tmp_path / 'none'}")
-    assert empty.returncode == 2 and "not a training workdir" in empty.stderr
+    assert empty.returncode == 2 and "no such directory" in empty.stderr
 
 
 def test_translate_refuses_bad_input(trained, tmp_path):
     missing = run_cli("translate", f"--workdir={tmp_path / 'none'}", stdin="x\n")
-    assert missing.returncode == 2 and "not a training workdir" in missing.stderr
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
     no_file = run_cli("translate", f"--workdir={trained}", f"--input={tmp_path / 'no.txt'}")
     assert no_file.returncode == 2 and "no such file" in no_file.stderr
 
 
-def test_strip_eos_and_bleu():
-    assert translate.strip_eos(np.array([5, 6, 1, 7, 0]), eos_id=1) == [5, 6]
-    assert translate.strip_eos(np.array([5, 6]), eos_id=1) == [5, 6]
-    assert translate.bleu(["the cat sat on the mat"],
-                          ["the cat sat on the mat"]) == pytest.approx(100.0)
-    with pytest.raises(ValueError, match="1 hypotheses for 2 references"):
-        translate.bleu(["a"], ["a", "b"])
+def test_strip_eos():
+    assert seq2seq.strip_eos(np.array([5, 6, 1, 7, 0]), eos_id=1) == [5, 6]
+    assert seq2seq.strip_eos(np.array([5, 6]), eos_id=1) == [5, 6]

@@ -1,12 +1,26 @@
-"""Checkpointer: keep-K, restore of the newest step, averaging of the last checkpoints."""
+"""Checkpointer: keep-K, restore of the newest step, averaging of the last checkpoints, and
+quiet handling of corrupt checkpoints."""
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxformer.train.checkpoint import Checkpointer, CheckpointError
+from jaxformer.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointMismatchError,
+)
 from jaxformer.train.state import TrainState
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class _Iterator:
@@ -25,6 +39,22 @@ def _state(step, scale):
 def _abstract(state):
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+
+
+def _corrupt(workdir, step):
+    """Truncates the array data files of a step, as a failing disk or a partial copy would."""
+    data = [p for p in (workdir / "checkpoints" / str(step) / "state").rglob("*")
+            if p.is_file() and p.parent.name == "d"]
+    assert data
+    for path in data:
+        os.truncate(path, 10)
+
+
+def _random_state(step, rng):
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                      opt_state={"m": jnp.zeros((3,))}, rng=jnp.zeros((2,), jnp.uint32))
 
 
 def test_average_of_the_last_checkpoints(tmp_path):
@@ -49,3 +79,113 @@ def test_average_without_checkpoints_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpointer.average_params(_abstract(_state(0, 0.0)), 5)
     checkpointer.close()
+
+
+def test_average_skips_an_unreadable_checkpoint(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    checkpointer = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    saved = {}
+    for step in (1, 2, 3):
+        state = _random_state(step, rng)
+        saved[step] = jax.tree.map(np.asarray, state.params)
+        checkpointer.save(step, state, _Iterator())
+    _corrupt(tmp_path, 2)
+    with caplog.at_level(logging.WARNING, logger="jaxformer.train.checkpoint"):
+        params, steps = checkpointer.average_params(_abstract(_random_state(0, rng)), 3)
+    assert steps == [1, 3]
+    for name in ("w", "b"):
+        np.testing.assert_allclose(params[name], (saved[1][name] + saved[3][name]) / 2,
+                                   rtol=1e-6)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "checkpoint step 2 cannot be restored" in warnings[0]
+    assert "\n" not in warnings[0]
+    assert checkpointer.steps() == [1, 2, 3]  # averaging reads; it moves nothing
+    checkpointer.close()
+
+
+def test_average_of_only_unreadable_checkpoints_is_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    checkpointer = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2):
+        checkpointer.save(step, _random_state(step, rng), _Iterator())
+        _corrupt(tmp_path, step)
+    with pytest.raises(CheckpointError, match="none of the checkpoints"):
+        checkpointer.average_params(_abstract(_random_state(0, rng)), 2)
+    checkpointer.close()
+
+
+def test_restore_of_an_explicit_step(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2, 3):
+        checkpointer.save(step, _state(step, float(step)), _Iterator())
+    abstract = _abstract(_state(0, 0.0))
+    restored = checkpointer.restore(abstract, step=2)
+    assert int(restored.step) == 2
+    np.testing.assert_allclose(restored.params["w"], np.full((2, 3), 2.0))
+    with pytest.raises(ValueError, match=r"no checkpoint at step 7 .*\[1, 2, 3\]"):
+        checkpointer.restore(abstract, step=7)
+    _corrupt(tmp_path, 1)
+    with pytest.raises(CheckpointError, match="checkpoint step 1 cannot be restored"):
+        checkpointer.restore(abstract, step=1)
+    assert checkpointer.steps() == [1, 2, 3]  # An explicit step is never moved aside.
+    checkpointer.close()
+
+
+def test_check_compatible_reads_the_newest_checkpoint_and_creates_nothing(tmp_path):
+    Checkpointer.check_compatible(str(tmp_path / "new"), _state(0, 0.0).params)
+    assert not (tmp_path / "new").exists()
+    checkpointer = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    checkpointer.save(1, _state(1, 1.0), _Iterator())
+    checkpointer.close()
+    Checkpointer.check_compatible(str(tmp_path), _state(0, 0.0).params)
+    other = {"w": jnp.zeros((2, 4)), "b": jnp.zeros((3,))}
+    with pytest.raises(CheckpointMismatchError, match=r"\['w'\]: saved \(2, 3\), config \(2, 4\)"):
+        Checkpointer.check_compatible(str(tmp_path), other)
+
+
+_RESTORE_AFTER_CORRUPTION = textwrap.dedent("""
+    import gc, logging, os, pathlib, sys, time
+    import jax, jax.numpy as jnp
+    from jaxformer.train.checkpoint import Checkpointer
+    from jaxformer.train.state import TrainState
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    class Iterator:
+        def get_state(self):
+            return {"step": 0}
+
+    def state(step):
+        # Many arrays: many reads in flight when the first one fails.
+        params = {f"w{i}": jnp.full((32, 32), float(step)) for i in range(40)}
+        return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                          opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
+
+    workdir = pathlib.Path(sys.argv[1])
+    checkpointer = Checkpointer(str(workdir), keep=3, async_save=False)
+    checkpointer.save(1, state(1), Iterator())
+    checkpointer.save(2, state(2), Iterator())
+    for path in (workdir / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            os.truncate(path, 10)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            state(0))
+    print("restored step", int(checkpointer.restore(abstract).step))
+    checkpointer.close()
+    time.sleep(0.5)  # The abandoned reads of step 2 end, and are collected, meanwhile.
+    gc.collect()
+""")
+
+
+def test_a_corrupt_newest_checkpoint_costs_one_warning_line(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _RESTORE_AFTER_CORRUPTION, str(tmp_path)],
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "restored step 1"
+    lines = result.stderr.splitlines()
+    assert len(lines) <= 3, result.stderr[-3000:]
+    warnings = [line for line in lines if "checkpoint step 2 cannot be restored" in line]
+    corrupt = tmp_path / "checkpoints_corrupt" / "2"
+    assert len(warnings) == 1 and warnings[0].endswith(f"; moved to {corrupt}")
+    assert corrupt.is_dir()

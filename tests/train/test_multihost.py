@@ -14,7 +14,7 @@ from tests.train.test_trainer import CHAR, ROOT, assert_close_params, final_para
 def test_two_processes_match_one(tmp_path):
     data_dir = tmp_path / "tfds"
     data_dir.mkdir()
-    overrides = ["train.num_steps=6", "train.batch_size=16", "train.eval_every=3",
+    overrides = ["train.num_steps=6", "train.batch_size=16", "evals.val.every_steps=3",
                  "train.checkpoint_every=3", f"data.data_dir={data_dir}"]
     pod = tmp_path / "pod"
     result = subprocess.run(

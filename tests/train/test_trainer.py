@@ -1,6 +1,5 @@
 """The generic trainer on the tiny GPT: strategies agree, resume is exact, failures are safe."""
 
-import glob
 import json
 import os
 import signal
@@ -14,10 +13,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxformer import config as config_lib
-from jaxformer.sampling import restore_state
+from jaxformer.inference.workdir import load_run
 from jaxformer.train import parallel, trainer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
+from tests.helpers import CONFIGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 CHAR = os.path.join(ROOT, "configs/gpt/shakespeare_char.py")
@@ -90,19 +90,18 @@ def test_train_writes_metrics_config_and_checkpoints(tmp_path, data_dir):
     workdir = tmp_path / "run"
     config = tiny_config("train.num_steps=4", data_dir=data_dir)
     last = trainer.train(config, str(workdir))
-    assert np.isfinite(last["eval/loss"])
+    assert np.isfinite(last["eval/val/loss"])
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
-    assert any("eval/loss" in r for r in records)
+    assert any("eval/val/loss" in r and "eval/val/perplexity" in r for r in records)
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 4
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
     assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
 
 
-def final_params(workdir, config):
-    _, task = trainer.build(config, str(workdir))
-    state = restore_state(str(workdir), config, task)
-    return int(state.step), jax.device_get(state.params)
+def final_params(workdir, config=None):
+    run = load_run(str(workdir))
+    return run.step, jax.device_get(run.params)
 
 
 def assert_close_params(a, b):
@@ -120,7 +119,7 @@ def test_exact_resume_after_sigkill(tmp_path, data_dir):
     steps, half = 40, 20
     args = ["train", f"--config={CHAR}:runlocal", f"--config.data.data_dir={data_dir}",
             f"--config.train.num_steps={steps}", f"--config.train.checkpoint_every={half}",
-            "--config.train.eval_every=0", "--config.train.log_every=1",
+            "--config.evals.val.every_steps=0", "--config.train.log_every=1",
             "--config.train.batch_size=64", "--config.data.block_size=128",
             "--config.optim.decay_steps=40"]
     reference = tmp_path / "straight"
@@ -150,12 +149,12 @@ def test_exact_resume_after_sigkill(tmp_path, data_dir):
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, data_dir):
-    config = tiny_config("train.num_steps=6", "train.eval_every=0", data_dir=data_dir)
+    config = tiny_config("train.num_steps=6", "evals.val.every_steps=0", data_dir=data_dir)
     straight = tmp_path / "straight"
     trainer.train(config, str(straight))
 
     broken = tmp_path / "broken"
-    trainer.train(tiny_config("train.num_steps=4", "train.eval_every=0", data_dir=data_dir),
+    trainer.train(tiny_config("train.num_steps=4", "evals.val.every_steps=0", data_dir=data_dir),
                   str(broken))
     for root, _, files in os.walk(broken / "checkpoints" / "4" / "state"):
         for name in files:
@@ -185,7 +184,7 @@ def test_sigterm_saves_and_exits(tmp_path, data_dir):
         [sys.executable, "-m", "jaxformer", "train", f"--config={CHAR}:runlocal",
          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
          "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
-         "--config.train.eval_every=0"],
+         "--config.evals.val.every_steps=0"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("step 5/"):
@@ -219,8 +218,7 @@ def test_unknown_model_name_lists_models(tmp_path):
     assert "unknown model 'gtp'; available: gpt" in result.stderr
 
 
-CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
-    os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+
 
 
 # Datasets that users prepare themselves (not embedded) train on tfds's mock records.
@@ -236,7 +234,10 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
             last = trainer.train(config, str(tmp_path / "run"))
     else:
         last = trainer.train(config, str(tmp_path / "run"))
-    assert np.isfinite(last["train/loss"]) and np.isfinite(last["eval/loss"])
+    assert np.isfinite(last["train/loss"])
+    assert last.keys() >= {f"eval/{name}/{metric}" for name, entry in config.evals.items()
+                           for metric in {"loss": ["loss"], "classification": ["top1"],
+                                          "bleu": ["bleu"]}[entry.type]}
 
 
 def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, data_dir):

@@ -14,19 +14,16 @@ both maps side by side, and the predicted class with its probability.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jaxformer import registry
-from jaxformer.sampling import restore_state
+from jaxformer.errors import UserError
 
 PANEL = 224  # Side of each square panel, in pixels.
 MARGIN = 8
@@ -160,37 +157,24 @@ def render(view: np.ndarray, maps: AttentionMaps) -> Image.Image:
     return figure
 
 
-def load_run(workdir: str):
-    """(config, data, task, params) of the newest checkpoint of a classification workdir."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
-    with open(config_path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.model.name != "vit":
-        raise ValueError(f"attention maps need a ViT; {workdir} trained {config.model.name!r}")
-    data = registry.lookup("data", config.data.name).build(config.data, workdir=workdir)
-    task = registry.lookup("tasks", config.task.name).build(config, data)
-    return config, data, task, restore_state(workdir, config, task).params
-
-
 def load_image(path: str, channels: int) -> np.ndarray:
     """uint8 `[H, W, channels]` pixels of an image file."""
     try:
         with Image.open(path) as pil:
             pixels = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
     except (OSError, ValueError) as e:  # Missing, unreadable or not an image.
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UserError(f"cannot read image {path}: {e}") from e
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def write_attention_map(workdir: str, image_path: str, out_path: str) -> AttentionMaps:
-    """Writes the attention-map figure of `image_path` under the run in `workdir` as a PNG
-    (`WIDTH x HEIGHT` pixels) at `out_path`; returns the prediction and the maps."""
-    _, data, task, params = load_run(workdir)
-    preprocess = data.preprocess
+def write_attention_map(run: Any, image_path: str, out_path: str) -> AttentionMaps:
+    """Writes the attention-map figure of `image_path` under a loaded ViT run
+    (`inference.workdir.Run`) as a PNG (`WIDTH x HEIGHT` pixels) at `out_path`; returns the
+    prediction and the maps."""
+    preprocess = run.data.preprocess
     view = preprocess.eval_view(load_image(image_path, preprocess.channels))
-    maps = compute_maps(task.model, params, preprocess.normalize(view), data.class_names)
+    maps = compute_maps(run.task.model, run.params, preprocess.normalize(view),
+                        run.data.class_names)
     directory = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(directory, exist_ok=True)
     render(view, maps).save(out_path, format="PNG")

@@ -1,4 +1,4 @@
-"""Translation with a trained encoder-decoder: batched beam search, detokenization, BLEU.
+"""Decoding with a trained encoder-decoder: batched beam search, detokenization, BLEU.
 
 Sources are sorted by length and decoded in batches, each padded to a multiple of
 `LENGTH_STEP` positions (so only a few shapes compile) and split over the local devices. A
@@ -13,20 +13,27 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxformer import beam_search
-from jaxformer.models.transformer import init_cache
+from jaxformer.inference import beam_search
+from jaxformer.inference.generate import empty_cache
 
 LENGTH_STEP = 16
 
 
-def encode_source(tokenizer: Any, text: str, max_length: int) -> list[int]:
-    """Source ids ending in EOS, truncated to `max_length` tokens."""
-    return tokenizer.encode(text)[:max_length - 1] + [tokenizer.eos_id]
+def init_cache(model: nn.Module, encoded: jax.Array, inputs: jax.Array, max_len: int) -> Any:
+    """An empty self-attention KV cache of the model's `decode` method for `max_len` target
+    positions of the given sources.
+
+    The cross-attention projection of `encoded` is not cached: a decoding loop closes over
+    `encoded`, so XLA hoists the projection out of the loop.
+    """
+    tokens = jnp.zeros((encoded.shape[0], max_len), jnp.int32)
+    return empty_cache(model, encoded, inputs, tokens, method="decode")
 
 
 def strip_eos(ids: np.ndarray, eos_id: int) -> list[int]:
@@ -105,19 +112,17 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
-def translate_from_workdir(workdir: str, lines: list[str], *, beam_size: int | None = None,
-                           length_penalty: float | None = None, average_last: int = 0
-                           ) -> list[str]:
-    """Translations of `lines` by the model trained in `workdir` (empty lines stay empty)."""
-    from jaxformer import sampling
-
-    config, task, params = sampling.load_workdir(workdir, average_last=average_last)
-    if not hasattr(task, "translate"):
-        raise ValueError(f"{workdir} holds a {config.task.name!r} model, not a translation one")
-    todo = [i for i, line in enumerate(lines) if line.strip()]
-    outputs = task.translate(params, [lines[i] for i in todo], beam_size=beam_size,
-                             length_penalty=length_penalty)
-    translations = [""] * len(lines)
-    for i, text in zip(todo, outputs):
-        translations[i] = text
+def translate_texts(task: Any, params: Any, sources: list[str], *, beam_size: int,
+                    length_penalty: float, extra_length: int, batch_size: int) -> list[str]:
+    """Detokenized translations of `sources` by a translation task's model (empty lines stay
+    empty), in the order given."""
+    todo = [i for i, line in enumerate(sources) if line.strip()]
+    outputs = translate_ids(
+        task.model, params, [task.encode_source(sources[i]) for i in todo],
+        beam_size=beam_size, length_penalty=length_penalty, extra_length=extra_length,
+        max_length=task.max_decode_length, batch_size=batch_size, bos_id=task.bos_id,
+        eos_id=task.eos_id)
+    translations = [""] * len(sources)
+    for i, ids in zip(todo, outputs):
+        translations[i] = task.tokenizer.decode(ids)
     return translations

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxformer import decode
-from jaxformer.beam_search import beam_search, greedy_search, tile_beams
+from jaxformer.inference import generate as decode
+from jaxformer.inference.beam_search import beam_search, greedy_search, tile_beams
 from jaxformer.models.gpt import GPT, VARIANTS
 
 BOS, EOS = 0, 1
@@ -187,7 +187,7 @@ def gpt():
     # The search continues prompt + [BOS]: the reference continuation, recomputed from scratch.
     full = decode.greedy_by_recompute(
         model, params, np.concatenate([prompt, np.full((3, 1), BOS, np.int32)], axis=1),
-        max_new_tokens=MAX_LEN)
+        max_new_tokens=MAX_LEN, max_length=model.block_size)
     return model, params, prompt, np.asarray(full)[:, PROMPT_LEN + 1:], jax.jit(model.apply)
 
 

@@ -4,8 +4,10 @@
 `lax.scan` of single-token steps. `greedy_by_recompute` recomputes the full sequence at every
 step, without a cache: the reference that the cached path is checked against.
 
-The model is any flax module called as `model.apply(variables, tokens, decode=...)` that keeps
-its decoding state in the 'cache' collection and has a `block_size` (maximum context).
+The model is any flax module called as `model.apply(variables, *context, tokens,
+decode=True, method=method)` that keeps its decoding state in the 'cache' collection. The
+`context` arrays condition every step: none for a decoder-only LM, `(encoded, inputs)` for
+the translation Transformer's `decode` method, visual features for a captioning model.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ def empty_cache(model: nn.Module, *args: Any, **kwargs: Any) -> Cache:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def init_cache(model: nn.Module, batch_size: int, max_len: int) -> Cache:
+def init_cache(model: nn.Module, batch_size: int, max_len: int, *, context: tuple = (),
+               method: str | None = None) -> Cache:
     """An empty cache for decoding up to `max_len` positions."""
-    return empty_cache(model, jnp.zeros((batch_size, max_len), jnp.int32))
+    return empty_cache(model, *context, jnp.zeros((batch_size, max_len), jnp.int32),
+                       method=method)
 
 
-def decode_step(model: nn.Module, params: Params, cache: Cache, tokens: jax.Array
-                ) -> tuple[jax.Array, Cache]:
+def decode_step(model: nn.Module, params: Params, cache: Cache, tokens: jax.Array, *,
+                context: tuple = (), method: str | None = None) -> tuple[jax.Array, Cache]:
     """Runs `tokens` `[batch, len]` through the cache: float32 logits `[batch, len, vocab]`."""
     logits, variables = model.apply(
-        {"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"])
+        {"params": params, "cache": cache}, *context, tokens, decode=True, mutable=["cache"],
+        method=method)
     return logits, variables["cache"]
 
 
@@ -96,14 +101,18 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     greedy: bool = False,
+    max_length: int,
+    context: tuple = (),
+    method: str | None = None,
 ) -> jax.Array:
     """Continues `prompt` int32 `[batch, prompt_len]` by `max_new_tokens` sampled tokens.
 
     Returns int32 `[batch, prompt_len + max_new_tokens]`. The same `rng` gives the same
-    tokens; `greedy=True` takes the argmax (and needs no `rng`).
+    tokens; `greedy=True` takes the argmax (and needs no `rng`). `max_length` is the model's
+    context (its positions); `context` and `method` condition the steps (module docstring).
     """
     prompt = jnp.asarray(prompt, jnp.int32)
-    _check_lengths(model, prompt, max_new_tokens)
+    _check_lengths(prompt, max_new_tokens, max_length)
     if not greedy:
         if rng is None:
             raise ValueError("sampling needs an rng (or pass greedy=True)")
@@ -118,24 +127,28 @@ def generate(
     if rng is None:
         rng = jax.random.key(0)  # Unused by greedy decoding.
     return _generate(model, params, prompt, rng, jnp.float32(temperature),
-                     None if top_p is None else jnp.float32(top_p),
-                     max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy)
+                     None if top_p is None else jnp.float32(top_p), tuple(context),
+                     max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, method=method)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "greedy"))
-def _generate(model, params, prompt, rng, temperature, top_p, *, max_new_tokens, top_k, greedy):
+@functools.partial(jax.jit,
+                   static_argnames=("model", "max_new_tokens", "top_k", "greedy", "method"))
+def _generate(model, params, prompt, rng, temperature, top_p, context, *, max_new_tokens, top_k,
+              greedy, method):
     batch_size, prompt_len = prompt.shape
     sample = functools.partial(
         sample_logits, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    step_fn = functools.partial(decode_step, model, params, context=context, method=method)
     rngs = jax.random.split(rng, max_new_tokens)
 
-    cache = init_cache(model, batch_size, prompt_len + max_new_tokens)
-    logits, cache = decode_step(model, params, cache, prompt)  # Prefill the whole prompt.
+    cache = init_cache(model, batch_size, prompt_len + max_new_tokens, context=context,
+                       method=method)
+    logits, cache = step_fn(cache, prompt)  # Prefill the whole prompt.
     first = sample(logits[:, -1], rngs[0])  # [batch]
 
     def step(carry, step_rng):
         cache, token = carry
-        logits, cache = decode_step(model, params, cache, token[:, None])  # [batch, 1, vocab]
+        logits, cache = step_fn(cache, token[:, None])  # [batch, 1, vocab]
         token = sample(logits[:, -1], step_rng)
         return (cache, token), token
 
@@ -144,11 +157,12 @@ def _generate(model, params, prompt, rng, temperature, top_p, *, max_new_tokens,
 
 
 def greedy_by_recompute(
-    model: nn.Module, params: Params, prompt: jax.Array, *, max_new_tokens: int
+    model: nn.Module, params: Params, prompt: jax.Array, *, max_new_tokens: int, max_length: int
 ) -> jax.Array:
-    """Greedy continuation that reruns the model on the whole sequence at every step."""
+    """Greedy continuation of a decoder-only LM that reruns the model on the whole sequence
+    at every step."""
     prompt = jnp.asarray(prompt, jnp.int32)
-    _check_lengths(model, prompt, max_new_tokens)
+    _check_lengths(prompt, max_new_tokens, max_length)
     return _greedy_by_recompute(model, params, prompt, max_new_tokens=max_new_tokens)
 
 
@@ -168,13 +182,13 @@ def _greedy_by_recompute(model, params, prompt, *, max_new_tokens):
     return jax.lax.fori_loop(prompt_len, total_len, step, tokens)
 
 
-def _check_lengths(model: nn.Module, prompt: jax.Array, max_new_tokens: int) -> None:
+def _check_lengths(prompt: jax.Array, max_new_tokens: int, max_length: int) -> None:
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be int32 [batch, prompt_len >= 1], got {prompt.shape}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     total_len = prompt.shape[1] + max_new_tokens
-    if total_len > model.block_size:
+    if total_len > max_length:
         raise ValueError(
             f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} = {total_len} "
-            f"exceeds the model's block_size {model.block_size}")
+            f"exceeds the model's context of {max_length} positions")

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxformer import attention_map
 from jaxformer import config as config_lib
 from jaxformer.data import fashion_mnist
+from jaxformer.errors import UserError
+from jaxformer.inference import attention_map
+from jaxformer.inference.workdir import load_run
 from jaxformer.train import trainer
 
-ROOT = os.path.dirname(os.path.dirname(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
 def row_stochastic(rng, shape):
@@ -70,7 +72,7 @@ def trained_run(tmp_path_factory):
         os.path.join(ROOT, "configs/vit/fashion_mnist.py:runlocal,source=subset"))
     config_lib.apply_overrides(config, ["train.num_steps=2"])
     trainer.train(config, str(workdir))
-    return str(workdir)
+    return load_run(str(workdir))
 
 
 def test_png_of_a_trained_run(trained_run, tmp_path):
@@ -107,9 +109,8 @@ def test_rgb_image_is_converted_for_a_grayscale_model(trained_run, tmp_path):
 
 
 def test_errors(trained_run, tmp_path):
-    with pytest.raises(ValueError, match="cannot read image"):
+    with pytest.raises(UserError, match="cannot read image"):
         attention_map.write_attention_map(trained_run, str(tmp_path / "none.png"),
                                           str(tmp_path / "out.png"))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        attention_map.write_attention_map(str(tmp_path), str(tmp_path / "none.png"),
-                                          str(tmp_path / "out.png"))
+    with pytest.raises(UserError, match="no config.json"):
+        load_run(str(tmp_path))

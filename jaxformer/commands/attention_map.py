@@ -1,0 +1,30 @@
+"""`jaxformer attention-map --workdir=DIR --image=PATH --out=PNG`."""
+
+from __future__ import annotations
+
+from jaxformer.commands import common
+
+HELP = "overlay a trained ViT's [class]-token attention on an image"
+TAKES_OVERRIDES = False
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    common.add_checkpoint_choice(parser)
+
+
+def run(args, overrides: list[str]) -> int:
+    from jaxformer.errors import UserError
+    from jaxformer.inference import attention_map
+    from jaxformer.inference.workdir import load_run
+
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
+    if run_.config.model.name != "vit":
+        raise UserError(f"attention maps need a ViT; {args.workdir} trained "
+                        f"{run_.config.model.name!r}")
+    maps = attention_map.write_attention_map(run_, args.image, args.out)
+    print(f"wrote {args.out}: predicted {maps.class_name} ({maps.probability:.1%}) with "
+          f"{run_.describe()}")
+    return 0

@@ -1,0 +1,48 @@
+"""`jaxformer evaluate --workdir=DIR [--eval=NAME] [--step=N] [--average_last=K]`."""
+
+from __future__ import annotations
+
+from jaxformer.commands import common
+
+HELP = "run a workdir's evaluators (config.evals) on a checkpoint"
+TAKES_OVERRIDES = False
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--eval", action="append", default=[],
+                        help="an evaluator of config.evals (repeat for several; default: all "
+                             "that run at the end of training)")
+    common.add_checkpoint_choice(parser)
+
+
+def run(args, overrides: list[str]) -> int:
+    from jaxformer.config import read_workdir_config
+    from jaxformer.errors import UserError
+
+    config = read_workdir_config(args.workdir)
+    common.host_devices_per_core(common.micro_batch(config))
+    from jaxformer.evaluators.base import Context, build_evaluators
+    from jaxformer.inference.workdir import load_run
+    from jaxformer.train import parallel
+    from jaxformer.train.metrics import MetricWriter, log
+
+    strategy = parallel.Sharded()
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
+                    sharding=strategy.replicated)
+    log(f"evaluating {run_.describe()} on {len(strategy.mesh.devices.flat)} devices")
+    context = Context(run_.task, run_.data, strategy,
+                      parallel.local_batch_size(config.train.batch_size))
+    evaluators = build_evaluators(run_.config, context)
+    unknown = [name for name in args.eval if name not in evaluators]
+    if unknown:
+        raise UserError(f"--eval {unknown[0]}: config.evals has {', '.join(evaluators) or 'none'}")
+    chosen = args.eval or [n for n, e in evaluators.items() if e.at_end]
+    scalars = {}
+    for name in chosen:
+        scalars.update({f"eval/{name}/{k}": v for k, v in evaluators[name].run(run_.params).items()})
+    writer = MetricWriter(args.workdir)
+    writer.write(run_.step, scalars)
+    writer.close()
+    log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    return 0

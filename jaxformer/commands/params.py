@@ -1,0 +1,98 @@
+"""`jaxformer params --config=FILE[:ARGS] [--config.a.b=V ...] [--json] [--depth=N]`.
+
+Parameter counts per module, FLOPs per example and the train state's memory, all from
+`jax.eval_shape`: nothing is allocated, so full-size variants print in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+
+from jaxformer.commands import common
+
+HELP = "print a config's parameter tree, counts, FLOPs per example and train-state memory"
+TAKES_OVERRIDES = True
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    parser.add_argument("--depth", type=int, default=2, help="module levels shown")
+
+
+def module_counts(params, depth: int) -> dict:
+    """`{name: {"count": N, "children": {...}}}` down to `depth` levels."""
+    import numpy as np
+
+    def count(tree) -> int:
+        if isinstance(tree, dict):
+            return sum(count(v) for v in tree.values())
+        return int(np.prod(tree.shape))
+
+    def walk(tree, level: int) -> dict:
+        out = {}
+        for name in sorted(tree, key=_natural):
+            value = tree[name]
+            entry = {"count": count(value)}
+            if isinstance(value, dict) and level < depth:
+                entry["children"] = walk(value, level + 1)
+            out[name] = entry
+        return out
+
+    return walk(params, 1)
+
+
+def _natural(name: str) -> list:
+    """Sort key that puts block_2 before block_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _table(tree: dict, indent: int = 0) -> list[str]:
+    lines = []
+    for name, entry in tree.items():
+        lines.append(f"{'  ' * indent}{name:<{40 - 2 * indent}} {entry['count']:>15,}")
+        lines.extend(_table(entry.get("children", {}), indent + 1))
+    return lines
+
+
+def run(args, overrides: list[str]) -> int:
+    config = common.load_config(args.config, overrides)
+    import jax
+
+    from jaxformer.errors import as_user_error
+    from jaxformer.inference.workdir import build_data_and_task
+    from jaxformer.train import transfer
+    from jaxformer.train.optimizer import make_optimizer
+    from jaxformer.train.state import create_state
+
+    freeze = tuple(config.get("freeze", ()))
+    with tempfile.TemporaryDirectory() as scratch, as_user_error("config"):
+        _, task = build_data_and_task(config, scratch)
+        state = jax.eval_shape(lambda: create_state(task, make_optimizer(config.optim, freeze),
+                                                    config.seed))
+    params = jax.tree.map(lambda x: x, state.params)
+    trained, frozen = transfer.count_frozen(params, freeze)
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    result = {
+        "modules": module_counts(params, args.depth),
+        "trainable": trained,
+        "frozen": frozen,
+        "flops_per_example": task.flops_per_example(params),
+        "param_bytes": nbytes(state.params),
+        "optimizer_state_bytes": nbytes(state.opt_state),
+        "total": trained + frozen,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("\n".join(_table(result["modules"])))
+    flops = result["flops_per_example"]
+    print(f"trainable {trained:,}, frozen {frozen:,}")
+    print(f"FLOPs per example (train) {flops:.4g}" if flops else "FLOPs per example: unknown")
+    print(f"train state {(result['param_bytes'] + result['optimizer_state_bytes']) / 2**20:,.1f}"
+          f" MiB (params {result['param_bytes'] / 2**20:,.1f}, optimizer "
+          f"{result['optimizer_state_bytes'] / 2**20:,.1f})")
+    print(f"total {result['total']}")
+    return 0

@@ -1,0 +1,150 @@
+"""What the data modules share: process shards of global batches, eval splits, grain read
+options, tfds data directories, the workdir folder they write to, and config checks.
+
+A global batch does not depend on how many processes share it: process `p` of `P` takes its
+`p`-th block of `batch_size` rows, so resuming on another number of processes (with the same
+global batch) sees the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from etils import epath
+
+Batch = dict[str, np.ndarray]
+
+TFDS_DEFAULT_DIR = "~/tensorflow_datasets"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's block of rows of each global batch of `batch_size * process_count`."""
+
+    batch_size: int
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index {self.process_index} is not in "
+                             f"[0, {self.process_count})")
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.process_count
+
+    @property
+    def start(self) -> int:
+        """This process's first row in a global batch."""
+        return self.process_index * self.batch_size
+
+    @property
+    def rows(self) -> np.ndarray:
+        """This process's rows of a global batch, `[start, start + batch_size)`."""
+        return self.start + np.arange(self.batch_size)
+
+
+def read_options(threads: int = 0) -> grain.ReadOptions:
+    """`threads` threads preparing batches ahead of the consumer, two each; 0 prepares them on
+    demand in the consumer's thread, which suits batches gathered with numpy from memory
+    (worker threads would only contend for the GIL)."""
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+
+
+def in_order_batches(num_examples: int, global_batch: int, num_batches: int) -> int:
+    """How many global batches an in-order pass over `num_examples` examples makes: the first
+    `num_batches` of them, or all (-1), never more than the examples fill."""
+    if num_batches < -1:
+        raise ValueError(f"num_batches must be -1 (all) or non-negative, got {num_batches}")
+    total = -(-num_examples // global_batch)
+    return total if num_batches == -1 else min(num_batches, total)
+
+
+def choose_split(split: str | None, available: Sequence[str]) -> str:
+    """`split`, or the first of `available` (the default) when None."""
+    if split is None:
+        return available[0]
+    if split not in available:
+        raise ValueError(f"unknown split {split!r}; available: {', '.join(available)}")
+    return split
+
+
+def assets_dir(workdir: str | None) -> str | None:
+    """`<workdir>/assets`, the only place in an experiment's workdir a data module writes to
+    (None without a workdir: keep everything in memory)."""
+    return os.path.join(workdir, "assets") if workdir else None
+
+
+def save_atomically(path: epath.Path, save: Callable[[epath.Path], None]) -> None:
+    """Runs `save` on a temporary name next to `path`, then renames it to `path`, so that
+    readers never see a partly written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        save(partial)
+        partial.rename(path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+
+
+def default_data_dir(data_dir: str) -> str:
+    """The tfds data dir `data_dir` names: itself, or $TFDS_DATA_DIR, or ~/tensorflow_datasets."""
+    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or TFDS_DEFAULT_DIR)
+
+
+def check_data_dir(data_dir: str, *, default_must_exist: bool) -> str:
+    """`default_data_dir(data_dir)`, checked without writing to be a readable directory.
+
+    Args:
+        data_dir: the config's `data_dir`; "" for the default. A named directory must exist;
+            remote paths (with `://`) are not checked.
+        default_must_exist: whether the default must exist too (false where it is made).
+    """
+    path = default_data_dir(data_dir)
+    if "://" in path:
+        return path
+    if not data_dir and not default_must_exist and not os.path.exists(path):
+        return path  # The default, made by whoever prepares data in it.
+    if not os.path.isdir(path):
+        raise ValueError(f"data_dir {path!r} does not exist or is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ValueError(f"data_dir {path!r} is not readable")
+    return path
+
+
+def resolve_data_dir(data_dir: str, *, create: bool) -> str:
+    """`check_data_dir(data_dir)`, making the default directory first if `create`."""
+    path = check_data_dir(data_dir, default_must_exist=not create)
+    if create and not data_dir and "://" not in path:
+        os.makedirs(path, exist_ok=True)
+    return path
+
+
+def require_int(config: ml_collections.ConfigDict, key: str, *, minimum: int,
+                default: Any = None) -> int:
+    """`config[key]` (or `default` when absent), which must be an integer >= `minimum`."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_choice(config: ml_collections.ConfigDict, key: str, choices: Collection[str], *,
+                   default: Any = None) -> str:
+    """`config[key]` (or `default` when absent), which must be one of `choices`."""
+    value = config.get(key, default)
+    if value not in choices:
+        raise ValueError(f"unknown data.{key} {value!r}; available: {', '.join(choices)}")
+    return value

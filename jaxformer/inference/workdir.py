@@ -1,0 +1,81 @@
+"""One loader for trained workdirs, used by every command that reads one.
+
+`load_run(workdir)` gives the run's config, its data (the tokenizer from `DIR/assets`), its
+task (and model) and the parameters of the newest readable checkpoint, of a given step, or
+the mean of the last K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxformer import registry
+from jaxformer.config import read_workdir_config
+from jaxformer.errors import UserError
+from jaxformer.tasks.base import Task
+from jaxformer.train.checkpoint import Checkpointer
+from jaxformer.train.optimizer import make_optimizer
+from jaxformer.train.state import TrainState, create_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run, loaded."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    data: Any
+    task: Task
+    params: Any
+    step: int
+    averaged_steps: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        if self.averaged_steps:
+            return f"the mean of the checkpoints at steps {list(self.averaged_steps)}"
+        return f"the checkpoint at step {self.step}"
+
+
+def build_data_and_task(config: ml_collections.ConfigDict, workdir: str | None):
+    """(data, task) of a config, the tokenizer read from (or kept in) `workdir/assets`."""
+    data = registry.lookup("data", config.data.name).build(config.data, workdir=workdir)
+    task = registry.lookup("tasks", config.task.name).build(config, data)
+    return data, task
+
+
+def abstract_state(config: ml_collections.ConfigDict, task: Task,
+                   sharding: jax.sharding.Sharding) -> TrainState:
+    """Shapes, dtypes and `sharding` of the run's train state, computed without allocating."""
+    tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
+    shapes = jax.eval_shape(lambda: create_state(task, tx, config.seed))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+
+def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
+             sharding: jax.sharding.Sharding | None = None) -> Run:
+    """The run in `workdir`, its params placed with `sharding` (default: the first device)."""
+    if average_last < 0:
+        raise UserError(f"--average_last must be >= 0, got {average_last}")
+    if average_last > 1 and step is not None:
+        raise UserError("give --step or --average_last, not both")
+    config = read_workdir_config(workdir)
+    data, task = build_data_and_task(config, workdir)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = abstract_state(config, task, sharding)
+    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+    try:
+        if average_last > 1:
+            params, steps = checkpointer.average_params(abstract, average_last)
+            return Run(workdir, config, data, task, params, steps[-1], tuple(steps))
+        state = checkpointer.restore(abstract, step=step)
+    finally:
+        checkpointer.close()
+    if state is None:
+        raise UserError(f"no checkpoint in {workdir}/checkpoints: train first")
+    return Run(workdir, config, data, task, state.params, int(np.asarray(state.step)))

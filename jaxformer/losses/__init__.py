@@ -1,0 +1,1 @@
+"""Loss pieces that several tasks use."""

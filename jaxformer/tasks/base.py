@@ -1,0 +1,124 @@
+"""The Task contract: what the trainer, the evaluators and the commands ask of an objective.
+
+A task owns its model and turns batches into a loss. Its metrics are `Average`s (a sum and a
+count), so that they combine exactly over micro-batches, devices, hosts and eval batches: the
+trainer adds the sums and the counts up, and divides once at the end.
+
+Losses over the whole global batch (contrastive negatives, set matching normalised by the
+number of boxes on every device) use `axis_name`: under the default `sharded` strategy the
+task sees the global batch and `axis_name` is None; under `pmap` each device sees its shard
+and `axis_name` names the device axis. `all_gather` and `global_sum` below work in both.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Params = Any
+Batch = dict[str, jax.Array]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(name: str) -> Any:
+    """The jnp dtype of `train.compute_dtype` (parameters stay float32)."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown compute dtype {name!r}; available: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@flax.struct.dataclass
+class Average:
+    """A mean kept as `total / count`, so that parts combine by adding both."""
+
+    total: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def of(cls, values: jax.Array, weights: jax.Array | None = None) -> Average:
+        """The (weighted) mean of `values`; zero weights leave rows out (padding)."""
+        values = jnp.asarray(values, jnp.float32)
+        if weights is None:
+            return cls(values.sum(), jnp.float32(values.size))
+        weights = jnp.broadcast_to(jnp.asarray(weights, jnp.float32), values.shape)
+        return cls((values * weights).sum(), weights.sum())
+
+    def value(self) -> jax.Array:
+        return self.total / jnp.maximum(self.count, 1e-9)
+
+
+Metrics = dict[str, Average]
+
+
+def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """`x` of every device concatenated along axis 0 (the global batch); `x` itself when the
+    task already sees the global batch (axis_name None)."""
+    return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """The sum of `x` over all devices (itself when the batch is global)."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def shard_offset(rows: int, axis_name: str | None) -> jax.Array:
+    """Index of this device's first row in the global batch (0 when the batch is global)."""
+    return jnp.int32(0) if axis_name is None else jax.lax.axis_index(axis_name) * rows
+
+
+class Task(abc.ABC):
+    """An objective over one model.
+
+    Subclasses set `model` and implement `dummy_batch`, `model_inputs` and `loss`; the other
+    methods have working defaults.
+    """
+
+    model: nn.Module
+
+    @abc.abstractmethod
+    def dummy_batch(self, batch_size: int) -> Batch:
+        """A batch of the shapes and dtypes training sees (used to initialise and to check
+        shapes without computing anything)."""
+
+    @abc.abstractmethod
+    def model_inputs(self, batch: Batch) -> tuple:
+        """The positional arguments of `model.apply` for `batch`."""
+
+    @abc.abstractmethod
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, *, train: bool,
+             axis_name: str | None = None) -> tuple[Average, Metrics]:
+        """(the loss to minimise, other metrics), all as `Average`s over this batch.
+
+        The trainer differentiates `loss.total / global count`, so the loss of a part of the
+        batch must be a sum over its items. Padding rows of eval batches get zero weight.
+        """
+
+    def init(self, rng: jax.Array) -> Params:
+        """Fresh parameters for the model."""
+        return self.model.init(rng, *self.model_inputs(self.dummy_batch(1)))["params"]
+
+    def predict(self, params: Params, batch: Batch) -> jax.Array:
+        """The model's outputs for `batch` in evaluation mode (logits for most tasks)."""
+        return self.model.apply({"params": params}, *self.model_inputs(batch), train=False)
+
+    def items_per_example(self) -> tuple[int, str]:
+        """(items per example, their unit) for throughput: tokens for sequence tasks."""
+        return 1, "ex"
+
+    def flops_per_example(self, params: Params) -> float | None:
+        """Training FLOPs of one example (forward + backward), or None when not known."""
+        del params
+        return None
+
+    def resize_param(self, path: str, value: Any, shape: tuple[int, ...]) -> Any:
+        """`value`, a parameter from another run, made to fit `shape` when loading with
+        `init_from` (position embeddings at a new resolution); by default a mismatch is an
+        error."""
+        raise ValueError(f"parameter {path} has shape {tuple(value.shape)} in the source, the "
+                         f"model needs {tuple(shape)}")

@@ -1,0 +1,177 @@
+"""Transfer learning: `config.init_from` (parameters from another workdir) and `config.freeze`.
+
+    config.init_from = dict(workdir="runs/vit", step=-1, mapping=(("encoder", "encoder"),),
+                            strict=True)
+    config.freeze = ("encoder/.*",)
+
+`mapping` pairs a prefix of this model's parameter paths with a prefix in the source run's
+(paths are "/"-joined, e.g. "encoder/pos_embedding"; ("", "") maps everything). Only the
+parameters under a mapped prefix are loaded; the others keep their fresh initialisation
+(a new head, say). With `strict`, every parameter under a mapped prefix must exist in the
+source and every source parameter under the mapped source prefixes must be used. A shape that
+differs is an error, except where the task can resize the parameter (position embeddings at
+a new resolution: `Task.resize_param`).
+
+`freeze` lists regular expressions matched against whole parameter paths: those parameters
+get zero updates and no optimizer state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from jaxformer.errors import UserError
+from jaxformer.tasks.base import Task
+from jaxformer.train.metrics import log
+
+
+def flat_paths(params: Any) -> dict[str, Any]:
+    """`{"a/b/c": leaf}` of a nested params dict."""
+    return {"/".join(key): leaf for key, leaf in traverse_util.flatten_dict(params).items()}
+
+
+def unflatten_paths(flat: dict[str, Any]) -> Any:
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def frozen_labels(params: Any, patterns: Sequence[str]) -> Any:
+    """A tree like `params` labelling each leaf "frozen" or "trained"."""
+    compiled = [re.compile(p) for p in patterns]
+    flat = {path: "frozen" if any(c.fullmatch(path) for c in compiled) else "trained"
+            for path in flat_paths(params)}
+    return unflatten_paths(flat)
+
+
+def check_freeze(params: Any, patterns: Sequence[str]) -> None:
+    """Every pattern must be a valid regular expression that matches some parameter."""
+    paths = list(flat_paths(params))
+    for pattern in patterns:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"freeze pattern {pattern!r}: {e}") from None
+        if not any(compiled.fullmatch(p) for p in paths):
+            raise ValueError(f"freeze pattern {pattern!r} matches no parameter; parameters "
+                             f"look like {paths[0]!r}")
+
+
+def with_freeze(tx: optax.GradientTransformation, patterns: Sequence[str]
+                ) -> optax.GradientTransformation:
+    """`tx` for the trained parameters; zero updates and no state for the frozen ones."""
+    if not patterns:
+        return tx
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                                 lambda params: frozen_labels(params, patterns))
+
+
+def count_frozen(params: Any, patterns: Sequence[str]) -> tuple[int, int]:
+    """(trained, frozen) parameter counts."""
+    labels = flat_paths(frozen_labels(params, patterns)) if patterns else {}
+    trained = frozen = 0
+    for path, leaf in flat_paths(params).items():
+        if labels.get(path) == "frozen":
+            frozen += int(np.prod(leaf.shape))
+        else:
+            trained += int(np.prod(leaf.shape))
+    return trained, frozen
+
+
+def read_params(workdir: str, step: int = -1) -> tuple[dict[str, np.ndarray], int]:
+    """The flat parameters of a run's checkpoint (`step`, or the newest when < 0)."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise UserError(f"init_from.workdir {workdir}: no checkpoints (train it first)")
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise UserError(f"init_from.workdir {workdir}: no checkpoints (train it first)")
+        if step < 0:
+            step = steps[-1]
+        elif step not in steps:
+            raise UserError(f"init_from.step {step}: {workdir} has checkpoints at {steps}")
+        saved = manager.item_metadata(step)["state"]["params"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), saved)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore({"params": abstract}, strict=False)))
+    finally:
+        manager.close()
+    params = jax.tree.map(np.asarray, restored["state"]["params"])
+    return flat_paths(params), step
+
+
+def _under(path: str, prefix: str) -> str | None:
+    """The rest of `path` below `prefix`, or None when it is not under it."""
+    if not prefix:
+        return path
+    if path == prefix:
+        return ""
+    return path[len(prefix) + 1:] if path.startswith(prefix + "/") else None
+
+
+def _join(prefix: str, rest: str) -> str:
+    return "/".join(p for p in (prefix, rest) if p)
+
+
+def merge_params(target: Any, source: dict[str, np.ndarray], task: Task,
+                 mapping: Sequence[Sequence[str]], *, strict: bool
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """(the flat parameters to load into `target` (a params tree of arrays or shapes), the
+    paths of `target` left at their initialisation)."""
+    loaded, fresh, used = {}, [], set()
+    for path, wanted in flat_paths(target).items():
+        for target_prefix, source_prefix in mapping:
+            rest = _under(path, target_prefix)
+            if rest is not None:
+                break
+        else:
+            fresh.append(path)
+            continue
+        source_path = _join(source_prefix, rest)
+        if source_path not in source:
+            if strict:
+                raise ValueError(f"init_from: the source has no parameter {source_path!r} "
+                                 f"(for {path!r}); use strict=False to keep it initialised")
+            fresh.append(path)
+            continue
+        value = source[source_path]
+        used.add(source_path)
+        if tuple(value.shape) != tuple(wanted.shape):
+            value = np.asarray(task.resize_param(path, value, tuple(wanted.shape)))
+        loaded[path] = value.astype(wanted.dtype)
+    if strict:
+        unused = [p for p in source if p not in used
+                  and any(_under(p, s) is not None for _, s in mapping)]
+        if unused:
+            raise ValueError(f"init_from: {len(unused)} source parameters are not used, e.g. "
+                             f"{unused[0]!r}; map them or use strict=False")
+    return loaded, fresh
+
+
+def init_from(config: ml_collections.ConfigDict, task: Task, params: Any) -> Any:
+    """`params` with the parts `config.init_from` names replaced by the source run's."""
+    cfg = config.init_from
+    source, step = read_params(cfg.workdir, cfg.get("step", -1))
+    mapping = [tuple(pair) for pair in cfg.get("mapping", ())] or [("", "")]
+    loaded, fresh = merge_params(params, source, task, mapping, strict=cfg.get("strict", True))
+    flat = flat_paths(params)
+    flat.update(loaded)
+    log(f"init_from {cfg.workdir} step {step}: {len(loaded)} parameter arrays loaded, "
+        f"{len(fresh)} initialised afresh" + (f" ({', '.join(fresh[:4])}"
+                                              f"{', ...' if len(fresh) > 4 else ''})"
+                                              if fresh else ""))
+    return unflatten_paths(flat)

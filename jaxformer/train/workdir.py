@@ -1,0 +1,80 @@
+"""The workdir of a run: its path checked, and an exclusive lock for the run that writes it.
+
+Two runs writing one workdir would interleave checkpoints and metrics. The lock is
+`fcntl.flock` on `<workdir>/.lock`, so the kernel releases it when its holder dies, even by
+SIGKILL: a stale lock never needs removing by hand. The file records who holds it, so a second
+run can say which process it is waiting for. flock is advisory and local to a host (on NFS it
+may not exclude another host): take it on process 0 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+from jaxformer.errors import UserError
+
+LOCK_NAME = ".lock"
+
+
+class WorkdirBusyError(UserError):
+    """Another live process holds the workdir's lock."""
+
+
+def check_workdir_path(path: str) -> None:
+    """Raises UserError if `path` exists and is not a directory (a workdir must be one)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--workdir {path} exists and is not a directory; "
+                         "choose a directory (new or existing)")
+
+
+def _holder(handle: int) -> str:
+    """The lock file's record of its holder, as words for an error message."""
+    os.lseek(handle, 0, os.SEEK_SET)
+    try:
+        info = json.loads(os.read(handle, 65536).decode())
+        return (f"process {info['pid']} on {info['host']} since {info['since']} "
+                f"({info['command']})")
+    except (ValueError, KeyError, TypeError):  # Just taken: nothing recorded yet.
+        return "another process"
+
+
+def _record_holder(handle: int) -> None:
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)}
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, (json.dumps(info) + "\n").encode(), 0)
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str) -> Iterator[None]:
+    """Holds `<workdir>/.lock` (creating the workdir) for the duration of the block.
+
+    Raises WorkdirBusyError naming the holder if another process holds it.
+    """
+    check_workdir_path(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_NAME)
+    # No O_TRUNC: the file holds the current holder's record until the lock is ours.
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(
+                f"workdir {workdir} is in use by {_holder(handle)}; wait for it to end or "
+                "stop it, or use another --workdir") from None
+        _record_holder(handle)
+        try:
+            yield
+        finally:
+            os.ftruncate(handle, 0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
