@@ -40,7 +40,8 @@ def run(args, overrides: list[str]) -> int:
     chosen = args.eval or [n for n, e in evaluators.items() if e.at_end]
     scalars = {}
     for name in chosen:
-        scalars.update({f"eval/{name}/{k}": v for k, v in evaluators[name].run(run_.params).items()})
+        metrics = evaluators[name].run(run_.params)
+        scalars.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
     writer = MetricWriter(args.workdir)
     writer.write(run_.step, scalars)
     writer.close()

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxformer.errors import UserError, as_user_error
 from jaxformer.inference.workdir import build_data_and_task
-from jaxformer.train import parallel
+from jaxformer.train import parallel, transfer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
 
@@ -54,7 +54,9 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
     tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)
-    train_step = strategy.train_step(task, tx, cfg.grad_accum_steps)
+    frozen = transfer.frozen_mask(strategy.host_state(state).params,
+                                  tuple(config.get("freeze", ())))
+    train_step = strategy.train_step(task, tx, cfg.grad_accum_steps, frozen)
 
     start = time.perf_counter()
     state, metrics = train_step(state, batch)

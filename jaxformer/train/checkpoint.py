@@ -18,7 +18,10 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxformer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,35 @@ class Checkpointer:
         finally:
             manager.close()
 
+    @staticmethod
+    def read_params(workdir: str, step: int = -1) -> tuple[Any, int]:
+        """The parameters (numpy, as saved) of another run's checkpoint at `step` (< 0: the
+        newest), and that step; for `init_from`. Reads only; creates nothing."""
+        directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        steps = (sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+                 if os.path.isdir(directory) else [])
+        if not steps:
+            raise UserError(f"{workdir}: no checkpoints (train it first)")
+        if step >= 0 and step not in steps:
+            raise UserError(f"{workdir} has no checkpoint at step {step} (its steps: {steps})")
+        step = steps[-1] if step < 0 else step
+        _silence_abandoned_reads()
+        manager = _manager(directory, ocp.CheckpointManagerOptions(
+            create=False, enable_async_checkpointing=False))
+        try:
+            saved = manager.item_metadata(step)["state"]
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), saved)
+            state = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
+        except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
+            raise CheckpointError(f"checkpoint step {step} in {directory} cannot be restored "
+                                  f"({_reason(e)})") from None
+        finally:
+            manager.close()
+        return jax.tree.map(np.asarray, state["params"]), step
+
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
@@ -179,7 +211,7 @@ class Checkpointer:
         steps = self.steps()
         if step is not None:
             if step not in steps:
-                raise ValueError(f"no checkpoint at step {step} in {self.directory} "
+                raise UserError(f"no checkpoint at step {step} in {self.directory} "
                                  f"(its steps: {steps})")
             try:
                 return self._restore_step(step, abstract_state, data_iter)

@@ -25,8 +25,8 @@ def local_batch_size(global_batch_size: int) -> int:
     """This process's share of the global batch; must split evenly over all devices."""
     devices = jax.device_count()
     if global_batch_size % devices:
-        raise UserError(f"train.batch_size {global_batch_size} does not split over {devices} devices; "
-                         f"use a multiple of {devices}")
+        raise UserError(f"train.batch_size {global_batch_size} does not split over {devices} "
+                        f"devices; use a multiple of {devices}")
     return global_batch_size // jax.process_count()
 
 
@@ -59,8 +59,8 @@ class Sharded:
             lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
             batch)
 
-    def train_step(self, task, tx, grad_accum_steps: int) -> Callable:
-        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps)
+    def train_step(self, task, tx, grad_accum_steps: int, frozen=None) -> Callable:
+        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, frozen=frozen)
         return jax.jit(step, in_shardings=(self.replicated, self.batch_sharding),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
@@ -99,9 +99,9 @@ class Pmap:
         return jax.tree.map(lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:]),
                             batch)
 
-    def train_step(self, task, tx, grad_accum_steps: int) -> Callable:
+    def train_step(self, task, tx, grad_accum_steps: int, frozen=None) -> Callable:
         step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps,
-                               axis_name=self.axis_name)
+                               axis_name=self.axis_name, frozen=frozen)
         pstep = jax.pmap(step, axis_name=self.axis_name, donate_argnums=0)
 
         def train_step(state, batch):

@@ -32,18 +32,22 @@ def create_state(task: Task, tx: optax.GradientTransformation, seed: int,
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1,
-                    axis_name: str | None = None):
+                    axis_name: str | None = None, frozen: Any = None):
     """Returns `train_step(state, batch) -> (state, metrics)`, metrics as float32 scalars.
 
     The task's loss is a sum over the items of its (micro-)batch with a count (see
     `tasks.base.Average`). Sums and counts are added over micro-batches (rows i, i+k, i+2k,
     ... form micro-batch i, so a batch sharded over devices stays sharded) and, with
     `axis_name` (pmap), over devices; the gradient is then divided by the total count, so the
-    step is one pass over the global batch whatever the split.
+    step is one pass over the global batch whatever the split. `frozen`, a tree of bools like
+    the params, stops gradients at the frozen ones, so that their backward pass is not computed.
     """
 
     def summed_grads(params, batch, rng):
         def total(params):
+            if frozen is not None:
+                params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
+                                      params, frozen)
             loss, metrics = task.loss(params, batch, rng, train=True, axis_name=axis_name)
             return loss.total, {"loss": loss, **metrics}
 

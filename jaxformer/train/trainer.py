@@ -112,6 +112,7 @@ class _Parts:
     strategy: Any
     evaluators: dict
     abstract: TrainState
+    init_from: dict | None  # Parameters to start from (`config.init_from`), when not resuming.
 
 
 def _check(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -126,9 +127,11 @@ def _check(config: ml_collections.ConfigDict, workdir: str) -> None:
                              f"{jax.device_count()} devices")
 
 
-def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str) -> _Parts:
+def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resuming: bool
+                 ) -> _Parts:
     """Data (its assets read from or written to `assets_workdir/assets`), task, optimizer,
-    evaluators and the train state's shapes; a ValueError here is a config mistake."""
+    evaluators, the train state's shapes and `init_from`'s parameters (unless resuming); a
+    ValueError here is a config mistake."""
     with as_user_error("config"):
         strategy = parallel.make_strategy(config.train.strategy)
         data, task = build_data_and_task(config, assets_workdir)
@@ -138,7 +141,10 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str) -> _Par
         transfer.check_freeze(abstract.params, freeze)
         local_batch = parallel.local_batch_size(config.train.batch_size)
         evaluators = build_evaluators(config, Context(task, data, strategy, local_batch))
-    return _Parts(data, task, tx, strategy, evaluators, abstract)
+        loaded = None
+        if not resuming and config.get("init_from", {}).get("workdir", ""):
+            loaded = transfer.init_from(config, task, abstract.params)
+    return _Parts(data, task, tx, strategy, evaluators, abstract, loaded)
 
 
 def _state_sharding(strategy) -> jax.sharding.Sharding:
@@ -211,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         staging = None if os.path.isdir(os.path.join(workdir, "assets")) else (
             tempfile.mkdtemp(prefix="jaxformer-assets-"))
         try:
-            parts = _build_parts(config, staging or workdir)
+            parts = _build_parts(config, staging or workdir, resuming=bool(saved))
         except BaseException:
             if staging:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -226,7 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("jaxformer: workdir ready")
         if not lead:  # The other processes read the assets process 0 wrote.
-            parts = _build_parts(config, workdir)
+            parts = _build_parts(config, workdir, resuming=bool(saved))
         return _train(config, workdir, parts)
 
 
@@ -242,16 +248,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
     if restored is not None:
         state = strategy.place_state(restored)
     else:
-        state = _fresh_state(config, task, tx, strategy)
+        state = _fresh_state(config, parts)
     start = int(np.asarray(strategy.host_state(state).step))
     params = strategy.host_state(state).params
-    trained, frozen = transfer.count_frozen(params, tuple(config.get("freeze", ())))
+    trained, frozen_count = transfer.count_frozen(params, tuple(config.get("freeze", ())))
     log(f"{'resuming from step ' + str(start) if start else 'starting'}: "
-        f"{trained + frozen:,} parameters ({trained:,} trained, {frozen:,} frozen), "
+        f"{trained + frozen_count:,} parameters ({trained:,} trained, {frozen_count:,} frozen), "
         f"{jax.device_count()} devices ({strategy.name}), global batch {cfg.batch_size}")
 
     schedule = make_schedule(config.optim)
-    train_step = strategy.train_step(task, tx, cfg.grad_accum_steps)
+    frozen_mask = transfer.frozen_mask(parts.abstract.params, tuple(config.get("freeze", ())))
+    train_step = strategy.train_step(task, tx, cfg.grad_accum_steps, frozen_mask)
     evaluators = parts.evaluators
     writer = MetricWriter(workdir, resume_step=start)
     items_per_example, item_name = task.items_per_example()
@@ -338,13 +345,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
     return last
 
 
-def _fresh_state(config, task, tx, strategy) -> TrainState:
-    """A new train state, with `init_from`'s parameters where the config names a source."""
-    if not config.get("init_from", {}).get("workdir", ""):
+def _fresh_state(config: ml_collections.ConfigDict, parts: _Parts) -> TrainState:
+    """A new train state, starting from `init_from`'s parameters where the config names some."""
+    task, tx, strategy = parts.task, parts.tx, parts.strategy
+    if parts.init_from is None:
         return strategy.init_state(lambda: create_state(task, tx, config.seed))
-    params = jax.device_get(jax.jit(task.init)(jax.random.split(jax.random.key(config.seed))[0]))
-    with as_user_error("config"):
-        params = transfer.init_from(config, task, params)
+    init_rng = jax.random.split(jax.random.key(config.seed))[0]  # As create_state's.
+    params = transfer.with_loaded(jax.device_get(jax.jit(task.init)(init_rng)), parts.init_from)
     return strategy.init_state(lambda p: create_state(task, tx, config.seed, params=p), params)
 
 

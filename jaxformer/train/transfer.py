@@ -18,7 +18,6 @@ get zero updates and no optimizer state.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -27,11 +26,10 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from jaxformer.errors import UserError
 from jaxformer.tasks.base import Task
+from jaxformer.train.checkpoint import Checkpointer
 from jaxformer.train.metrics import log
 
 
@@ -50,6 +48,13 @@ def frozen_labels(params: Any, patterns: Sequence[str]) -> Any:
     flat = {path: "frozen" if any(c.fullmatch(path) for c in compiled) else "trained"
             for path in flat_paths(params)}
     return unflatten_paths(flat)
+
+
+def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
+    """A tree of bools like `params`: True where frozen (None when nothing is)."""
+    if not patterns:
+        return None
+    return jax.tree.map(lambda label: label == "frozen", frozen_labels(params, patterns))
 
 
 def check_freeze(params: Any, patterns: Sequence[str]) -> None:
@@ -84,34 +89,6 @@ def count_frozen(params: Any, patterns: Sequence[str]) -> tuple[int, int]:
         else:
             trained += int(np.prod(leaf.shape))
     return trained, frozen
-
-
-def read_params(workdir: str, step: int = -1) -> tuple[dict[str, np.ndarray], int]:
-    """The flat parameters of a run's checkpoint (`step`, or the newest when < 0)."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise UserError(f"init_from.workdir {workdir}: no checkpoints (train it first)")
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler()})
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise UserError(f"init_from.workdir {workdir}: no checkpoints (train it first)")
-        if step < 0:
-            step = steps[-1]
-        elif step not in steps:
-            raise UserError(f"init_from.step {step}: {workdir} has checkpoints at {steps}")
-        saved = manager.item_metadata(step)["state"]["params"]
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), saved)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore({"params": abstract}, strict=False)))
-    finally:
-        manager.close()
-    params = jax.tree.map(np.asarray, restored["state"]["params"])
-    return flat_paths(params), step
 
 
 def _under(path: str, prefix: str) -> str | None:
@@ -162,16 +139,24 @@ def merge_params(target: Any, source: dict[str, np.ndarray], task: Task,
     return loaded, fresh
 
 
-def init_from(config: ml_collections.ConfigDict, task: Task, params: Any) -> Any:
-    """`params` with the parts `config.init_from` names replaced by the source run's."""
+def init_from(config: ml_collections.ConfigDict, task: Task, target: Any
+              ) -> dict[str, np.ndarray]:
+    """The flat parameters `config.init_from` loads into a model whose parameters are (or have
+    the shapes of) `target`; checked, so that a bad mapping fails before training starts."""
     cfg = config.init_from
-    source, step = read_params(cfg.workdir, cfg.get("step", -1))
+    source, step = Checkpointer.read_params(cfg.workdir, cfg.get("step", -1))
     mapping = [tuple(pair) for pair in cfg.get("mapping", ())] or [("", "")]
-    loaded, fresh = merge_params(params, source, task, mapping, strict=cfg.get("strict", True))
-    flat = flat_paths(params)
-    flat.update(loaded)
+    loaded, fresh = merge_params(target, flat_paths(source), task, mapping,
+                                 strict=cfg.get("strict", True))
     log(f"init_from {cfg.workdir} step {step}: {len(loaded)} parameter arrays loaded, "
         f"{len(fresh)} initialised afresh" + (f" ({', '.join(fresh[:4])}"
                                               f"{', ...' if len(fresh) > 4 else ''})"
                                               if fresh else ""))
+    return loaded
+
+
+def with_loaded(params: Any, loaded: dict[str, np.ndarray]) -> Any:
+    """`params` with the flat `loaded` arrays in place of theirs."""
+    flat = flat_paths(params)
+    flat.update(loaded)
     return unflatten_paths(flat)

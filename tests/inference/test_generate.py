@@ -14,6 +14,14 @@ VOCAB, BLOCK = 67, 24
 NEG_INF = -np.inf
 
 
+def generate(model, params, prompt, **options):
+    return decode.generate(model, params, prompt, max_length=BLOCK, **options)
+
+
+def recompute(model, params, prompt, **options):
+    return decode.greedy_by_recompute(model, params, prompt, max_length=BLOCK, **options)
+
+
 @pytest.fixture(scope="module")
 def model_and_params():
     model = GPT(vocab_size=VOCAB, block_size=BLOCK, **VARIANTS["tiny"])
@@ -45,9 +53,9 @@ def test_cached_logits_match_full_forward(model_and_params, prefill):
 def test_cached_greedy_equals_greedy_by_recompute(model_and_params, prompt_len, max_new_tokens):
     model, params = model_and_params
     prompt = _prompt(prompt_len, 3, prompt_len)
-    cached = np.asarray(decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=max_new_tokens,
+    cached = np.asarray(generate(model, params, prompt, max_new_tokens=max_new_tokens,
                                         greedy=True))
-    reference = np.asarray(decode.greedy_by_recompute(model, params, prompt, max_length=BLOCK,
+    reference = np.asarray(recompute(model, params, prompt,
                                                       max_new_tokens=max_new_tokens))
     assert cached.shape == (3, prompt_len + max_new_tokens) and cached.dtype == np.int32
     np.testing.assert_array_equal(cached[:, :prompt_len], prompt)
@@ -89,7 +97,7 @@ def test_sampling_frequencies_follow_filtered_distribution():
 def test_sampling_is_deterministic_per_seed(model_and_params):
     model, params = model_and_params
     prompt = _prompt(1, 2, 3)
-    sample = functools.partial(decode.generate, model, params, prompt, max_length=BLOCK, max_new_tokens=12,
+    sample = functools.partial(generate, model, params, prompt, max_new_tokens=12,
                                temperature=1.5, top_k=20, top_p=0.95)
     first = np.asarray(sample(rng=jax.random.key(7)))
     np.testing.assert_array_equal(sample(rng=jax.random.key(7)), first)
@@ -101,10 +109,10 @@ def test_sampling_is_deterministic_per_seed(model_and_params):
 def test_low_temperature_and_top_1_equal_greedy(model_and_params):
     model, params = model_and_params
     prompt = _prompt(2, 3, 4)
-    greedy = decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=10, greedy=True)
-    cold = decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=10, rng=jax.random.key(0),
+    greedy = generate(model, params, prompt, max_new_tokens=10, greedy=True)
+    cold = generate(model, params, prompt, max_new_tokens=10, rng=jax.random.key(0),
                            temperature=1e-4)
-    top_1 = decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=10, rng=jax.random.key(0),
+    top_1 = generate(model, params, prompt, max_new_tokens=10, rng=jax.random.key(0),
                             top_k=1)
     np.testing.assert_array_equal(cold, greedy)
     np.testing.assert_array_equal(top_1, greedy)
@@ -114,19 +122,19 @@ def test_invalid_requests_are_rejected(model_and_params):
     model, params = model_and_params
     prompt = _prompt(3, 1, 10)
     with pytest.raises(ValueError, match="context"):
-        decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=BLOCK - 9, greedy=True)
+        generate(model, params, prompt, max_new_tokens=BLOCK - 9, greedy=True)
     with pytest.raises(ValueError, match="context"):
-        decode.greedy_by_recompute(model, params, prompt, max_length=BLOCK, max_new_tokens=BLOCK)
+        recompute(model, params, prompt, max_new_tokens=BLOCK)
     with pytest.raises(ValueError, match="rng"):
-        decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=2)
+        generate(model, params, prompt, max_new_tokens=2)
     with pytest.raises(ValueError, match="temperature"):
-        decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=2, rng=jax.random.key(0),
+        generate(model, params, prompt, max_new_tokens=2, rng=jax.random.key(0),
                         temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
-        decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=2, rng=jax.random.key(0),
+        generate(model, params, prompt, max_new_tokens=2, rng=jax.random.key(0),
                         top_p=1.5)
     np.testing.assert_array_equal(
-        decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=0, greedy=True), prompt)
+        generate(model, params, prompt, max_new_tokens=0, greedy=True), prompt)
     np.testing.assert_array_equal(  # Exactly filling the context is fine.
-        decode.generate(model, params, prompt, max_length=BLOCK, max_new_tokens=BLOCK - 10, greedy=True),
-        decode.greedy_by_recompute(model, params, prompt, max_length=BLOCK, max_new_tokens=BLOCK - 10))
+        generate(model, params, prompt, max_new_tokens=BLOCK - 10, greedy=True),
+        recompute(model, params, prompt, max_new_tokens=BLOCK - 10))

@@ -6,14 +6,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxformer.inference.seq2seq import init_cache
+from jaxformer.losses.cross_entropy import label_smoothed_nll
 from jaxformer.models.transformer import (
     VARIANTS,
     Transformer,
     build,
     shift_right,
 )
-from jaxformer.inference.seq2seq import init_cache
-from jaxformer.losses.cross_entropy import label_smoothed_nll
 
 VOCAB = 37_000
 

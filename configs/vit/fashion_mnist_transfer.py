@@ -1,0 +1,53 @@
+"""Transfer from a trained Fashion-MNIST ViT workdir (configs/vit/fashion_mnist.py).
+
+Variants (arg string):
+  init_from=DIR   the trained workdir (required).
+  mode=probe      linear probe: the encoder is loaded and frozen, a new zero-initialised head
+                  is trained for 2 epochs (AdamW lr 1e-3, cosine).
+  mode=finetune   full fine-tuning at `image_size` (default 56: the 4x4 patch grid becomes
+                  8x8 and the position embeddings are resized bilinearly, as in the ViT
+                  paper's fine-tuning at higher resolution); every parameter is loaded,
+                  1 epoch, AdamW lr 1e-4 with 50 warmup steps.
+  image_size=N    the fine-tuning resolution (a multiple of the patch size, 7).
+  runlocal        the tiny model of fashion_mnist.py:runlocal for a few steps (smoke tests).
+
+  jaxformer train --workdir=runs/vit_probe \
+      --config=configs/vit/fashion_mnist_transfer.py:init_from=runs/vit_fashion,mode=probe
+"""
+
+import ml_collections
+
+from configs.vit import fashion_mnist
+from jaxformer.config import parse_arg
+
+MODES = ("probe", "finetune")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, init_from="", mode="probe", image_size=56, runlocal=False,
+                    source="auto")
+    if arg.mode not in MODES:
+        raise ValueError(f"unknown mode {arg.mode!r}; available: {', '.join(MODES)}")
+    config = fashion_mnist.get_config(f"source={arg.source}" + (",runlocal" if arg.runlocal
+                                                                 else ""))
+    config.init_from.workdir = arg.init_from
+    batch_size = config.train.batch_size
+    epoch = fashion_mnist.TRAIN_EXAMPLES // batch_size
+    if arg.mode == "probe":
+        config.init_from.mapping = (("encoder", "encoder"),)
+        config.freeze = ("encoder/.*",)
+        num_steps, lr, warmup = 2 * epoch, 1e-3, 0
+    else:
+        config.data.image_size = arg.image_size
+        num_steps, lr, warmup = epoch, 1e-4, 50
+    config.train.update(num_steps=num_steps, checkpoint_every=epoch // 2)
+    config.optim.update(lr=lr, min_lr=lr / 100, warmup_steps=warmup, decay_steps=num_steps,
+                        weight_decay=0.0 if arg.mode == "probe" else 0.05)
+    for entry in config.evals.values():
+        entry.every_steps = epoch // 2 if entry.every_steps else 0
+    if arg.runlocal:
+        config.train.update(num_steps=4, checkpoint_every=2)
+        config.optim.update(warmup_steps=1, decay_steps=4)
+        for entry in config.evals.values():
+            entry.update(every_steps=2, num_batches=2)
+    return config
