@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from jaxformer.errors import EXIT_USER_ERROR, UserError
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"jaxformer {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handling (or twice in it).
+        print(f"jaxformer {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:  # Output piped into a reader that stopped (`| head`).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

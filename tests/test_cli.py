@@ -140,6 +140,9 @@ COMMAND_USER_ERRORS = [
     (["sample", "--workdir={trained}", "--max_new_tokens=0"], ["--max_new_tokens"]),
     (["evaluate", "--workdir={trained}", "--average_last=-1"], ["--average_last"]),
     (["evaluate", "--workdir={trained}", "--eval=nope"], ["nope", "val"]),
+    (["sample", "--workdir={trained}", "--temperature=-1"], ["--temperature"]),
+    (["sample", "--workdir={trained}", "--prompt="], ["--prompt"]),
+    (["sample", "--workdir={trained}", "--prompt=\u20ac"], ["--prompt", "\u20ac"]),
     (["train", f"--config={CHAR}", "--workdir={missing}", "--bogus"], ["--bogus"]),
     (["sample", "--workdir={trained}", "--bogus"], ["--bogus"]),
 ]
@@ -244,14 +247,21 @@ def test_metrics_hold_each_step_once_after_kill_and_resume(tmp_path, data_dir):
                       "--config.train.checkpoint_every=10", "--config.train.log_every=1",
                       "--config.evals.val.every_steps=0")
     proc = popen_cli(*args)
+
+    def saved():
+        return [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+
+    def logged_past_checkpoint():  # Records the resumed run writes again.
+        return saved() and (workdir / "metrics.jsonl").exists() and (
+            max(train_steps(workdir)) >= max(saved()) + 3)
+
     deadline = time.time() + 240
-    while not ((workdir / "checkpoints" / "10").is_dir()
-               and (workdir / "metrics.jsonl").exists() and max(train_steps(workdir)) >= 13):
+    while not logged_past_checkpoint():
         assert proc.poll() is None and time.time() < deadline, "ended before it was killed"
         time.sleep(0.01)
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
-    assert max(train_steps(workdir)) < steps
+    assert max(saved()) < max(train_steps(workdir)) < steps
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "resuming from step" in result.stdout
@@ -351,3 +361,10 @@ def test_program_errors_keep_their_traceback(monkeypatch, capsys):
     monkeypatch.setattr(params_command, "run", mistake)
     assert cli.main(["params", "--config=any.py"]) == 2
     assert capsys.readouterr().err == "jaxformer params: error: a mistake\n"
+
+    def ctrl_c(args, overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(params_command, "run", ctrl_c)
+    assert cli.main(["params", "--config=any.py"]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "jaxformer params: interrupted\n"

@@ -26,31 +26,38 @@ def add_arguments(parser) -> None:
 
 
 def run(args, overrides: list[str]) -> int:
+    from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError, as_user_error
 
     if args.num_samples < 1:
         raise UserError(f"--num_samples must be >= 1, got {args.num_samples}")
+    config = read_workdir_config(args.workdir)  # Options are checked before anything loads.
+    if config.task.name != "lm":
+        raise UserError(f"{args.workdir} holds a {config.task.name!r} run; sample needs a "
+                        "language model")
+    given = {name: getattr(args, name) for name in ("prompt", "max_new_tokens", "temperature",
+                                                   "top_k", "top_p")}
+    value = {name: config.sample[name] if v is None else v for name, v in given.items()}
+    if value["max_new_tokens"] < 1:
+        raise UserError(f"--max_new_tokens must be >= 1, got {value['max_new_tokens']}")
+    temperature, top_k, top_p = value["temperature"], value["top_k"] or None, value["top_p"]
+    if not args.greedy and not (temperature > 0 and 0 < top_p <= 1 and (top_k or 1) >= 1):
+        raise UserError(f"need --temperature > 0, --top_p in (0, 1] and --top_k >= 0 (0: all), "
+                        f"got {temperature}, {top_p} and {top_k or 0}")
     from jaxformer.inference.sampling import continue_text
     from jaxformer.inference.workdir import load_run
 
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
-    if run_.config.task.name != "lm":
-        raise UserError(f"{args.workdir} holds a {run_.config.task.name!r} run; sample needs "
-                        "a language model")
-    defaults = run_.config.sample
-    prompt = defaults.prompt if args.prompt is None else args.prompt
-    max_new_tokens = defaults.max_new_tokens if args.max_new_tokens is None else (
-        args.max_new_tokens)
-    if max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
-    options = dict(
-        temperature=defaults.temperature if args.temperature is None else args.temperature,
-        top_k=(defaults.top_k if args.top_k is None else args.top_k) or None,
-        top_p=defaults.top_p if args.top_p is None else args.top_p, greedy=args.greedy)
+    prompt = value["prompt"]
+    with as_user_error("--prompt"):  # Before the line below: an error is one line.
+        if not run_.task.tokenizer.encode(prompt):
+            raise ValueError("it encodes to no tokens; give a non-empty --prompt")
     print(f"sampling from {run_.describe()} of {args.workdir}", file=sys.stderr)
     with as_user_error("sample"):
-        texts = continue_text(run_.task, run_.params, prompt, max_new_tokens=max_new_tokens,
-                              num_samples=args.num_samples, seed=args.seed, **options)
+        texts = continue_text(run_.task, run_.params, prompt,
+                              max_new_tokens=value["max_new_tokens"], num_samples=args.num_samples,
+                              seed=args.seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                              greedy=args.greedy)
     for text in texts:
         print(text)
         print("-" * 40)
