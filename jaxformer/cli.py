@@ -23,6 +23,7 @@ COMMANDS = {
     "sample": "jaxformer.commands.sample",
     "translate": "jaxformer.commands.translate",
     "attention-map": "jaxformer.commands.attention_map",
+    "average": "jaxformer.commands.average",
     "bench": "jaxformer.commands.bench",
     "params": "jaxformer.commands.params",
 }

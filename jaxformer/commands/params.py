@@ -1,14 +1,14 @@
 """`jaxformer params --config=FILE[:ARGS] [--config.a.b=V ...] [--json] [--depth=N]`.
 
 Parameter counts per module, FLOPs per example and the train state's memory, all from
-`jax.eval_shape`: nothing is allocated, so full-size variants print in seconds.
+`jax.eval_shape`: nothing is allocated, so full-size variants print in seconds. The task is
+built from the data's `spec`, so no data set needs to be prepared and no tokenizer trained.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
 
 from jaxformer.commands import common
 
@@ -61,15 +61,16 @@ def run(args, overrides: list[str]) -> int:
     config = common.load_config(args.config, overrides)
     import jax
 
+    from jaxformer import registry
     from jaxformer.errors import as_user_error
-    from jaxformer.inference.workdir import build_data_and_task
     from jaxformer.train import transfer
     from jaxformer.train.optimizer import make_optimizer
     from jaxformer.train.state import create_state
 
     freeze = tuple(config.get("freeze", ()))
-    with tempfile.TemporaryDirectory() as scratch, as_user_error("config"):
-        _, task = build_data_and_task(config, scratch)
+    with as_user_error("config"):
+        spec = registry.lookup("data", config.data.name).spec(config.data)
+        task = registry.lookup("tasks", config.task.name).build(config, spec)
         state = jax.eval_shape(lambda: create_state(task, make_optimizer(config.optim, freeze),
                                                     config.seed))
     params = jax.tree.map(lambda x: x, state.params)

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxformer.data import common, translation_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.translation_pipeline import TranslationData
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "assets" / "bible_enes" / "bible_enes.tsv.xz"
@@ -159,6 +160,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     translation_pipeline.check_translation_config(config, LANGUAGES, data_dir_must_exist=False)
     if not CORPUS_PATH.is_file():
         raise ValueError(f"the embedded corpus {CORPUS_PATH} is missing; reinstall jaxformer")
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The tokenizer's size and special ids, without reading the pairs."""
+    check_config(config)
+    return translation_pipeline.data_spec(config)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> TranslationData:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxformer.data import common, image_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.image_pipeline import ImageData
 
 # The label order of the data set (its batches.meta.txt), which tfds keeps.
@@ -23,6 +24,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for settings `build` would reject, without reading any data."""
     image_pipeline.check_image_config(config, channels=CHANNELS, image_size=IMAGE_SIZE)
     common.check_data_dir(config.get("data_dir", ""), default_must_exist=False)
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The class names and the shape preprocessing gives images, without reading any."""
+    check_config(config)
+    preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
+                                                       image_size=IMAGE_SIZE)
+    return DataSpec(class_names=CLASS_NAMES, image_shape=preprocess.shape)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:

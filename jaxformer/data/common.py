@@ -1,5 +1,6 @@
 """What the data modules share: process shards of global batches, eval splits, grain read
-options, tfds data directories, the workdir folder they write to, and config checks.
+options, tfds data directories, the workdir folder they write to, config checks, and the
+`DataSpec` each module's `spec(config)` returns.
 
 A global batch does not depend on how many processes share it: process `p` of `P` takes its
 `p`-th block of `batch_size` rows, so resuming on another number of processes (with the same
@@ -53,6 +54,38 @@ class Shard:
     def rows(self) -> np.ndarray:
         """This process's rows of a global batch, `[start, start + batch_size)`."""
         return self.start + np.arange(self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+    """A tokenizer's size and special ids (None: it has none), for building models without
+    training or loading it."""
+
+    vocab_size: int
+    pad_id: int | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What tasks read of a data object, known from the config alone (None: not applicable).
+
+    Attributes:
+        vocab_size: the number of token ids.
+        tokenizer: the data's tokenizer, or its `TokenizerSpec`.
+        class_names: the name of each label.
+        image_shape: `(height, width, channels)` of the model's input images.
+    """
+
+    vocab_size: int | None = None
+    tokenizer: Any = None
+    class_names: tuple[str, ...] | None = None
+    image_shape: tuple[int, int, int] | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
 
 
 def read_options(threads: int = 0) -> grain.ReadOptions:

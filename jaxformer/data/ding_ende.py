@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxformer.data import common, translation_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.translation_pairs import Pair
 from jaxformer.data.translation_pipeline import TranslationData
 
@@ -240,6 +241,12 @@ def check_config(config: ml_collections.ConfigDict, *, dictd_dir: str = DICTD_DI
     data_dir = common.default_data_dir(config.get("data_dir", ""))
     if not DingEnde(data_dir=data_dir, file_format="array_record").is_prepared():
         dictionary_files(dictd_dir)
+
+
+def spec(config: ml_collections.ConfigDict, *, dictd_dir: str = DICTD_DIR) -> DataSpec:
+    """The tokenizer's size and special ids, without reading the pairs."""
+    check_config(config, dictd_dir=dictd_dir)
+    return translation_pipeline.data_spec(config)
 
 
 def build(

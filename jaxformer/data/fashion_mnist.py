@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data import image_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.image_pipeline import ImageData
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -138,6 +139,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     without reading the images."""
     image_pipeline.check_image_config(config, channels=CHANNELS, image_size=IMAGE_SIZE)
     resolve(config.get("source", "auto"), config.get("data_dir", ""))
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The class names and the shape preprocessing gives images, without reading any."""
+    check_config(config)
+    preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
+                                                       image_size=IMAGE_SIZE)
+    return DataSpec(class_names=CLASS_NAMES, image_shape=preprocess.shape)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxformer.data import common, image_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.image_pipeline import ImageData
 
 NUM_CLASSES = 1000
@@ -24,6 +25,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for settings `build` would reject, without reading any data."""
     image_pipeline.check_image_config(config, channels=CHANNELS, image_size=IMAGE_SIZE)
     common.check_data_dir(config.get("data_dir", ""), default_must_exist=False)
+
+
+def class_names() -> tuple[str, ...]:
+    """The synset ids of the classes in label order, from the label file that tfds ships and
+    its imagenet2012 builder names the labels with."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+    return tuple(tfds.features.ClassLabel(names_file=imagenet_common.label_names_file()).names)
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The class names and the shape preprocessing gives images, without reading any data."""
+    check_config(config)
+    preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
+                                                       image_size=IMAGE_SIZE)
+    return DataSpec(class_names=class_names(), image_shape=preprocess.shape)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageData:

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxformer.data import common, lm_pipeline, tokenizers
+from jaxformer.data.common import DataSpec, TokenizerSpec
 from jaxformer.data.lm_pipeline import LMData
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "assets" / "shakespeare" / "input.txt"
@@ -128,6 +129,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     common.check_data_dir(config.get("data_dir", ""), default_must_exist=False)
     if not CORPUS_PATH.is_file():
         raise ValueError(f"the embedded corpus {CORPUS_PATH} is missing; reinstall jaxformer")
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The vocabulary `build` gives, without preparing the data or training a tokenizer: every
+    character of the embedded corpus, or `vocab_size` BPE pieces."""
+    check_config(config)
+    if config.tokenizer == "char":
+        tokenizer = tokenizers.CharTokenizer.from_text(read_corpus())
+    else:
+        tokenizer = TokenizerSpec(config.vocab_size)
+    return DataSpec(vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data import common, lm_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.lm_pipeline import LMData
 
 TRAIN_TOKENS, EVAL_TOKENS = 1 << 22, 1 << 18
@@ -40,6 +41,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     lm_pipeline.check_lm_config(config, kinds=(TOKENIZER,), default_kind=TOKENIZER,
                                 max_block_size=EVAL_TOKENS - 1)
     common.require_int(config, "vocab_size", minimum=2)
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The vocabulary of `config.vocab_size` ids."""
+    check_config(config)
+    return DataSpec(vocab_size=config.vocab_size, tokenizer=IdTokenizer(config.vocab_size))
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:

@@ -27,7 +27,7 @@ import numpy as np
 from etils import epath
 
 from jaxformer.data import common, tokenizers, translation_batches, translation_pairs
-from jaxformer.data.common import Shard
+from jaxformer.data.common import DataSpec, Shard, TokenizerSpec
 from jaxformer.data.tokenizers import SentencePieceTokenizer
 from jaxformer.data.translation_pairs import EncodedPairs, Pair
 
@@ -205,6 +205,14 @@ def check_translation_config(config: ml_collections.ConfigDict, languages: Seque
     for key in ("max_source_length", "max_target_length", "tokenizer_sentences"):
         common.require_int(config, key, minimum=2)
     common.check_data_dir(config.get("data_dir", ""), default_must_exist=data_dir_must_exist)
+
+
+def data_spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The size and special ids of the tokenizer `make_data` trains (`vocab_size` pieces,
+    `special_tokens=True`), without training it."""
+    tokenizer = TokenizerSpec(config.vocab_size, pad_id=tokenizers.PAD_ID,
+                              bos_id=tokenizers.BOS_ID, eos_id=tokenizers.EOS_ID)
+    return DataSpec(vocab_size=config.vocab_size, tokenizer=tokenizer)
 
 
 def make_data(

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxformer.data import common, translation_pairs, translation_pipeline
+from jaxformer.data.common import DataSpec
 from jaxformer.data.translation_pipeline import TranslationData
 
 TFDS_NAME = "wmt14_translate/de-en"
@@ -56,6 +57,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for settings `build` would reject, before anything is read or
     written (whether the data is prepared, `build` finds out from tfds)."""
     translation_pipeline.check_translation_config(config, LANGUAGES, data_dir_must_exist=True)
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    """The tokenizer's size and special ids, without reading the pairs."""
+    check_config(config)
+    return translation_pipeline.data_spec(config)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> TranslationData:

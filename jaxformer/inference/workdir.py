@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxformer import registry
 from jaxformer.config import read_workdir_config
-from jaxformer.errors import UserError
+from jaxformer.errors import UserError, as_user_error
 from jaxformer.tasks.base import Task
 from jaxformer.train.checkpoint import Checkpointer
 from jaxformer.train.optimizer import make_optimizer
@@ -65,7 +65,8 @@ def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
     if average_last > 1 and step is not None:
         raise UserError("give --step or --average_last, not both")
     config = read_workdir_config(workdir)
-    data, task = build_data_and_task(config, workdir)
+    with as_user_error(workdir):
+        data, task = build_data_and_task(config, workdir)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = abstract_state(config, task, sharding)
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)

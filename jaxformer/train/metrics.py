@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import jax
 
+from jaxformer.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -29,7 +31,7 @@ def _read_lines(path: str) -> list[tuple[str, dict]]:
         except json.JSONDecodeError as e:
             if number == len(lines):  # No newline after it: a write that was cut short.
                 break
-            raise ValueError(f"{path}:{number} is not a JSON record ({e})") from None
+            raise UserError(f"{path}:{number} is not a JSON record ({e})") from None
     return records
 
 

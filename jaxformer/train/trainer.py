@@ -173,7 +173,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             old = f.read()
         if old == text:
             return
-        kept = os.path.join(workdir, f"config.{int(time.time())}.json")
+        kept = os.path.join(workdir, time.strftime("config.%Y%m%d-%H%M%S.json"))
+        kept = _unused_name(kept)
         os.replace(path, kept)
         changed = [k for k in _diff(json.loads(old), json.loads(text))
                    if k not in RESUMABLE_CHANGES]
@@ -185,6 +186,16 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _unused_name(path: str) -> str:
+    """`path`, or `path` with `.1`, `.2`, ... before its extension when it exists."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = path, 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{stem}.{n}{ext}"
+    return candidate
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -206,6 +217,7 @@ def _saved_steps(workdir: str) -> list[int]:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from `workdir`; returns the last metrics."""
     _check(config, workdir)
+    read_metrics(workdir)  # A damaged metrics.jsonl is reported before anything is written.
     saved = _saved_steps(workdir)
     if saved and saved[-1] > config.train.num_steps:
         raise UserError(f"train.num_steps {config.train.num_steps} is below the step of the "

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import sacrebleu
@@ -162,3 +163,15 @@ def test_translate_refuses_bad_input(trained, tmp_path):
 def test_strip_eos():
     assert seq2seq.strip_eos(np.array([5, 6, 1, 7, 0]), eos_id=1) == [5, 6]
     assert seq2seq.strip_eos(np.array([5, 6]), eos_id=1) == [5, 6]
+
+
+def test_average_command_writes_a_workdir_of_the_mean_parameters(trained, tmp_path):
+    out = tmp_path / "averaged"
+    result = run_cli("average", f"--workdir={trained}", "--last=2", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    averaged, direct = load_run(str(out)), load_run(trained, average_last=2)
+    assert averaged.step == 2
+    for a, b in zip(jax.tree.leaves(averaged.params), jax.tree.leaves(direct.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    again = run_cli("average", f"--workdir={trained}", "--last=2", f"--out={out}")
+    assert again.returncode == 2 and "exists" in again.stderr
