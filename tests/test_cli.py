@@ -270,7 +270,8 @@ def test_metrics_hold_each_step_once_after_kill_and_resume(tmp_path, data_dir):
 
 def test_final_evaluation_that_did_not_complete_runs_on_resume(copy, data_dir):
     def final_evals():
-        return [r for r in records(copy) if r["step"] == 4 and any(k.startswith("eval/") for k in r)]
+        return [r for r in records(copy)
+                if r["step"] == 4 and any(k.startswith("eval/") for k in r)]
 
     evals = final_evals()
     assert evals

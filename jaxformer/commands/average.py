@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 
-from jaxformer.commands import common
-
 HELP = "write a workdir holding the mean parameters of a run's last K checkpoints"
 TAKES_OVERRIDES = False
 
