@@ -28,3 +28,17 @@ def evaluator(type_: str, *, every_steps: int = 0, split: str = "", **options
     """One `config.evals` entry: runs every `every_steps` steps (0: at the end only)."""
     return ml_collections.ConfigDict(dict(type=type_, every_steps=every_steps, at_end=True,
                                           split=split, **options))
+
+
+def translation_evals(*, loss_every: int, bleu_every: int, bleu_examples: int
+                      ) -> ml_collections.ConfigDict:
+    """Validation loss and BLEU every few steps, test BLEU at the end, decoding as the paper:
+    beam 4, length penalty 0.6, up to the source length + 50 tokens."""
+    search = dict(beam_size=4, length_penalty=0.6, extra_decode_length=50,
+                  decode_batch_size=128)
+    return ml_collections.ConfigDict(dict(
+        val=evaluator("loss", every_steps=loss_every, split="validation", num_batches=-1,
+                      perplexity_of="nll"),
+        val_bleu=evaluator("bleu", every_steps=bleu_every, split="validation",
+                           max_examples=bleu_examples, **search),
+        test_bleu=evaluator("bleu", split="test", max_examples=-1, **search)))

@@ -38,15 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         data_dir=""))
     config.train = common.train(batch_size=64, num_steps=2000, checkpoint_every=100,
                                 keep_checkpoints=5, average_last=5)
-    # Beam 4, length penalty 0.6, decoding up to the source length + 50 (the paper's).
-    search = dict(beam_size=4, length_penalty=0.6, extra_decode_length=50,
-                  decode_batch_size=128)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = common.evaluator("loss", every_steps=500, split="validation",
-                                        num_batches=-1, perplexity_of="nll")
-    config.evals.val_bleu = common.evaluator("bleu", every_steps=1000, split="validation",
-                                             max_examples=400, **search)
-    config.evals.test_bleu = common.evaluator("bleu", split="test", max_examples=-1, **search)
+    config.evals = common.translation_evals(loss_every=500, bleu_every=1000,
+                                            bleu_examples=400)
     common.add_transfer(config)
     config.optim = ml_collections.ConfigDict(dict(
         name="adam", lr=256**-0.5, min_lr=0.0, schedule="rsqrt", warmup_steps=800,

@@ -42,14 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=768, num_steps=num_steps, compute_dtype="bfloat16", log_every=100,
         checkpoint_every=2000 if not big else 5000, keep_checkpoints=20 if big else 5,
         average_last=20 if big else 5)
-    search = dict(beam_size=4, length_penalty=0.6, extra_decode_length=50,
-                  decode_batch_size=128)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = common.evaluator("loss", every_steps=5000, split="validation",
-                                        num_batches=-1, perplexity_of="nll")
-    config.evals.val_bleu = common.evaluator("bleu", every_steps=10_000, split="validation",
-                                             max_examples=-1, **search)
-    config.evals.test_bleu = common.evaluator("bleu", split="test", max_examples=-1, **search)
+    config.evals = common.translation_evals(loss_every=5000, bleu_every=10_000,
+                                            bleu_examples=-1)
     common.add_transfer(config)
     d_model = common.TRANSFORMER_WIDTHS[arg.variant]
     config.optim = ml_collections.ConfigDict(dict(

@@ -62,6 +62,31 @@ class Evaluator(abc.ABC):
         """The metrics of `params` (placed as the strategy places train-state params)."""
 
 
+class BatchEvaluator(Evaluator):
+    """An evaluator that adds up per-batch sums over an eval split (options `split`,
+    `num_batches`: -1 for all of it) and turns the totals into metrics."""
+
+    def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
+        super().__init__(name, config, context)
+        self._sums = context.strategy.reduce_fn(self.sums)
+
+    @abc.abstractmethod
+    def sums(self, params: Any, batch: dict) -> Any:
+        """A pytree of sums over `batch` (traced under jit; padding rows add nothing)."""
+
+    @abc.abstractmethod
+    def metrics(self, totals: Any) -> dict[str, float]:
+        """The metrics of the sums added up over all batches."""
+
+    def run(self, params: Any) -> dict[str, float]:
+        cfg = self.config
+        batches = self.context.batches(cfg.get("split", ""), cfg.get("num_batches", -1))
+        totals = sum_over_batches(self._sums, params, batches, self.context.strategy)
+        if totals is None:
+            raise ValueError(f"evals.{self.name}: the split has no eval batches")
+        return self.metrics(totals)
+
+
 def build_evaluators(config: ml_collections.ConfigDict, context: Context
                      ) -> dict[str, Evaluator]:
     """The evaluators of `config.evals`, by name, in the config's order."""

@@ -9,36 +9,23 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from jaxformer.evaluators.base import Context, Evaluator, sum_over_batches
+from jaxformer.evaluators.base import BatchEvaluator, Context
 from jaxformer.losses.cross_entropy import top_k_correct
 
 
-class ClassificationEvaluator(Evaluator):
-    def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
-        super().__init__(name, config, context)
-        task = context.task
-        top_k = tuple(config.get("top_k", (1, 5)))
-        label_key = config.get("label_key", "label")
+class ClassificationEvaluator(BatchEvaluator):
+    def sums(self, params, batch):
+        logits = self.context.task.predict(params, batch)
+        labels = batch[self.config.get("label_key", "label")]
+        real = (labels >= 0).astype(jnp.float32)
+        safe = jnp.maximum(labels, 0)
+        correct = {f"top{k}": (top_k_correct(logits, safe, min(k, logits.shape[-1])) * real).sum()
+                   for k in self.config.get("top_k", (1, 5))}
+        return {**correct, "count": real.sum()}
 
-        def sums(params, batch):
-            logits = task.predict(params, batch)
-            labels = batch[label_key]
-            real = (labels >= 0).astype(jnp.float32)
-            safe = jnp.maximum(labels, 0)
-            counts = {f"top{k}": (top_k_correct(logits, safe, min(k, logits.shape[-1])) * real
-                                  ).sum() for k in top_k}
-            return {**counts, "count": real.sum()}
-
-        self._sums = context.strategy.reduce_fn(sums)
-
-    def run(self, params) -> dict[str, float]:
-        cfg = self.config
-        batches = self.context.batches(cfg.get("split", ""), cfg.get("num_batches", -1))
-        totals = sum_over_batches(self._sums, params, batches, self.context.strategy)
-        if totals is None:
-            raise ValueError(f"evals.{self.name}: no eval batches")
-        count = totals.pop("count")
-        return {k: float(v / max(count, 1e-9)) for k, v in totals.items()}
+    def metrics(self, totals) -> dict[str, float]:
+        count = max(totals.pop("count"), 1e-9)
+        return {k: float(v / count) for k, v in totals.items()}
 
 
 def build(name: str, config: ml_collections.ConfigDict,

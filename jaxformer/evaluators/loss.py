@@ -11,31 +11,19 @@ import math
 import jax
 import ml_collections
 
-from jaxformer.evaluators.base import Context, Evaluator, sum_over_batches
+from jaxformer.evaluators.base import BatchEvaluator, Context
 
 
-class LossEvaluator(Evaluator):
-    def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
-        super().__init__(name, config, context)
-        task, axis_name = context.task, context.strategy.axis_name
+class LossEvaluator(BatchEvaluator):
+    def sums(self, params, batch):
+        loss, metrics = self.context.task.loss(params, batch, jax.random.key(0), train=False,
+                                               axis_name=self.context.strategy.axis_name)
+        return {"loss": loss, **metrics}
 
-        def sums(params, batch):
-            loss, metrics = task.loss(params, batch, jax.random.key(0), train=False,
-                                      axis_name=axis_name)
-            return {"loss": loss, **metrics}
-
-        self._sums = context.strategy.reduce_fn(sums)
-
-    def run(self, params) -> dict[str, float]:
-        cfg = self.config
-        batches = self.context.batches(cfg.get("split", ""), cfg.get("num_batches", -1))
-        totals = sum_over_batches(self._sums, params, batches, self.context.strategy)
-        if totals is None:
-            raise ValueError(f"evals.{self.name}: no eval batches")
-        loss = totals.pop("loss")
-        metrics = {"loss": float(loss.total / max(loss.count, 1e-9))}
-        metrics.update({k: float(v.total / max(v.count, 1e-9)) for k, v in totals.items()})
-        of = cfg.get("perplexity_of", "")
+    def metrics(self, totals) -> dict[str, float]:
+        names = ["loss", *sorted(k for k in totals if k != "loss")]
+        metrics = {k: float(totals[k].total / max(totals[k].count, 1e-9)) for k in names}
+        of = self.config.get("perplexity_of", "")
         if of:
             metrics["perplexity"] = math.exp(min(metrics[of], 700.0))
         return metrics

@@ -1,8 +1,7 @@
-"""`check_config` of every data module: good settings pass fast without writing anything, bad
+"""`check_config` of every data module: good settings pass without writing anything, bad
 ones are a ValueError that says what is wrong, and `build` checks before it writes."""
 
 import os
-import time
 
 import ml_collections
 import pytest
@@ -106,11 +105,9 @@ def check(name: str, config: ml_collections.ConfigDict, places) -> None:
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_good_settings_pass_fast_and_write_nothing(name, places, tmp_path):
+def test_good_settings_pass_and_write_nothing(name, places, tmp_path):
     before = everything(tmp_path)
-    start = time.perf_counter()
     check(name, make_config(name, str(places["tfds"])), places)
-    assert time.perf_counter() - start < 1.0
     if name != "wmt14_ende":  # Its data must be prepared in an existing directory.
         check(name, make_config(name, ""), places)  # The default data dir, not made.
     assert everything(tmp_path) == before
