@@ -97,11 +97,6 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
     registry.lookup("data", config.data.name).check_config(config.data)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str | None):
-    """(data, task) named by the config (one process; the trainer orders processes itself)."""
-    return build_data_and_task(config, workdir)
-
-
 @dataclasses.dataclass
 class _Parts:
     """What a run is built from."""
@@ -330,6 +325,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
                 batch = strategy.place_batch(next(train_iter))
                 state, metrics = train_step(state, batch)
                 pending.append((step, metrics))
+                if len(pending) > 1:  # At most one step queued behind the running one.
+                    jax.block_until_ready(pending[-2][1])
                 if step == start + 1:  # Compilation: report it, keep it out of the throughput.
                     jax.block_until_ready(metrics)
                     log(f"first step (compile + run) took {time.perf_counter() - timer:.1f}s")

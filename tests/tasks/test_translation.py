@@ -12,7 +12,7 @@ import sacrebleu
 
 from jaxformer import config as config_lib
 from jaxformer.inference import seq2seq
-from jaxformer.inference.workdir import load_run
+from jaxformer.inference.workdir import build_data_and_task, load_run
 from jaxformer.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -86,7 +86,7 @@ def test_resumed_run_reuses_the_saved_tokenizer(trained, data_dir, tmp_path):
         assert f.read() == saved
     assert np.isfinite(last[BLEU]) and [m["step"] for m in _metrics(workdir)
                                         if BLEU in m] == [2, 4]
-    data, task = trainer.build(config, workdir)
+    data, task = build_data_and_task(config, workdir)
     assert task.tokenizer.model_proto == saved
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxformer import config as config_lib
-from jaxformer.inference.workdir import load_run
+from jaxformer.inference.workdir import build_data_and_task, load_run
 from jaxformer.train import parallel, trainer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
@@ -47,7 +47,7 @@ def _env():
 
 
 def losses_and_params(config, strategy, steps, tmp_path):
-    data, task = trainer.build(config, str(tmp_path))
+    data, task = build_data_and_task(config, str(tmp_path))
     tx = make_optimizer(config.optim)
     batch_size = config.train.batch_size
     batches = data.train_iter(batch_size=batch_size, seed=config.seed)

@@ -9,7 +9,7 @@ import pytest
 
 from jaxformer import config as config_lib
 from jaxformer.errors import UserError
-from jaxformer.inference.workdir import load_run
+from jaxformer.inference.workdir import build_data_and_task, load_run
 from jaxformer.models.vit import resize_position_embedding
 from jaxformer.train import trainer, transfer
 from jaxformer.train.checkpoint import Checkpointer
@@ -67,7 +67,7 @@ def test_linear_probe_trains_only_the_new_head(source, tmp_path):
 
 def test_fine_tune_at_a_new_image_size_resizes_position_embeddings(source):
     config = transfer_config(source, "mode=finetune", "image_size=56")
-    data, task = trainer.build(config, None)
+    data, task = build_data_and_task(config, None)
     fresh = jax.device_get(task.init(jax.random.key(0)))
     loaded = flat(transfer.with_loaded(fresh, transfer.init_from(config, task, fresh)))
     src = flat(load_run(source).params)
@@ -105,7 +105,7 @@ def test_mapping_errors_are_user_errors(source, tmp_path):
 def test_non_strict_loading_keeps_fresh_parameters(source):
     config = transfer_config(source, "mode=finetune", "image_size=28", overrides=[
         "model.num_layers=1", "init_from.strict=False"])
-    data, task = trainer.build(config, None)
+    data, task = build_data_and_task(config, None)
     fresh = jax.device_get(task.init(jax.random.key(0)))
     loaded = transfer.init_from(config, task, fresh)
     assert "encoder/transformer/block_1/mlp/fc/kernel" not in loaded
