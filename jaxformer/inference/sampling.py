@@ -24,8 +24,6 @@ def continue_text(task: Any, params: Any, prompt: str, *, max_new_tokens: int,
     window = task.block_size
     keep = window // 2
     sequence = jnp.asarray([ids] * num_samples, jnp.int32)
-    if sequence.shape[1] >= window:  # A prompt longer than the context: its newest part.
-        sequence = sequence[:, -keep:]
     total = sequence.shape[1] + max_new_tokens
     rng = jax.random.key(seed)
     while sequence.shape[1] < total:
