@@ -2,7 +2,7 @@
 evaluators.<type>.
 
 Each module is imported lazily, only when a config names it. An unknown name is an error that
-lists the names that exist.
+lists the names that exist. `build_data_and_task` builds the two a config names.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import importlib
 import importlib.util
 import pkgutil
 from types import ModuleType
+
+import ml_collections
 
 from jaxformer.errors import UserError
 
@@ -52,3 +54,10 @@ def _is_entry(kind: str, name: str) -> bool:
         return False
     with open(spec.origin, encoding="utf-8") as f:
         return "\ndef build(" in f.read()
+
+
+def build_data_and_task(config: ml_collections.ConfigDict, workdir: str | None):
+    """(data, task) of a config, the tokenizer read from (or kept in) `workdir/assets`."""
+    data = lookup("data", config.data.name).build(config.data, workdir=workdir)
+    task = lookup("tasks", config.task.name).build(config, data)
+    return data, task

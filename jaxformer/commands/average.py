@@ -30,9 +30,10 @@ def run(args, overrides: list[str]) -> int:
         raise UserError(f"--out {args.out} exists; give a new directory")
     import jax
 
-    from jaxformer.inference.workdir import abstract_state, load_run
+    from jaxformer.console import log
+    from jaxformer.inference.workdir import load_run
     from jaxformer.train.checkpoint import Checkpointer
-    from jaxformer.train.metrics import log
+    from jaxformer.train.state import abstract_state
 
     run_ = load_run(args.workdir, average_last=args.last)
     config = run_.config

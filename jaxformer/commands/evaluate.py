@@ -22,10 +22,11 @@ def run(args, overrides: list[str]) -> int:
 
     config = read_workdir_config(args.workdir)
     common.host_devices_per_core(common.micro_batch(config))
+    from jaxformer.console import log
     from jaxformer.evaluators.base import Context, build_evaluators
     from jaxformer.inference.workdir import load_run
     from jaxformer.train import parallel
-    from jaxformer.train.metrics import MetricWriter, log
+    from jaxformer.train.metrics import MetricWriter
 
     strategy = parallel.Sharded()
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,

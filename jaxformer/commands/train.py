@@ -21,8 +21,8 @@ def run(args, overrides: list[str]) -> int:
     if not common.is_distributed(args):
         common.host_devices_per_core(common.micro_batch(config))
     common.init_distributed(args)
+    from jaxformer.console import log
     from jaxformer.train import trainer
-    from jaxformer.train.metrics import log
 
     log(config_lib.to_json(config))
     trainer.train(config, args.workdir)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxformer.console import log
 from jaxformer.evaluators.base import Context, Evaluator
 from jaxformer.inference.seq2seq import bleu, translate_texts
-from jaxformer.train.metrics import log
 
 
 class BleuEvaluator(Evaluator):

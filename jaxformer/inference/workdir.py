@@ -14,13 +14,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxformer import registry
 from jaxformer.config import read_workdir_config
 from jaxformer.errors import UserError, as_user_error
+from jaxformer.registry import build_data_and_task
 from jaxformer.tasks.base import Task
 from jaxformer.train.checkpoint import Checkpointer
-from jaxformer.train.optimizer import make_optimizer
-from jaxformer.train.state import TrainState, create_state
+from jaxformer.train.state import abstract_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,22 +38,6 @@ class Run:
         if self.averaged_steps:
             return f"the mean of the checkpoints at steps {list(self.averaged_steps)}"
         return f"the checkpoint at step {self.step}"
-
-
-def build_data_and_task(config: ml_collections.ConfigDict, workdir: str | None):
-    """(data, task) of a config, the tokenizer read from (or kept in) `workdir/assets`."""
-    data = registry.lookup("data", config.data.name).build(config.data, workdir=workdir)
-    task = registry.lookup("tasks", config.task.name).build(config, data)
-    return data, task
-
-
-def abstract_state(config: ml_collections.ConfigDict, task: Task,
-                   sharding: jax.sharding.Sharding) -> TrainState:
-    """Shapes, dtypes and `sharding` of the run's train state, computed without allocating."""
-    tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
-    shapes = jax.eval_shape(lambda: create_state(task, tx, config.seed))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        shapes)
 
 
 def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.errors import UserError, as_user_error
-from jaxformer.inference.workdir import build_data_and_task
+from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, transfer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping
 
 import jax
@@ -116,17 +115,3 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float], *,
     parts.append(f"{rate} {item_name}/s")
     parts.append(f"ETA {format_duration(eta_seconds)}")
     return " | ".join(parts)
-
-
-def log(message: str) -> None:
-    """A line on stdout from process 0; nothing once stdout is a pipe its reader has closed
-    (`jaxformer train ... | head`), so that training goes on."""
-    if jax.process_index() != 0:
-        return
-    try:
-        print(message, file=sys.stdout, flush=True)
-    except BrokenPipeError:
-        # Later lines, and the flush at exit, then go to /dev/null instead of raising again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)

@@ -7,9 +7,11 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from jaxformer.tasks.base import Task
+from jaxformer.train.optimizer import make_optimizer
 
 
 @flax.struct.dataclass
@@ -84,3 +86,12 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), scalars
 
     return train_step
+
+
+def abstract_state(config: ml_collections.ConfigDict, task: Task,
+                   sharding: jax.sharding.Sharding) -> TrainState:
+    """Shapes, dtypes and `sharding` of the run's train state, computed without allocating."""
+    tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
+    shapes = jax.eval_shape(lambda: create_state(task, tx, config.seed))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)

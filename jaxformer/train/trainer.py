@@ -29,14 +29,15 @@ from jax.experimental import multihost_utils
 
 from jaxformer import config as config_lib
 from jaxformer import registry
+from jaxformer.console import log
 from jaxformer.errors import UserError, as_user_error
 from jaxformer.evaluators.base import Context, build_evaluators
-from jaxformer.inference.workdir import abstract_state, build_data_and_task
+from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, transfer
 from jaxformer.train.checkpoint import Checkpointer, CheckpointMismatchError
-from jaxformer.train.metrics import MetricWriter, log, progress_line, read_metrics
+from jaxformer.train.metrics import MetricWriter, progress_line, read_metrics
 from jaxformer.train.optimizer import make_optimizer, make_schedule
-from jaxformer.train.state import TrainState, create_state
+from jaxformer.train.state import TrainState, abstract_state, create_state
 from jaxformer.train.workdir import check_workdir_path, lock_workdir
 
 # Config fields that may change between a run and its resume without a warning.

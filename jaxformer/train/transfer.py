@@ -28,9 +28,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from jaxformer.console import log
 from jaxformer.tasks.base import Task
 from jaxformer.train.checkpoint import Checkpointer
-from jaxformer.train.metrics import log
 
 
 def flat_paths(params: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from jaxformer import config as config_lib
 from jaxformer.evaluators.base import Context, build_evaluators
-from jaxformer.inference.workdir import build_data_and_task
+from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel
 from tests.helpers import ROOT
 

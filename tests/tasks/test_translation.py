@@ -12,7 +12,8 @@ import sacrebleu
 
 from jaxformer import config as config_lib
 from jaxformer.inference import seq2seq
-from jaxformer.inference.workdir import build_data_and_task, load_run
+from jaxformer.inference.workdir import load_run
+from jaxformer.registry import build_data_and_task
 from jaxformer.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))

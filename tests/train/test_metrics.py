@@ -53,7 +53,7 @@ def test_read_metrics_tolerates_only_a_last_line_cut_short(tmp_path):
 
 _LOG_MANY_LINES = textwrap.dedent("""
     import sys
-    from jaxformer.train.metrics import log
+    from jaxformer.console import log
 
     for i in range(20000):  # Far more than a pipe buffers.
         log(f"step {i}")

@@ -13,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxformer import config as config_lib
-from jaxformer.inference.workdir import build_data_and_task, load_run
+from jaxformer.inference.workdir import load_run
+from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, trainer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state

@@ -9,8 +9,9 @@ import pytest
 
 from jaxformer import config as config_lib
 from jaxformer.errors import UserError
-from jaxformer.inference.workdir import build_data_and_task, load_run
+from jaxformer.inference.workdir import load_run
 from jaxformer.models.vit import resize_position_embedding
+from jaxformer.registry import build_data_and_task
 from jaxformer.train import trainer, transfer
 from jaxformer.train.checkpoint import Checkpointer
 from tests.helpers import ROOT
@@ -41,7 +42,7 @@ def flat(params):
 
 def optimizer_state_size(workdir):
     run = load_run(workdir)
-    from jaxformer.inference.workdir import abstract_state
+    from jaxformer.train.state import abstract_state
 
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     state = abstract_state(run.config, run.task, sharding)
