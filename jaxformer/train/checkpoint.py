@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from typing import Any
 
 import grain
@@ -93,6 +94,9 @@ def _silence_abandoned_reads() -> None:
     asyncio_log = logging.getLogger("asyncio")
     if not any(isinstance(f, _DropAbandonedReadLogs) for f in asyncio_log.filters):
         asyncio_log.addFilter(_DropAbandonedReadLogs())
+    # An abandoned metadata read that never started warns when it is collected.
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=r"coroutine 'Store\._get_array_metadatas' was never awaited")
 
 
 def _reason(error: BaseException) -> str:
