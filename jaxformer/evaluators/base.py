@@ -23,9 +23,6 @@ import numpy as np
 from jaxformer import registry
 from jaxformer.tasks.base import Task
 
-COMMON_KEYS = ("type", "every_steps", "at_end")
-
-
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What evaluators share: the task, the data, the devices and the per-process batch."""
