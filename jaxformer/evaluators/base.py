@@ -23,6 +23,7 @@ import numpy as np
 from jaxformer import registry
 from jaxformer.tasks.base import Task
 
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What evaluators share: the task, the data, the devices and the per-process batch."""
