@@ -2,8 +2,10 @@
 
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from PIL import Image
 
 from jaxformer import config as config_lib
@@ -114,3 +116,49 @@ def test_errors(trained_run, tmp_path):
                                           str(tmp_path / "out.png"))
     with pytest.raises(UserError, match="no config.json"):
         load_run(str(tmp_path))
+
+
+class _KnownAttention(nn.Module):
+    """Stands in for a ViT whose attention is known: 2 layers over [class] + a 2 x 3 patch
+    grid, the [class] token attending to one patch per layer; logits favour class 2."""
+
+    patch_size: int = 7
+    pool_type: str = "tok"
+
+    @nn.compact
+    def __call__(self, images):
+        weights = np.zeros((1, 2, 7, 7), np.float32)  # [batch, heads, q, k]
+        weights[..., 0, 6] = 1.0  # Layer 0: [class] -> patch (1, 2), bottom right.
+        weights[..., 1:, 0] = 1.0  # Every patch -> [class].
+        last = np.zeros_like(weights)
+        last[..., 0, 2] = 1.0  # Layer 1: [class] -> patch (0, 1), top middle.
+        last[..., 1:, 1] = 1.0
+        self.sow("intermediates", "attention_weights", jnp.asarray(weights),
+                 reduce_fn=lambda _, x: (x,), init_fn=tuple)
+        Layer1(name="block_1")(last)
+        return jnp.tile(jnp.array([[0.0, 1.0, 3.0]]), (images.shape[0], 1))
+
+
+class Layer1(nn.Module):
+    @nn.compact
+    def __call__(self, weights):
+        self.sow("intermediates", "attention_weights", jnp.asarray(weights),
+                 reduce_fn=lambda _, x: (x,), init_fn=tuple)
+
+
+def test_compute_maps_places_the_attended_patch_in_row_major_order():
+    model = _KnownAttention()
+    maps = attention_map.compute_maps(model, {}, np.zeros((14, 21, 1), np.float32),
+                                      ("a", "b", "c"))
+    assert maps.class_name == "c"
+    assert maps.probability == pytest.approx(np.exp(3) / (1 + np.e + np.exp(3)), rel=1e-6)
+    expected_last = np.zeros((2, 3))
+    expected_last[0, 1] = 1.0
+    np.testing.assert_allclose(maps.last_layer, expected_last, atol=1e-6)
+    # Rollout, by hand: with the residual, each layer is 0.5 * attention + 0.5 * identity.
+    # [class]'s row after layer 1 is 0.5 [class] + 0.5 patch (0, 1); through layer 0,
+    # [class] -> 0.5 [class] + 0.5 patch (1, 2) and patch (0, 1) -> 0.5 itself + 0.5 [class]:
+    # 0.5 [class] + 0.25 patch (0, 1) + 0.25 patch (1, 2), i.e. half of the patch map each.
+    expected_rollout = np.zeros((2, 3))
+    expected_rollout[0, 1] = expected_rollout[1, 2] = 0.5
+    np.testing.assert_allclose(maps.rollout, expected_rollout, atol=1e-6)
