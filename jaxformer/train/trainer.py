@@ -152,11 +152,8 @@ def _state_sharding(strategy) -> jax.sharding.Sharding:
 def _commit(config: ml_collections.ConfigDict, workdir: str, staging: str | None) -> None:
     """Once the run is known to be valid: config.json and the new assets (process 0)."""
     save_config(config, workdir)
-    if staging is not None:
-        staged = os.path.join(staging, "assets")
-        if os.path.isdir(staged):
-            shutil.move(staged, os.path.join(workdir, "assets"))
-        shutil.rmtree(staging, ignore_errors=True)
+    if staging is not None and os.path.isdir(os.path.join(staging, "assets")):
+        shutil.move(os.path.join(staging, "assets"), os.path.join(workdir, "assets"))
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -220,28 +217,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         f"workdir's newest checkpoint ({saved[-1]}); use a new --workdir or "
                         "more steps")
     lead = jax.process_index() == 0
-    parts = staging = None
-    if lead:  # Built first, into a staging directory unless the workdir has its assets.
-        staging = None if os.path.isdir(os.path.join(workdir, "assets")) else (
-            tempfile.mkdtemp(prefix="jaxformer-assets-"))
-        try:
-            parts = _build_parts(config, staging or workdir, resuming=bool(saved))
-        except BaseException:
-            if staging:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise
-    with (lock_workdir(workdir) if lead else contextlib.nullcontext()):
-        if lead:
-            try:
-                Checkpointer.check_compatible(workdir, parts.abstract.params)
-            except CheckpointMismatchError as e:
-                raise UserError(str(e)) from e
-            _commit(config, workdir, staging)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("jaxformer: workdir ready")
-        if not lead:  # The other processes read the assets process 0 wrote.
-            parts = _build_parts(config, workdir, resuming=bool(saved))
-        return _train(config, workdir, parts)
+    # Process 0 builds first, new assets into a staging directory, removed whatever happens.
+    staging = None
+    if lead and not os.path.isdir(os.path.join(workdir, "assets")):
+        staging = tempfile.mkdtemp(prefix="jaxformer-assets-")
+    try:
+        parts = _build_parts(config, staging or workdir, resuming=bool(saved)) if lead else None
+        with (lock_workdir(workdir) if lead else contextlib.nullcontext()):
+            if lead:
+                try:
+                    Checkpointer.check_compatible(workdir, parts.abstract.params)
+                except CheckpointMismatchError as e:
+                    raise UserError(str(e)) from e
+                _commit(config, workdir, staging)
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("jaxformer: workdir ready")
+            if not lead:  # The other processes read the assets process 0 wrote.
+                parts = _build_parts(config, workdir, resuming=bool(saved))
+            return _train(config, workdir, parts)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> dict[str, float]:
