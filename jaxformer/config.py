@@ -53,8 +53,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path/to/config.py[:arg]` and returns the locked config.
 
-    A config under a `configs/` directory may import its shared blocks as
-    `from configs import common`: the directory above `configs/` is importable meanwhile.
+    A config in the project tree (under `configs/` or `experiments/`) may import shared blocks
+    and other configs as `from configs import common`: the project root is importable meanwhile.
     """
     path, has_arg, arg = spec.partition(":")
     if has_arg and not arg:
@@ -83,19 +83,22 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 @contextlib.contextmanager
 def _importable_configs(path: str) -> Iterator[None]:
-    """Puts the directory above the nearest enclosing `configs/` on sys.path."""
+    """Puts the nearest directory above `path` that holds `configs/common.py` on sys.path, so
+    that configs (and experiments) can import `configs.*`."""
     directory = os.path.dirname(os.path.abspath(path))
-    while os.path.basename(directory) != "configs" and os.path.dirname(directory) != directory:
+    while not os.path.isfile(os.path.join(directory, "configs", "common.py")):
+        if os.path.dirname(directory) == directory:
+            yield
+            return
         directory = os.path.dirname(directory)
-    root = os.path.dirname(directory) if os.path.basename(directory) == "configs" else None
-    if root is None or root in sys.path:
+    if directory in sys.path:
         yield
         return
-    sys.path.insert(0, root)
+    sys.path.insert(0, directory)
     try:
         yield
     finally:
-        sys.path.remove(root)
+        sys.path.remove(directory)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

@@ -1,0 +1,276 @@
+"""A sweep: the points a config's `get_sweep` defines, their workdirs, commands and status.
+
+`plan()` expands the sweep and checks every point against the locked config before anything
+starts. Each point trains in `ROOT/<name>/`; its output goes to `ROOT/logs/<name>.log` and,
+when its command ends, its exit code to `ROOT/logs/<name>.exit`, whichever launcher ran it
+(on a cluster the job writes both). `ROOT/sweep.json` records the points, their commands,
+status and final metrics; it is rewritten from those files by `refresh()`, so a sweep can be
+inspected (`jaxformer results`) and rerun at any time: finished points are skipped and the
+others resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from launch import hyper
+from jaxformer import config as config_lib
+from jaxformer.errors import UserError
+
+SWEEP_FILE = "sweep.json"
+LOGS = "logs"
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+@dataclasses.dataclass
+class Point:
+    """One run of a sweep: its name (directory under the root) and config overrides."""
+
+    name: str
+    overrides: dict[str, Any]  # Config keys without the `config.` prefix.
+
+    def override_flags(self) -> list[str]:
+        return [f"--config.{key}={format_value(value)}" for key, value in self.overrides.items()]
+
+
+@dataclasses.dataclass
+class Sweep:
+    """The points of `config` (FILE[:ARGS]) with the common `overrides`, under `root`."""
+
+    config: str
+    root: str
+    points: list[Point]
+    overrides: list[str] = dataclasses.field(default_factory=list)  # `a.b=v`, for every point.
+
+    def workdir(self, point: Point) -> str:
+        return os.path.join(self.root, point.name)
+
+    def log_path(self, point: Point) -> str:
+        return os.path.join(self.root, LOGS, f"{point.name}.log")
+
+    def exit_path(self, point: Point) -> str:
+        return os.path.join(self.root, LOGS, f"{point.name}.exit")
+
+    def train_args(self, point: Point) -> list[str]:
+        """`jaxformer` arguments that train (or resume) the point."""
+        return ["train", f"--config={self.config}", f"--workdir={self.workdir(point)}",
+                *[f"--config.{o}" for o in self.overrides], *point.override_flags()]
+
+    def exit_code(self, point: Point) -> int | None:
+        """The exit code of the point's last finished command (None: never finished)."""
+        try:
+            with open(self.exit_path(point), encoding="utf-8") as f:
+                return int(f.read().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def format_value(value: Any) -> str:
+    """A value as the command line writes it (`--config.key=<this>`)."""
+    if isinstance(value, (tuple, list)):
+        return repr(tuple(value))
+    return str(value)
+
+
+def load_sweep_points(spec: str) -> list[hyper.Point]:
+    """The raw points of `get_sweep(hyper, arg)` in the config file `spec` = FILE[:ARGS]."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("jaxformer_user_sweep", path)
+    module = importlib.util.module_from_spec(module_spec)
+    with config_lib._importable_configs(path):
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            raise UserError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+        get_sweep = getattr(module, "get_sweep", None)
+        if get_sweep is None:
+            raise UserError(f"{path} defines no get_sweep(hyper, arg)")
+        takes_arg = len(inspect.signature(get_sweep).parameters) > 1
+        try:
+            points = get_sweep(hyper, arg or None) if takes_arg else get_sweep(hyper)
+        except ValueError as e:
+            raise UserError(f"{spec}: get_sweep: {e}") from e
+    if not isinstance(points, (list, tuple)) or not all(isinstance(p, dict) for p in points):
+        raise UserError(f"{path}: get_sweep() must return a list of dicts")
+    if not points:
+        raise UserError(f"{path}: get_sweep() returned no points")
+    return list(points)
+
+
+def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
+    """The sweep of config `spec` with every point validated; raises `UserError` naming the
+    first point that does not apply (unknown key, wrong type), before anything is written."""
+    raw_points = load_sweep_points(spec)
+    base = config_lib.load_config(spec)
+    config_lib.apply_overrides(base, overrides)
+    points = []
+    for i, raw in enumerate(raw_points):
+        for key in raw:
+            if key != hyper.NAME and not key.startswith(hyper.PREFIX):
+                raise UserError(f"sweep point {i}: key {key!r} must be 'name' or 'config.*'")
+        point = Point(name=str(raw.get(hyper.NAME, "")),
+                      overrides={k[len(hyper.PREFIX):]: v for k, v in raw.items()
+                                 if k != hyper.NAME})
+        config = base.copy_and_resolve_references()
+        config.lock()
+        try:
+            config_lib.apply_overrides(config, [f[len("--config."):]
+                                                for f in point.override_flags()])
+        except UserError as e:
+            raise UserError(f"sweep point {i} ({_describe(point)}): {e}") from None
+        points.append(point)
+    _name_points(points)
+    return Sweep(config=spec, root=root, points=points, overrides=list(overrides))
+
+
+def _describe(point: Point) -> str:
+    return point.name or ", ".join(f"{k}={format_value(v)}" for k, v in point.overrides.items())
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
+
+
+def _name_points(points: list[Point]) -> None:
+    """Names unnamed points from their overrides (`lr=0.001,num_layers=2`), with each key's
+    shortest unambiguous suffix; names are made safe for paths and unique."""
+    keys = sorted({k for p in points if not p.name for k in p.overrides})
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if sum(1 for k in keys if k == suffix or k.endswith("." + suffix)) == 1:
+                short[key] = suffix
+                break
+    seen: dict[str, int] = {}
+    for point in points:
+        name = point.name or ",".join(f"{short[k]}={format_value(v)}"
+                                      for k, v in point.overrides.items()) or "base"
+        name = _UNSAFE.sub("_", name).strip("_.") or "point"
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        seen.setdefault(name, 0)
+        point.name = name
+
+
+# ---------------------------------------------------------------------------------------------
+# Status: ROOT/sweep.json, rebuilt from the logs and workdirs.
+
+
+def status(sweep: Sweep, point: Point, running: set[str] = frozenset()) -> str:
+    code = sweep.exit_code(point)
+    if point.name in running:
+        return RUNNING
+    if code is None:
+        return PENDING
+    return DONE if code == 0 else FAILED
+
+
+def final_metrics(workdir: str) -> dict[str, float]:
+    """The last value of every scalar in the workdir's metrics.jsonl, and its last step."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    last: dict[str, float] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # A line cut short by a kill.
+                last.update({k: v for k, v in record.items() if isinstance(v, (int, float))})
+    except FileNotFoundError:
+        pass
+    return last
+
+
+def log_tail(sweep: Sweep, point: Point, lines: int = 15) -> str:
+    try:
+        with open(sweep.log_path(point), encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def read_state(root: str) -> dict:
+    path = os.path.join(root, SWEEP_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{root} holds no {SWEEP_FILE}: not a sweep directory") from None
+    except ValueError as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def sweep_from_state(state: dict) -> Sweep:
+    return Sweep(config=state["config"], root=state["root"], overrides=state["overrides"],
+                 points=[Point(p["name"], p["overrides"]) for p in state["points"]])
+
+
+def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
+            extra: dict[str, dict] | None = None) -> dict:
+    """Rewrites ROOT/sweep.json from the points' logs and workdirs and returns it.
+
+    `extra` adds launcher fields per point name (e.g. a SLURM job id); fields of an earlier
+    sweep.json that the launcher set are kept.
+    """
+    old = {}
+    try:
+        old = {p["name"]: p for p in read_state(sweep.root)["points"]}
+    except UserError:
+        pass
+    points = []
+    for point in sweep.points:
+        entry = dict(old.get(point.name, {}))
+        entry.update(
+            name=point.name, overrides=point.overrides, workdir=sweep.workdir(point),
+            command=[sys.executable, "-m", "jaxformer", *sweep.train_args(point)],
+            log=sweep.log_path(point), status=status(sweep, point, running),
+            exit_code=sweep.exit_code(point), metrics=final_metrics(sweep.workdir(point)))
+        if os.path.exists(sweep.exit_path(point)):
+            entry["finished"] = os.path.getmtime(sweep.exit_path(point))
+        entry.update((extra or {}).get(point.name, {}))
+        points.append(entry)
+    state = dict(config=sweep.config, root=sweep.root, overrides=sweep.overrides,
+                 launcher=launcher, updated=time.time(), points=points)
+    os.makedirs(sweep.root, exist_ok=True)
+    path = os.path.join(sweep.root, SWEEP_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+    return state
+
+
+def progress_line(state: dict, parallel: int = 1) -> str:
+    """`3/8 done, 2 running, 1 failed, ETA 12m` from a sweep.json state."""
+    points = state["points"]
+    counts = {s: sum(1 for p in points if p["status"] == s) for s in (DONE, RUNNING, FAILED)}
+    line = (f"{counts[DONE]}/{len(points)} done, {counts[RUNNING]} running, "
+            f"{counts[FAILED]} failed")
+    durations = [p["finished"] - p["started"] for p in points
+                 if p["status"] == DONE and "started" in p and "finished" in p]
+    left = len(points) - counts[DONE] - counts[FAILED]
+    if durations and left:
+        seconds = sum(durations) / len(durations) * left / max(parallel, 1)
+        line += f", ETA {_duration(seconds)}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
