@@ -26,6 +26,9 @@ COMMANDS = {
     "average": "jaxformer.commands.average",
     "bench": "jaxformer.commands.bench",
     "params": "jaxformer.commands.params",
+    "sweep": "jaxformer.commands.sweep",
+    "results": "jaxformer.commands.results",
+    "reproduce": "jaxformer.commands.reproduce",
 }
 
 

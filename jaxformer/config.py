@@ -83,13 +83,16 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 @contextlib.contextmanager
 def _importable_configs(path: str) -> Iterator[None]:
-    """Puts the nearest directory above `path` that holds `configs/common.py` on sys.path, so
-    that configs (and experiments) can import `configs.*`."""
+    """Puts the nearest directory above `path` that holds `configs/common.py` (else the
+    working directory, if it holds one) on sys.path, so that configs can import `configs.*`."""
     directory = os.path.dirname(os.path.abspath(path))
     while not os.path.isfile(os.path.join(directory, "configs", "common.py")):
-        if os.path.dirname(directory) == directory:
-            yield
-            return
+        if os.path.dirname(directory) == directory:  # Outside the project: try the cwd.
+            directory = os.getcwd()
+            if not os.path.isfile(os.path.join(directory, "configs", "common.py")):
+                yield
+                return
+            break
         directory = os.path.dirname(directory)
     if directory in sys.path:
         yield

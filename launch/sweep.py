@@ -22,9 +22,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from launch import hyper
 from jaxformer import config as config_lib
 from jaxformer.errors import UserError
+from launch import hyper
 
 SWEEP_FILE = "sweep.json"
 LOGS = "logs"
@@ -64,6 +64,13 @@ class Sweep:
         """`jaxformer` arguments that train (or resume) the point."""
         return ["train", f"--config={self.config}", f"--workdir={self.workdir(point)}",
                 *[f"--config.{o}" for o in self.overrides], *point.override_flags()]
+
+    def record_exit(self, point: Point, code: int) -> None:
+        """Writes the exit code of the point's command (atomically: readers see all or none)."""
+        path = self.exit_path(point)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(f"{code}\n")
+        os.replace(path + ".tmp", path)
 
     def exit_code(self, point: Point) -> int | None:
         """The exit code of the point's last finished command (None: never finished)."""

@@ -57,8 +57,9 @@ def _table(tree: dict, indent: int = 0) -> list[str]:
     return lines
 
 
-def run(args, overrides: list[str]) -> int:
-    config = common.load_config(args.config, overrides)
+def summary(config, depth: int = 2) -> dict:
+    """Counts per module (to `depth`), trainable and frozen totals, FLOPs per example and
+    train-state bytes of `config`, from shapes alone."""
     import jax
 
     from jaxformer import registry
@@ -76,8 +77,8 @@ def run(args, overrides: list[str]) -> int:
     params = jax.tree.map(lambda x: x, state.params)
     trained, frozen = transfer.count_frozen(params, freeze)
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
-    result = {
-        "modules": module_counts(params, args.depth),
+    return {
+        "modules": module_counts(params, depth),
         "trainable": trained,
         "frozen": frozen,
         "flops_per_example": task.flops_per_example(params),
@@ -85,6 +86,12 @@ def run(args, overrides: list[str]) -> int:
         "optimizer_state_bytes": nbytes(state.opt_state),
         "total": trained + frozen,
     }
+
+
+def run(args, overrides: list[str]) -> int:
+    config = common.load_config(args.config, overrides)
+    result = summary(config, args.depth)
+    trained, frozen = result["trainable"], result["frozen"]
     if args.json:
         print(json.dumps(result))
         return 0

@@ -78,3 +78,18 @@ def lock_workdir(workdir: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         os.close(handle)
+
+
+def is_locked(workdir: str) -> bool:
+    """Whether a live process holds `<workdir>/.lock` (False for a missing workdir)."""
+    try:
+        handle = os.open(os.path.join(workdir, LOCK_NAME), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False

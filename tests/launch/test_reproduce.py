@@ -1,0 +1,102 @@
+"""`jaxformer reproduce`: an experiment's rows trained and tabled beside the paper's numbers."""
+
+import json
+import os
+
+import pytest
+
+from jaxformer.cli import main
+from tests.helpers import ROOT
+
+CONFIG = '''
+from configs.gpt import shakespeare_char
+from jaxformer.config import parse_arg
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, scale="cpu")
+    config = shakespeare_char.get_config("runlocal")
+    config.model.variant = ""
+    config.model.update(num_layers=1, num_heads=2, d_model=16)
+    config.train.num_steps = 2
+    return config
+
+
+def get_sweep(hyper, arg=None):
+    return [{"name": "narrow"}, {"name": "wide", "config.model.d_model": 32}]
+'''
+
+EXPECTED = {
+    "paper": "A paper", "url": "https://example.org", "table": "Table 9: widths",
+    "metric": {"name": "val loss", "key": "eval/val/loss", "higher_is_better": False},
+    "rows": {"narrow": {"label": "d=16", "metric": 1.5, "params": 1000000},
+             "wide": {"label": "d=32", "metric": 1.25, "params": None}},
+}
+
+
+def closed_form_params(d: int, vocab: int, block: int) -> int:
+    """Token and position tables, one pre-LN block (qkv, out, MLP x4, two LayerNorms), final
+    LayerNorm; the head is tied."""
+    block_params = 3 * d * d + 3 * d + d * d + d + 2 * (4 * d * d) + 4 * d + d + 2 * 2 * d
+    return vocab * d + block * d + block_params + 2 * d
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    directory = tmp_path / "experiments" / "toy2024"
+    directory.mkdir(parents=True)
+    (directory / "config.py").write_text(CONFIG)
+    (directory / "expected.json").write_text(json.dumps(EXPECTED))
+    return directory
+
+
+@pytest.mark.slow
+def test_reproduce_trains_every_row_and_writes_the_table(experiment, tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert main(["reproduce", str(experiment), f"--workdir={root}"]) == 0
+    results = tmp_path / "experiments" / "results" / "toy2024.md"
+    text = results.read_text()
+    assert text.startswith("# A paper: Table 9: widths\n")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("| narrow") or line.startswith("| wide")]
+    rows = {row[0]: row for row in cells}
+    sweep = json.load(open(root / "sweep.json"))
+    vocab = 65 + 8  # Shakespeare's characters: the config's tokenizer sets the vocabulary.
+    for point in sweep["points"]:
+        name, label, params, paper_params, ours, paper, wall = rows[point["name"]]
+        assert point["status"] == "done"
+        assert float(ours) == pytest.approx(point["metrics"]["eval/val/loss"], abs=0.005)
+        d = 16 if name == "narrow" else 32
+        assert params == f"{closed_form_params(d, vocab, 32):,}"
+        assert label == EXPECTED["rows"][name]["label"]
+    assert rows["narrow"][3:6:2] == ["1M", "1.5"]
+    assert "Points trained: 2/2" in text
+    assert capsys.readouterr().out.endswith(f"written to {results}\n")
+
+
+def test_paper_scale_dry_run_prints_parameters_and_trains_nothing(experiment, tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert main(["reproduce", str(experiment), "--scale=paper", f"--workdir={root}",
+                 "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "| narrow | d=16 |" in out and "dry run" in out
+    assert not root.exists()
+    assert not (tmp_path / "experiments" / "results").exists()
+
+
+@pytest.mark.parametrize("files, message", [
+    ({}, "it has no config.py"),
+    ({"config.py": CONFIG}, "it has no expected.json"),
+    ({"config.py": CONFIG, "expected.json": "{"}, "not JSON"),
+    ({"config.py": CONFIG, "expected.json": '{"paper": "x"}'}, "missing: table, metric, rows"),
+])
+def test_a_malformed_experiment_is_one_line(tmp_path, capsys, files, message):
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    assert main(["reproduce", str(directory), f"--workdir={tmp_path}/runs"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "runs")
