@@ -90,7 +90,7 @@ class LocalLauncher:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LocalLauncher:
-        return cls(args.parallel, args.processes, args.devices_per_process)
+        return cls(1 if args.parallel is None else args.parallel, args.processes, args.devices_per_process)
 
     def command(self, sweep, point) -> list[str]:
         if self.processes == 1:

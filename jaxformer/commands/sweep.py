@@ -23,8 +23,9 @@ def add_arguments(parser, config_and_workdir: bool = True) -> None:
     parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local")
     parser.add_argument("--dry_run", action="store_true",
                         help="print the points and the launcher's commands; run nothing")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="points run at once (local; SLURM array throttle)")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="points run at once (local: default 1; SLURM: array throttle, "
+                             "default none)")
     parser.add_argument("--wait", action="store_true",
                         help="SLURM: wait for the job array to end (local and tpu always wait)")
     for name in sorted(LAUNCHERS):
@@ -68,14 +69,14 @@ def run_sweep(sweep, launcher, args) -> int:
             extra.update(new_extra)
             state = sweep_lib.refresh(sweep, launcher=launcher.name,
                                       running=now_running | running, extra=extra)
-            print(sweep_lib.progress_line(state, args.parallel), flush=True)
+            print(sweep_lib.progress_line(state, args.parallel or 1), flush=True)
 
         if todo:
             extra.update(launcher.launch(sweep, todo, wait=args.wait, on_change=on_change))
         state = sweep_lib.refresh(sweep, launcher=launcher.name, extra=extra)
         state = sweep_lib.refresh(sweep, launcher=launcher.name,
                                   running=launcher.running(sweep, state))
-    print(sweep_lib.progress_line(state, args.parallel))
+    print(sweep_lib.progress_line(state, args.parallel or 1))
     failed = [p for p in sweep.points if sweep_lib.status(sweep, p) == sweep_lib.FAILED]
     for point in failed:
         print(f"\npoint {point.name} failed (exit {sweep.exit_code(point)}); "
