@@ -15,9 +15,9 @@ from jaxformer.errors import UserError
 from launch import sweep as sweep_lib
 from launch.slurm import SlurmLauncher
 from launch.sweep import Point, Sweep
+from tests.helpers import ROOT
 from tests.launch.slurm_cluster import slurm_cluster  # noqa: F401 (a fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAR = os.path.join(ROOT, "configs/gpt/shakespeare_char.py")
 TRICKY = "it's (a) \"b\" $HOME `c` \\d"  # An override value that needs quoting.
 
