@@ -90,7 +90,8 @@ class LocalLauncher:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LocalLauncher:
-        return cls(1 if args.parallel is None else args.parallel, args.processes, args.devices_per_process)
+        parallel = 1 if args.parallel is None else args.parallel
+        return cls(parallel, args.processes, args.devices_per_process)
 
     def command(self, sweep, point) -> list[str]:
         if self.processes == 1:

@@ -87,7 +87,7 @@ def table(experiment: Experiment, state: dict, params: dict[str, int], scale: st
     factor = metric.get("scale", 1)
     rows = experiment.expected["rows"]
     name = metric["name"]
-    header = ["row", "", "params", "paper params", name, f"paper {name}", "time"]
+    header = ["row", "setting", "params", "paper params", name, f"paper {name}", "time"]
     if scale == "paper":
         header.insert(4, "reference params")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

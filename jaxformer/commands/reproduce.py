@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 
 from jaxformer.commands import sweep as sweep_command
 
@@ -35,10 +34,6 @@ def run(args, overrides: list[str]) -> int:
     root = os.path.abspath(args.workdir or os.path.join(
         "runs", f"{experiment.name}-{args.scale}"))
     sweep = sweep_lib.plan(experiment.config_spec(args.scale), root, overrides)
-    missing = sorted(set(experiment.expected["rows"]) - {p.name for p in sweep.points})
-    if missing:
-        print(f"note: rows of expected.json with no point at scale {args.scale}: "
-              f"{', '.join(missing)}", file=sys.stderr)
     params = reproduce.parameter_counts(sweep)
     code = sweep_command.run_sweep(sweep, launcher, args)
     if args.dry_run:
