@@ -31,6 +31,8 @@ class TransformerBlock(nn.Module):
     Attributes:
       num_heads: attention heads.
       mlp_dim: hidden width of the MLP.
+      qkv_features: total width of queries, keys and values (heads * head_dim); None: the
+        model width.
       dropout_rate: dropout on each sub-layer output before the residual add.
       attention_dropout_rate: dropout on the attention weights.
       norm_first: pre-LN (True) or post-LN (False).
@@ -48,6 +50,7 @@ class TransformerBlock(nn.Module):
 
     num_heads: int
     mlp_dim: int
+    qkv_features: int | None = None
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     norm_first: bool = True
@@ -111,10 +114,10 @@ class TransformerBlock(nn.Module):
 
     def _attention(self, name: str) -> MultiHeadAttention:
         return MultiHeadAttention(
-            num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
-            use_bias=self.use_bias, kernel_init=self.kernel_init,
-            out_kernel_init=self.out_kernel_init, dtype=self.dtype,
-            param_dtype=self.param_dtype, name=name)
+            num_heads=self.num_heads, qkv_features=self.qkv_features,
+            dropout_rate=self.attention_dropout_rate, use_bias=self.use_bias,
+            kernel_init=self.kernel_init, out_kernel_init=self.out_kernel_init,
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
     def _residual(self, x: jax.Array, h: jax.Array, norm: nn.LayerNorm, train: bool) -> jax.Array:
         """`x + dropout(h)`, normalised afterwards in a post-LN block."""
@@ -135,6 +138,7 @@ class TransformerStack(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
+    qkv_features: int | None = None
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     norm_first: bool = True
@@ -166,9 +170,9 @@ class TransformerStack(nn.Module):
         if self.remat:  # Static: train, decode (arguments 5, 6 counting `self`).
             block_cls = nn.remat(TransformerBlock, static_argnums=(5, 6))
         block_fields = dict(
-            num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate, norm_first=self.norm_first,
-            causal=self.causal, cross_attention=self.cross_attention,
+            num_heads=self.num_heads, mlp_dim=self.mlp_dim, qkv_features=self.qkv_features,
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            norm_first=self.norm_first, causal=self.causal, cross_attention=self.cross_attention,
             activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
             use_bias=self.use_bias, kernel_init=self.kernel_init,
             out_kernel_init=self.out_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)

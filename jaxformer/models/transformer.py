@@ -49,6 +49,8 @@ class Transformer(nn.Module):
       num_heads: attention heads.
       d_model: model width.
       mlp_dim: feed-forward hidden width (d_ff).
+      head_dim: width of each head's queries, keys and values (d_k = d_v); 0: d_model //
+        num_heads.
       dropout_rate: dropout on embeddings and sub-layer outputs (P_drop).
       attention_dropout_rate: dropout on attention weights (not in the paper; tensor2tensor's).
       norm_first: pre-LN instead of the paper's post-LN.
@@ -64,6 +66,7 @@ class Transformer(nn.Module):
     num_heads: int = 8
     d_model: int = 512
     mlp_dim: int = 2048
+    head_dim: int = 0
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.0
     norm_first: bool = False
@@ -91,8 +94,13 @@ class Transformer(nn.Module):
                     else LearnedPositionalEmbedding)
         self.source_positions = position(self.max_len, self.d_model, dtype=self.dtype)
         self.target_positions = position(self.max_len, self.d_model, dtype=self.dtype)
+        if self.head_dim < 0:
+            raise ValueError(f"head_dim must be >= 0 (0: d_model // num_heads), got "
+                             f"{self.head_dim}")
+        qkv_features = self.num_heads * self.head_dim or None
         stack = lambda causal, name: TransformerStack(  # noqa: E731
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+            qkv_features=qkv_features,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             norm_first=self.norm_first, causal=causal, cross_attention=causal,
             activation=jax.nn.relu, layer_norm_epsilon=1e-6,
@@ -155,7 +163,8 @@ def build(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, b
 
     Keys: `variant` (a name in `VARIANTS`, or "" for the explicit size fields `num_layers`,
     `d_model`, `num_heads`, `mlp_dim`, `dropout_rate`), `attention_dropout_rate`,
-    `norm_first`, `positions`, `share_embeddings`. A variant overrides the size fields.
+    `norm_first`, `positions`, `share_embeddings` and, optionally, `head_dim` (0, the default:
+    d_model // num_heads). A variant overrides the size fields.
     """
     sizes = {k: config[k] for k in VARIANTS["base"]}
     if config.variant:
@@ -166,4 +175,5 @@ def build(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, b
     return Transformer(
         vocab_size=vocab_size, max_len=max_len, bos_id=bos_id, dtype=dtype, remat=remat,
         attention_dropout_rate=config.attention_dropout_rate, norm_first=config.norm_first,
-        positions=config.positions, share_embeddings=config.share_embeddings, **sizes)
+        positions=config.positions, share_embeddings=config.share_embeddings,
+        head_dim=config.get("head_dim", 0), **sizes)

@@ -64,9 +64,10 @@ class TranslationTask(Task):
         size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
         s, t = self.max_source_length, self.max_target_length
         d, layers = self.model.d_model, self.model.num_layers
+        width = self.model.num_heads * self.model.head_dim or d  # Of queries, keys, values.
         head = d * self.model.vocab_size  # The output projection, once per target token.
         matmuls = 6 * (size(params["encoder"]) * s + (size(params["decoder"]) + head) * t)
-        attention = 12 * layers * d * (s * s + t * t + t * s)
+        attention = 12 * layers * width * (s * s + t * t + t * s)
         return float(matmuls + attention)
 
 
