@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.environ.get('XLA_FLAGS', '')} "
         f"--xla_force_host_platform_device_count={args.devices_per_process}").strip())
     log_dir = args.log_dir or os.getcwd()
+    os.makedirs(log_dir, exist_ok=True)
     processes, logs = [], []
     for i in range(args.num_processes):
         flags = [f"--coordinator_address={address}", f"--num_processes={args.num_processes}",
@@ -98,7 +99,7 @@ class LocalLauncher:
             return [sys.executable, "-m", "jaxformer", *sweep.train_args(point)]
         return [sys.executable, "-m", "launch.local", f"--num_processes={self.processes}",
                 f"--devices_per_process={self.devices_per_process}",
-                f"--log_dir={os.path.dirname(sweep.log_path(point))}", "--",
+                f"--log_dir={os.path.join(sweep.root, 'logs', point.name)}", "--",
                 *sweep.train_args(point)]
 
     def script(self, sweep, points) -> str:

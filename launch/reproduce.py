@@ -41,10 +41,11 @@ class Experiment:
     def config_spec(self, scale: str) -> str:
         return f"{os.path.join(self.directory, 'config.py')}:scale={scale}"
 
-    def results_path(self, scale: str) -> str:
+    def results_path(self, scale: str, extension: str = "md") -> str:
+        """`experiments/results/<paper>[-<scale>].<extension>` (no suffix for cpu)."""
         suffix = "" if scale == "cpu" else f"-{scale}"
         return os.path.join(os.path.dirname(os.path.normpath(self.directory)), "results",
-                            f"{self.name}{suffix}.md")
+                            f"{self.name}{suffix}.{extension}")
 
 
 def load(directory: str) -> Experiment:
@@ -81,32 +82,66 @@ def parameter_counts(sweep) -> dict[str, int]:
     return counts
 
 
-def table(experiment: Experiment, state: dict, params: dict[str, int], scale: str) -> str:
+def records(state: dict, params: dict[str, int], command: str) -> dict[str, dict]:
+    """Each point's outcome as the results file keeps it."""
+    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
+    out = {}
+    for point in state["points"]:
+        wall = (point["finished"] - point["started"]
+                if "started" in point and "finished" in point else None)
+        out[point["name"]] = dict(
+            status=point["status"], params=params.get(point["name"]),
+            metrics=point.get("metrics", {}), minutes=round(wall / 60, 2) if wall else None,
+            date=time.strftime("%Y-%m-%d"), machine=machine, command=command)
+    return out
+
+
+def merge_results(path: str, scale: str, new: dict[str, dict]) -> dict[str, dict]:
+    """The rows of the results file at `path` (if any) updated with `new`; written back.
+
+    The file is the lasting record of a table: rows trained in separate runs (`--rows`), on
+    different days or machines, accumulate in it.
+    """
+    rows: dict[str, dict] = {}
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = json.load(f)["rows"]
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{path}: unreadable results file ({e}); move it away") from None
+    rows.update(new)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"scale": scale, "rows": rows}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    return rows
+
+
+def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale: str) -> str:
     """Markdown: each row's parameters and metric, ours beside the paper's."""
     metric = experiment.expected["metric"]
     factor = metric.get("scale", 1)
-    rows = experiment.expected["rows"]
+    paper_rows = experiment.expected["rows"]
     name = metric["name"]
     header = ["row", "setting", "params", "paper params", name, f"paper {name}", "time"]
     if scale == "paper":
         header.insert(4, "reference params")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for point in state["points"]:
-        row = rows.get(point["name"], {})
-        ours = point.get("metrics", {}).get(metric["key"])
-        wall = (point["finished"] - point["started"]
-                if "started" in point and "finished" in point else None)
-        ours_params = params.get(point["name"])
-        cells = [point["name"], row.get("label", ""),
-                 "" if ours_params is None else f"{ours_params:,}", _millions(row.get("params")),
-                 f"{ours * factor:.2f}" if ours is not None else point["status"],
-                 "" if row.get("metric") is None else f"{row['metric']:g}",
-                 f"{wall / 60:.1f} min" if wall else ""]
+    for row_name in order:
+        paper = paper_rows.get(row_name, {})
+        ours = rows.get(row_name, {"status": "not run"})
+        value = ours.get("metrics", {}).get(metric["key"])
+        params = ours.get("params")
+        cells = [row_name, paper.get("label", ""), "" if params is None else f"{params:,}",
+                 _millions(paper.get("params")),
+                 f"{value * factor:.2f}" if value is not None else ours["status"],
+                 "" if paper.get("metric") is None else f"{paper['metric']:g}",
+                 f"{ours['minutes']:.1f} min" if ours.get("minutes") else ""]
         if scale == "paper":
-            reference = row.get("reference_params")
-            mark = "" if reference is None else (
-                "= (exact)" if reference == params.get(point["name"]) else f"{reference:,} (!)")
-            cells.insert(4, mark)
+            reference = paper.get("reference_params")
+            cells.insert(4, "" if reference is None else (
+                "= (exact)" if reference == params else f"{reference:,} (!)"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -116,24 +151,17 @@ def _millions(count) -> str:
     return "" if count is None else f"{count / 1e6:g}M"
 
 
-def report(experiment: Experiment, state: dict, params: dict[str, int], scale: str,
-           command: str) -> str:
-    """The results file: what was run, where and how long, and the table."""
+def report(experiment: Experiment, rows: dict[str, dict], order: list[str], scale: str) -> str:
+    """The results file: the table, and how and where each row was trained."""
     expected = experiment.expected
-    walls = [p["finished"] - p["started"] for p in state["points"]
-             if "started" in p and "finished" in p]
-    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
-    return "\n".join([
-        f"# {expected['paper']}: {expected['table']}",
-        "",
-        f"Scale `{scale}`; reproduced with `{command}` on {machine}, "
-        f"{time.strftime('%Y-%m-%d')}. Points trained: "
-        f"{sum(p['status'] == 'done' for p in state['points'])}/{len(state['points'])}, "
-        f"{sum(walls) / 3600:.2f} h of training in all.",
-        "",
-        table(experiment, state, params, scale),
-        "",
-        f"Paper: {expected.get('url', '')}. Metric: `{expected['metric']['key']}`. See "
-        f"`experiments/{experiment.name}/README.md` for how the rows map to the paper's.",
-        "",
-    ])
+    done = [rows[n] for n in order if rows.get(n, {}).get("status") == "done"]
+    runs = sorted({(r["command"], r["machine"], r["date"]) for r in done})
+    lines = [f"# {expected['paper']}: {expected['table']}", "",
+             f"Scale `{scale}`: {len(done)}/{len(order)} rows trained, "
+             f"{sum(r['minutes'] or 0 for r in done) / 60:.2f} h of training in all.", "",
+             table(experiment, rows, order, scale), "",
+             f"Paper: {expected.get('url', '')}. Metric: `{expected['metric']['key']}`. See "
+             f"`experiments/{experiment.name}/README.md` for how the rows map to the paper's.",
+             "", "Produced by:"]
+    lines += [f"- `{command}` on {machine}, {date}" for command, machine, date in runs]
+    return "\n".join(lines) + "\n"

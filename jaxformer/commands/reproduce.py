@@ -2,8 +2,10 @@
 
 Runs the experiment's sweep (one point per row of the paper's table) at the chosen scale,
 then prints the reproduced table beside the paper's numbers and writes it to
-`experiments/results/<paper>.md`. `--dry_run` prints the rows' commands and their parameter
-counts beside the paper's, and trains nothing. Launcher flags are those of `jaxformer sweep`.
+`experiments/results/<paper>.md`, with each row's record in `<paper>.json` beside it: rows
+trained in separate runs (`--rows=base,A1`) accumulate there. `--dry_run` prints the rows'
+commands and their parameter counts beside the paper's, and trains nothing. Launcher flags are
+those of `jaxformer sweep`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
     parser.add_argument("--workdir", default=None,
                         help="root of the rows' workdirs (default runs/<paper>-<scale>)")
+    parser.add_argument("--rows", default="", help="only these rows (comma-separated names)")
     sweep_command.add_arguments(parser, config_and_workdir=False)
 
 
 def run(args, overrides: list[str]) -> int:
+    from jaxformer.errors import UserError
     from launch import launcher_class, reproduce
     from launch import sweep as sweep_lib
 
@@ -34,19 +38,28 @@ def run(args, overrides: list[str]) -> int:
     root = os.path.abspath(args.workdir or os.path.join(
         "runs", f"{experiment.name}-{args.scale}"))
     sweep = sweep_lib.plan(experiment.config_spec(args.scale), root, overrides)
+    order = [p.name for p in sweep.points]
+    if args.rows:
+        chosen = [name.strip() for name in args.rows.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in order]
+        if unknown:
+            raise UserError(f"--rows: no row {', '.join(unknown)} at scale {args.scale}; rows: "
+                            f"{', '.join(order)}")
+        sweep.points = [p for p in sweep.points if p.name in chosen]
     params = reproduce.parameter_counts(sweep)
     code = sweep_command.run_sweep(sweep, launcher, args)
     if args.dry_run:
-        state = {"points": [dict(name=p.name, status="dry run", metrics={})
-                            for p in sweep.points]}
-        print(reproduce.table(experiment, state, params, args.scale))
+        rows = {name: dict(status="dry run", params=count) for name, count in params.items()}
+        print(reproduce.table(experiment, rows, [p.name for p in sweep.points], args.scale))
         return code
-    state = sweep_lib.read_state(root)
-    command = shlex.join(["jaxformer", "reproduce", args.experiment,
-                          f"--scale={args.scale}", *[f"--config.{o}" for o in overrides]])
-    text = reproduce.report(experiment, state, params, args.scale, command)
+    command = shlex.join(["jaxformer", "reproduce", args.experiment, f"--scale={args.scale}",
+                          *([f"--rows={args.rows}"] if args.rows else []),
+                          *[f"--config.{o}" for o in overrides]])
+    records = reproduce.records(sweep_lib.read_state(root), params, command)
+    rows = reproduce.merge_results(experiment.results_path(args.scale, "json"), args.scale,
+                                   records)
+    text = reproduce.report(experiment, rows, order, args.scale)
     path = experiment.results_path(args.scale)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     print(text)

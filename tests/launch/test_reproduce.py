@@ -71,8 +71,27 @@ def test_reproduce_trains_every_row_and_writes_the_table(experiment, tmp_path, c
         assert params == f"{closed_form_params(d, vocab, 32):,}"
         assert label == EXPECTED["rows"][name]["label"]
     assert rows["narrow"][3:6:2] == ["1M", "1.5"]
-    assert "Points trained: 2/2" in text
+    assert "Scale `cpu`: 2/2 rows trained" in text
     assert capsys.readouterr().out.endswith(f"written to {results}\n")
+
+
+@pytest.mark.slow
+def test_rows_trained_in_separate_runs_accumulate(experiment, tmp_path, capsys):
+    results = tmp_path / "experiments" / "results"
+    assert main(["reproduce", str(experiment), f"--workdir={tmp_path}/a", "--rows=wide"]) == 0
+    text = (results / "toy2024.md").read_text()
+    assert "| narrow | d=16 |" in text and "not run" in text and "1/2 rows trained" in text
+    first = json.loads((results / "toy2024.json").read_text())["rows"]
+    assert list(first) == ["wide"] and first["wide"]["status"] == "done"
+    # Another day, another machine (a fresh root): the other row joins the first.
+    assert main(["reproduce", str(experiment), f"--workdir={tmp_path}/b", "--rows=narrow"]) == 0
+    rows = json.loads((results / "toy2024.json").read_text())["rows"]
+    assert rows["wide"] == first["wide"] and rows["narrow"]["status"] == "done"
+    text = (results / "toy2024.md").read_text()
+    assert "2/2 rows trained" in text and "not run" not in text
+    assert "`jaxformer reproduce " in text and "--rows=narrow" in text
+    assert main(["reproduce", str(experiment), "--rows=huge", "--dry_run"]) == 2
+    assert "--rows: no row huge at scale cpu; rows: narrow, wide" in capsys.readouterr().err
 
 
 def test_paper_scale_dry_run_prints_parameters_and_trains_nothing(experiment, tmp_path, capsys):
@@ -100,3 +119,11 @@ def test_a_malformed_experiment_is_one_line(tmp_path, capsys, files, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_gpt2_sizes_at_paper_scale_match_the_reference_counts(tmp_path, capsys):
+    assert main(["reproduce", os.path.join(ROOT, "experiments", "radford2019"), "--scale=paper",
+                 f"--workdir={tmp_path}/runs", "--dry_run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| gpt2-")]
+    assert len(rows) == 4 and all("| = (exact) |" in row for row in rows)
+    assert "| 1,557,611,200 | 1542M |" in rows[3]

@@ -138,3 +138,14 @@ def test_local_sweep_runs_skips_resumes_and_reports(tmp_path, capsys):
     assert lines[3].startswith("bad,,0,failed,")
     assert "2/3 done, 0 running, 1 failed" in captured.err
     assert os.path.getsize(os.path.join(root, "results.png")) > 10_000
+
+
+def test_multi_process_points_run_as_local_pods(tmp_path, capsys):
+    path = write_config(tmp_path, '[{"name": "pod"}]')
+    root = tmp_path / "root"
+    assert main(["sweep", f"--config={path}", f"--workdir={root}", "--dry_run",
+                 "--processes=2", "--devices_per_process=4"]) == 0
+    command = capsys.readouterr().out.splitlines()[-1]
+    assert (f"-m launch.local --num_processes=2 --devices_per_process=4 --log_dir={root}/logs/pod "
+            f"-- train --config={path} --workdir={root}/pod > {root}/logs/pod.log 2>&1"
+            ) in command
