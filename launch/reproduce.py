@@ -84,7 +84,7 @@ def parameter_counts(sweep) -> dict[str, int]:
 
 def records(state: dict, params: dict[str, int], command: str) -> dict[str, dict]:
     """Each point's outcome as the results file keeps it."""
-    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
+    machine = f"{os.cpu_count()} CPU cores, {_cpu_name()}"
     out = {}
     for point in state["points"]:
         wall = (point["finished"] - point["started"]
@@ -94,6 +94,18 @@ def records(state: dict, params: dict[str, int], command: str) -> dict[str, dict
             metrics=point.get("metrics", {}), minutes=round(wall / 60, 2) if wall else None,
             date=time.strftime("%Y-%m-%d"), machine=machine, command=command)
     return out
+
+
+def _cpu_name() -> str:
+    """The processor's model name (`/proc/cpuinfo` on Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def merge_results(path: str, scale: str, new: dict[str, dict]) -> dict[str, dict]:
@@ -151,8 +163,9 @@ def _millions(count) -> str:
     return "" if count is None else f"{count / 1e6:g}M"
 
 
-def report(experiment: Experiment, rows: dict[str, dict], order: list[str], scale: str) -> str:
-    """The results file: the table, and how and where each row was trained."""
+def report(experiment: Experiment, rows: dict[str, dict], order: list[str], scale: str,
+           plot: str | None = None) -> str:
+    """The results file: the table, its plot, and how and where each row was trained."""
     expected = experiment.expected
     done = [rows[n] for n in order if rows.get(n, {}).get("status") == "done"]
     runs = sorted({(r["command"], r["machine"], r["date"]) for r in done})
@@ -162,6 +175,10 @@ def report(experiment: Experiment, rows: dict[str, dict], order: list[str], scal
              table(experiment, rows, order, scale), "",
              f"Paper: {expected.get('url', '')}. Metric: `{expected['metric']['key']}`. See "
              f"`experiments/{experiment.name}/README.md` for how the rows map to the paper's.",
-             "", "Produced by:"]
+             ""]
+    if plot:
+        lines += [f"![{expected['metric']['name']} per row, and the training loss curves]"
+                  f"({os.path.basename(plot)})", ""]
+    lines += ["Produced by:"]
     lines += [f"- `{command}` on {machine}, {date}" for command, machine, date in runs]
     return "\n".join(lines) + "\n"

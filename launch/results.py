@@ -105,7 +105,9 @@ def plot(state: dict, metric: str, path: str) -> None:
     keys = swept_keys(state)
     numeric = [k for k in keys if all(_is_number(p["overrides"].get(k)) for p in done)]
     if done and numeric:
-        x_key, others = numeric[0], [k for k in keys if k != numeric[0]]
+        x_key = numeric[0]
+        # Keys that move with x (heads with width) label nothing: one line per other setting.
+        others = [k for k in keys if k != x_key and not _follows(done, k, x_key)]
         groups: dict[str, list] = {}
         for point in done:
             label = ", ".join(f"{k}={point['overrides'].get(k)}" for k in others)
@@ -134,6 +136,17 @@ def plot(state: dict, metric: str, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _follows(points: list[dict], key: str, x_key: str) -> bool:
+    """Whether `key`'s value is the same for all points with the same `x_key` value."""
+    seen: dict[str, object] = {}
+    for point in points:
+        x = json.dumps(point["overrides"].get(x_key), default=str)
+        value = point["overrides"].get(key)
+        if seen.setdefault(x, value) != value:
+            return False
+    return True
 
 
 def _is_number(value) -> bool:

@@ -2,8 +2,9 @@
 
 Runs the experiment's sweep (one point per row of the paper's table) at the chosen scale,
 then prints the reproduced table beside the paper's numbers and writes it to
-`experiments/results/<paper>.md`, with each row's record in `<paper>.json` beside it: rows
-trained in separate runs (`--rows=base,A1`) accumulate there. `--dry_run` prints the rows'
+`experiments/results/<paper>.md`, with each row's record in `<paper>.json` beside it (rows
+trained in separate runs, `--rows=base,A1`, accumulate there) and the plot of this run's rows
+in `<paper>.png`. `--dry_run` prints the rows'
 commands and their parameter counts beside the paper's, and trains nothing. Launcher flags are
 those of `jaxformer sweep`.
 """
@@ -30,7 +31,7 @@ def add_arguments(parser) -> None:
 
 def run(args, overrides: list[str]) -> int:
     from jaxformer.errors import UserError
-    from launch import launcher_class, reproduce
+    from launch import launcher_class, reproduce, results
     from launch import sweep as sweep_lib
 
     launcher = launcher_class(args.launcher).from_args(args)
@@ -55,10 +56,13 @@ def run(args, overrides: list[str]) -> int:
     command = shlex.join(["jaxformer", "reproduce", args.experiment, f"--scale={args.scale}",
                           *([f"--rows={args.rows}"] if args.rows else []),
                           *[f"--config.{o}" for o in overrides]])
-    records = reproduce.records(sweep_lib.read_state(root), params, command)
+    state = sweep_lib.read_state(root)
+    records = reproduce.records(state, params, command)
     rows = reproduce.merge_results(experiment.results_path(args.scale, "json"), args.scale,
                                    records)
-    text = reproduce.report(experiment, rows, order, args.scale)
+    plot = experiment.results_path(args.scale, "png")
+    results.plot(state, experiment.expected["metric"]["key"], plot)
+    text = reproduce.report(experiment, rows, order, args.scale, plot)
     path = experiment.results_path(args.scale)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

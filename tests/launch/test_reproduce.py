@@ -72,6 +72,7 @@ def test_reproduce_trains_every_row_and_writes_the_table(experiment, tmp_path, c
         assert label == EXPECTED["rows"][name]["label"]
     assert rows["narrow"][3:6:2] == ["1M", "1.5"]
     assert "Scale `cpu`: 2/2 rows trained" in text
+    assert "](toy2024.png)" in text and (results.parent / "toy2024.png").stat().st_size > 10_000
     assert capsys.readouterr().out.endswith(f"written to {results}\n")
 
 
