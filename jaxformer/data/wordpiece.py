@@ -1,0 +1,204 @@
+"""An uncased WordPiece vocabulary, as BERT's, on Hugging Face `tokenizers`.
+
+Text is normalised as BERT's: control characters dropped, Chinese characters spaced, accents
+stripped and lowercased; it is split at whitespace and punctuation, and each word into the
+longest vocabulary pieces from its start, pieces after the first prefixed with "##". A word
+with no such split is `[UNK]`. The special tokens have fixed ids 0-4 (`SPECIAL_TOKENS`).
+The model saves to one JSON file (the `tokenizers` format), `ASSET_NAME` in a workdir's assets.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import tokenizers
+from etils import epath
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from jaxformer.data import common
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0, 1, 2, 3, 4
+ASSET_NAME = "wordpiece.json"
+SUBWORD_PREFIX = "##"
+_MAX_WORD_CHARS = 100
+_MIN_PAIR_COUNT = 2
+
+
+class WordPiece:
+    """Maps text to WordPiece ids and back; `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]` are 0-4."""
+
+    pad_id = 0
+    unk_id = 1
+    cls_id = 2
+    sep_id = 3
+    mask_id = 4
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer):
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        for index, name in enumerate(SPECIAL_TOKENS):
+            if vocab.get(name) != index:
+                raise ValueError(f"{name} has id {vocab.get(name)}, expected {index}")
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise ValueError("the vocabulary ids are not 0..vocab_size-1")
+        self._tokenizer = tokenizer
+        self._tokens = [""] * len(vocab)
+        for name, index in vocab.items():
+            self._tokens[index] = name
+        self._starts = np.array([not t.startswith(SUBWORD_PREFIX) for t in self._tokens])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokens)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text`, lowercased and without special tokens added."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each of `texts`."""
+        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`, "##" pieces joined to the word before them."""
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token(self, id: int) -> str:
+        if not 0 <= int(id) < len(self._tokens):
+            raise ValueError(f"id {id} is not in [0, {len(self._tokens)})")
+        return self._tokens[int(id)]
+
+    def id(self, token: str) -> int:
+        index = self._tokenizer.token_to_id(token)
+        if index is None:
+            raise ValueError(f"{token!r} is not in the vocabulary")
+        return index
+
+    def word_starts(self, ids) -> np.ndarray:
+        """True where a token starts a word (not a "##" piece); special tokens count as starts."""
+        return self._starts[np.asarray(ids, dtype=np.int64)]
+
+    def save(self, path: str | os.PathLike) -> None:
+        epath.Path(path).write_text(self._tokenizer.to_str(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> WordPiece:
+        try:
+            tokenizer = tokenizers.Tokenizer.from_str(epath.Path(path).read_text("utf-8"))
+        except Exception as e:  # tokenizers raises plain Exceptions for malformed JSON.
+            raise ValueError(f"cannot read WordPiece model {path}: {e}") from e
+        if not isinstance(tokenizer.model, models.WordPiece):
+            raise ValueError(f"{path} is not a WordPiece model")
+        return cls(tokenizer)
+
+
+def _bert_tokenizer(vocab: dict[str, int] | None = None) -> tokenizers.Tokenizer:
+    """A tokenizer with BERT's normaliser, pre-tokeniser and decoder around a WordPiece model
+    of `vocab` (None: empty, for training)."""
+    tokenizer = tokenizers.Tokenizer(models.WordPiece(
+        vocab, unk_token="[UNK]", continuing_subword_prefix=SUBWORD_PREFIX,
+        max_input_chars_per_word=_MAX_WORD_CHARS))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix=SUBWORD_PREFIX, cleanup=True)
+    return tokenizer
+
+
+def train(texts: Iterable[str], vocab_size: int) -> WordPiece:
+    """Trains a vocabulary of at most `vocab_size` tokens on `texts`, as the `tokenizers`
+    WordPiece trainer does (BPE merges of the words' characters, "##" marking pieces inside
+    a word, pairs seen at least twice) but with ties broken by the pieces' text, so that the
+    same texts give the same vocabulary (the trainer breaks them in hash order)."""
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    bert = _bert_tokenizer()
+    counts: collections.Counter[str] = collections.Counter()
+    for text in texts:
+        words = bert.pre_tokenizer.pre_tokenize_str(bert.normalizer.normalize_str(text))
+        counts.update(w for w, _ in words if len(w) <= _MAX_WORD_CHARS)
+    if not counts:
+        raise ValueError("cannot train a WordPiece vocabulary on empty text")
+    # The special tokens stay plain vocabulary entries, so text never encodes to them:
+    # "[MASK]" in text is "[", "mask", "]".
+    tokens = list(SPECIAL_TOKENS) + _learn(counts, vocab_size - len(SPECIAL_TOKENS))
+    return WordPiece(_bert_tokenizer({t: i for i, t in enumerate(tokens)}))
+
+
+def _learn(counts: collections.Counter[str], size: int) -> list[str]:
+    """Up to `size` pieces: the most frequent characters (first in a word, and "##" inside
+    one), then merges of the most frequent adjacent pair, ties to the smallest pair."""
+    words = sorted(counts)
+    freq = [counts[w] for w in words]
+    symbols = [[w[0]] + [SUBWORD_PREFIX + c for c in w[1:]] for w in words]
+    alphabet: collections.Counter[str] = collections.Counter()
+    for word, n in zip(symbols, freq, strict=True):
+        alphabet.update({s: n for s in word})
+    vocab = sorted(alphabet, key=lambda s: (-alphabet[s], s))[:size]
+    known = set(vocab)
+    pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+    where: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+    for i, word in enumerate(symbols):
+        for pair in zip(word, word[1:]):
+            pairs[pair] += freq[i]
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pairs.items()]
+    heapq.heapify(heap)
+    while heap and len(vocab) < size:
+        count, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -count:
+            continue  # Stale: the pair's count changed after this entry.
+        if -count < _MIN_PAIR_COUNT:
+            break
+        if not (pair[0] in known and pair[1] in known):
+            del pairs[pair]
+            continue  # A character left out of the alphabet.
+        merged = pair[0] + pair[1].removeprefix(SUBWORD_PREFIX)
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+        touched = set()
+        for i in sorted(where.pop(pair)):
+            old, new = symbols[i], _merge(symbols[i], pair, merged)
+            for p in zip(old, old[1:]):
+                pairs[p] -= freq[i]
+                touched.add(p)
+            for p in zip(new, new[1:]):
+                pairs[p] += freq[i]
+                where[p].add(i)
+                touched.add(p)
+            symbols[i] = new
+        for p in sorted(touched):
+            if pairs[p] > 0 and p != pair:
+                heapq.heappush(heap, (-pairs[p], p))
+        del pairs[pair]
+    return vocab
+
+
+def _merge(word: list[str], pair: tuple[str, str], merged: str) -> list[str]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def for_workdir(assets_dir: str | None, texts: Callable[[], Iterable[str]],
+                vocab_size: int) -> WordPiece:
+    """The vocabulary saved as `ASSET_NAME` in `assets_dir`, or one trained on `texts()` and
+    saved there (atomically); None for `assets_dir` trains it in memory only."""
+    if assets_dir is None:
+        return train(texts(), vocab_size)
+    path = epath.Path(assets_dir) / ASSET_NAME
+    if path.exists():
+        return WordPiece.load(path)
+    wordpiece = train(texts(), vocab_size)
+    common.save_atomically(path, wordpiece.save)
+    return wordpiece

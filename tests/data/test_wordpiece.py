@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from jaxformer.data import wordpiece
+from jaxformer.data.wordpiece import WordPiece
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Unbelievable! The dogs were jumping over the foxes, quickly and lazily.",
+    "Café owners sell coffee; the coffee is brown and hot.",
+    "She said: \"I will not jump,\" and the fox laughed.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return wordpiece.train(TEXTS, 200)
+
+
+def test_special_token_ids(tokenizer):
+    assert [tokenizer.id(t) for t in wordpiece.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id,
+            tokenizer.mask_id) == (0, 1, 2, 3, 4)
+    assert [tokenizer.token(i) for i in range(5)] == list(wordpiece.SPECIAL_TOKENS)
+
+
+def test_round_trip_lowercases_and_strips_accents(tokenizer):
+    ids = tokenizer.encode("The Café owners JUMPED over foxes.")
+    assert all(5 <= i < tokenizer.vocab_size for i in ids)
+    assert tokenizer.decode(ids) == "the cafe owners jumped over foxes."
+    assert 1 < tokenizer.vocab_size <= 200
+
+
+def test_text_never_encodes_to_special_ids(tokenizer):
+    ids = tokenizer.encode("[MASK] [CLS] [SEP] [PAD]")
+    assert not {0, 2, 3, 4} & set(ids)
+    assert tokenizer.encode("zzzz qqqq") and tokenizer.unk_id in tokenizer.encode("€")
+
+
+def test_word_starts(tokenizer):
+    ids = tokenizer.encode("unbelievably dogged")
+    tokens = [tokenizer.token(i) for i in ids]
+    np.testing.assert_array_equal(tokenizer.word_starts(ids),
+                                  [not t.startswith("##") for t in tokens])
+    assert tokenizer.word_starts(ids)[0] and not tokenizer.word_starts(ids).all()
+    assert tokenizer.word_starts([0, 2, 3, 4]).all()
+
+
+def test_training_is_deterministic(tmp_path, tokenizer):
+    again = wordpiece.train(TEXTS, 200)
+    tokenizer.save(tmp_path / "a.json")
+    again.save(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_save_and_load(tmp_path, tokenizer):
+    tokenizer.save(tmp_path / "w.json")
+    loaded = WordPiece.load(tmp_path / "w.json")
+    assert loaded.vocab_size == tokenizer.vocab_size
+    assert loaded.encode(TEXTS[1]) == tokenizer.encode(TEXTS[1])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read WordPiece model"):
+        WordPiece.load(tmp_path / "bad.json")
+
+
+def test_for_workdir_trains_once_then_loads(tmp_path):
+    calls = []
+
+    def texts():
+        calls.append(1)
+        return TEXTS
+
+    first = wordpiece.for_workdir(str(tmp_path), texts, 150)
+    assert (tmp_path / wordpiece.ASSET_NAME).is_file() and len(calls) == 1
+    second = wordpiece.for_workdir(str(tmp_path), texts, 150)
+    assert len(calls) == 1 and second.encode(TEXTS[0]) == first.encode(TEXTS[0])
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rejects_too_small_or_empty():
+    with pytest.raises(ValueError, match="vocab_size must exceed 5"):
+        wordpiece.train(TEXTS, 5)
+    with pytest.raises(ValueError, match="empty text"):
+        wordpiece.train([], 100)
