@@ -42,3 +42,16 @@ def translation_evals(*, loss_every: int, bleu_every: int, bleu_examples: int
         val_bleu=evaluator("bleu", every_steps=bleu_every, split="validation",
                            max_examples=bleu_examples, **search),
         test_bleu=evaluator("bleu", split="test", max_examples=-1, **search)))
+
+
+SCALES = ("cpu", "paper")  # The scales of a paper table in experiments/.
+
+
+def experiment_arg(arg: str | None) -> ml_collections.ConfigDict:
+    """The arg string of an experiments/<paper>/config.py: `scale=cpu|paper`, `runlocal`."""
+    from jaxformer.config import parse_arg
+
+    parsed = parse_arg(arg, scale="cpu", runlocal=False)
+    if parsed.scale not in SCALES:
+        raise ValueError(f"unknown scale {parsed.scale!r}; available: {', '.join(SCALES)}")
+    return parsed

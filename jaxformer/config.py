@@ -56,6 +56,23 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     A config in the project tree (under `configs/` or `experiments/`) may import shared blocks
     and other configs as `from configs import common`: the project root is importable meanwhile.
     """
+    with config_module(spec) as (module, path, arg):
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} defines no get_config()")
+        try:
+            config = module.get_config(arg)
+        except ValueError as e:
+            raise ConfigError(f"{spec}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    config.lock()
+    return config
+
+
+@contextlib.contextmanager
+def config_module(spec: str) -> Iterator[tuple[Any, str, str | None]]:
+    """(module, path, arg or None) of `path/to/config.py[:arg]`, executed with the project root
+    importable (for the duration of the block, in which its functions are called)."""
     path, has_arg, arg = spec.partition(":")
     if has_arg and not arg:
         raise ConfigError(f"--config={spec}: empty arg string after ':' (drop the ':' for the "
@@ -69,16 +86,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
             module_spec.loader.exec_module(module)
         except Exception as e:  # A broken config file: report it, don't dump a traceback.
             raise ConfigError(f"cannot load {path}: {type(e).__name__}: {e}") from e
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"{path} defines no get_config()")
-        try:
-            config = module.get_config(arg or None)
-        except ValueError as e:
-            raise ConfigError(f"{spec}: {e}") from e
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
-    config.lock()
-    return config
+        yield module, path, arg or None
 
 
 @contextlib.contextmanager

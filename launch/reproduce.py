@@ -70,15 +70,13 @@ def load(directory: str) -> Experiment:
 
 def parameter_counts(sweep) -> dict[str, int]:
     """Each point's total parameter count, from shapes alone (`jax.eval_shape`)."""
-    from jaxformer import config as config_lib
     from jaxformer.commands.params import summary
+    from launch import sweep as sweep_lib
 
+    base = sweep_lib.base_config(sweep.config, sweep.overrides)
     counts = {}
     for point in sweep.points:
-        config = config_lib.load_config(sweep.config)
-        config_lib.apply_overrides(config, [*sweep.overrides, *[
-            f[len("--config."):] for f in point.override_flags()]])
-        counts[point.name] = summary(config, depth=0)["total"]
+        counts[point.name] = summary(sweep_lib.point_config(base, point), depth=0)["total"]
     return counts
 
 

@@ -12,7 +12,6 @@ others resume from their last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import os
@@ -90,22 +89,13 @@ def format_value(value: Any) -> str:
 
 def load_sweep_points(spec: str) -> list[hyper.Point]:
     """The raw points of `get_sweep(hyper, arg)` in the config file `spec` = FILE[:ARGS]."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location("jaxformer_user_sweep", path)
-    module = importlib.util.module_from_spec(module_spec)
-    with config_lib._importable_configs(path):
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as e:
-            raise UserError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+    with config_lib.config_module(spec) as (module, path, arg):
         get_sweep = getattr(module, "get_sweep", None)
         if get_sweep is None:
             raise UserError(f"{path} defines no get_sweep(hyper, arg)")
         takes_arg = len(inspect.signature(get_sweep).parameters) > 1
         try:
-            points = get_sweep(hyper, arg or None) if takes_arg else get_sweep(hyper)
+            points = get_sweep(hyper, arg) if takes_arg else get_sweep(hyper)
         except ValueError as e:
             raise UserError(f"{spec}: get_sweep: {e}") from e
     if not isinstance(points, (list, tuple)) or not all(isinstance(p, dict) for p in points):
@@ -119,8 +109,7 @@ def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
     """The sweep of config `spec` with every point validated; raises `UserError` naming the
     first point that does not apply (unknown key, wrong type), before anything is written."""
     raw_points = load_sweep_points(spec)
-    base = config_lib.load_config(spec)
-    config_lib.apply_overrides(base, overrides)
+    base = base_config(spec, overrides)
     points = []
     for i, raw in enumerate(raw_points):
         for key in raw:
@@ -129,16 +118,29 @@ def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
         point = Point(name=str(raw.get(hyper.NAME, "")),
                       overrides={k[len(hyper.PREFIX):]: v for k, v in raw.items()
                                  if k != hyper.NAME})
-        config = base.copy_and_resolve_references()
-        config.lock()
         try:
-            config_lib.apply_overrides(config, [f[len("--config."):]
-                                                for f in point.override_flags()])
+            point_config(base, point)
         except UserError as e:
             raise UserError(f"sweep point {i} ({_describe(point)}): {e}") from None
         points.append(point)
     _name_points(points)
     return Sweep(config=spec, root=root, points=points, overrides=list(overrides))
+
+
+def point_config(base, point: Point):
+    """A locked copy of `base` (the config with the sweep's common overrides) with the point's
+    overrides applied."""
+    config = base.copy_and_resolve_references()
+    config.lock()
+    config_lib.apply_overrides(config, [f[len("--config."):] for f in point.override_flags()])
+    return config
+
+
+def base_config(spec: str, overrides: Sequence[str]):
+    """The config `spec` (FILE[:ARGS]) with a sweep's common overrides."""
+    config = config_lib.load_config(spec)
+    config_lib.apply_overrides(config, overrides)
+    return config
 
 
 def _describe(point: Point) -> str:

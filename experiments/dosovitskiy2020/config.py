@@ -12,25 +12,17 @@ Args (`jaxformer reproduce experiments/dosovitskiy2020 --scale=...`):
 
 import ml_collections
 
+from configs import common
 from configs.vit import fashion_mnist, imagenet
-from jaxformer.config import ConfigError, parse_arg
 
-SCALES = ("cpu", "paper")
 PAPER_ROWS = {"B-16": "B/16", "L-16": "L/16", "H-14": "H/14"}  # Row name: ViT variant.
 CPU_WIDTHS = (32, 64, 128)
 CPU_PATCHES = (7, 4)
 CPU_EPOCHS = 5
 
 
-def _parse(arg: str | None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, scale="cpu", runlocal=False)
-    if arg.scale not in SCALES:
-        raise ConfigError(f"unknown scale {arg.scale!r}; available: {', '.join(SCALES)}")
-    return arg
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = _parse(arg)
+    arg = common.experiment_arg(arg)
     base_arg = "runlocal" if arg.runlocal else ""
     if arg.scale == "paper":
         config = imagenet.get_config(base_arg)
@@ -48,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(hyper, arg: str | None = None) -> list[dict]:
-    arg = _parse(arg)
+    arg = common.experiment_arg(arg)
     if arg.scale == "paper":
         rows = []
         for name, variant in PAPER_ROWS.items():

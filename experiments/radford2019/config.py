@@ -13,24 +13,16 @@ Args (`jaxformer reproduce experiments/radford2019 --scale=...`):
 
 import ml_collections
 
+from configs import common
 from configs.gpt import gpt2, shakespeare_char
-from jaxformer.config import ConfigError, parse_arg
 
-SCALES = ("cpu", "paper")
 PAPER_ROWS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl")  # Also the variant names.
 CPU_WIDTHS = (64, 128, 192)
 CPU_DEPTHS = (2, 4)
 
 
-def _parse(arg: str | None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, scale="cpu", runlocal=False)
-    if arg.scale not in SCALES:
-        raise ConfigError(f"unknown scale {arg.scale!r}; available: {', '.join(SCALES)}")
-    return arg
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = _parse(arg)
+    arg = common.experiment_arg(arg)
     if arg.scale == "paper":
         return gpt2.get_config("runlocal" if arg.runlocal else "")
     config = shakespeare_char.get_config("runlocal" if arg.runlocal else "cpu")
@@ -39,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(hyper, arg: str | None = None) -> list[dict]:
-    arg = _parse(arg)
+    arg = common.experiment_arg(arg)
     if arg.scale == "paper":
         return [{"name": name, **({} if arg.runlocal else {"config.model.variant": name})}
                 for name in PAPER_ROWS]

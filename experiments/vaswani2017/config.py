@@ -33,7 +33,6 @@ import ml_collections
 
 from configs import common
 from configs.translation import bible_enes
-from jaxformer.config import parse_arg
 
 # The base model of each scale: layers, width, heads, feed-forward width and steps.
 BASES = {
@@ -44,9 +43,7 @@ RUNLOCAL = dict(num_layers=3, d_model=32, num_heads=8, mlp_dim=64, num_steps=2)
 
 
 def _base(arg: str | None) -> tuple[ml_collections.ConfigDict, dict]:
-    arg = parse_arg(arg, scale="cpu", runlocal=False)
-    if arg.scale not in BASES:
-        raise ValueError(f"unknown scale {arg.scale!r}; known: {', '.join(BASES)}")
+    arg = common.experiment_arg(arg)
     return arg, dict(RUNLOCAL if arg.runlocal else BASES[arg.scale])
 
 

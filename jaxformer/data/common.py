@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import threading
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -181,3 +182,28 @@ def require_choice(config: ml_collections.ConfigDict, key: str, choices: Collect
     if value not in choices:
         raise ValueError(f"unknown data.{key} {value!r}; available: {', '.join(choices)}")
     return value
+
+
+class EpochOrders:
+    """Which example sits at each position of an endless stream of seeded epochs: epoch e
+    visits the `size` examples in the permutation drawn from `(seed, e)`. The permutations of
+    the last two epochs are kept (a batch may straddle an epoch boundary); thread-safe."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._orders: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The permutation of the examples that epoch `epoch` visits them in."""
+        with self._lock:
+            if epoch not in self._orders:
+                if len(self._orders) >= 2:
+                    self._orders.pop(min(self._orders))
+                rng = np.random.default_rng([self.seed, epoch])
+                self._orders[epoch] = rng.permutation(self.size)
+            return self._orders[epoch]
+
+    def example(self, position: int) -> int:
+        """The index of the example at `position` of the stream."""
+        return int(self.order(position // self.size)[position % self.size])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data import common
-from jaxformer.data.common import Batch, Shard
+from jaxformer.data.common import Batch, EpochOrders, Shard
 from jaxformer.data.transforms import (
     CenterCrop,
     ClassLabel,
@@ -187,20 +186,9 @@ class _TrainBatch:
 
     def __init__(self, read: Callable[[int], Features], size: int, transform: Compose,
                  shard: Shard, seed: int):
-        self.read, self.size, self.transform = read, size, transform
+        self.read, self.transform = read, transform
         self.shard, self.seed = shard, seed
-        self._orders: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The permutation of the examples that epoch `epoch` visits them in."""
-        with self._lock:
-            if epoch not in self._orders:
-                if len(self._orders) >= 2:
-                    self._orders.pop(min(self._orders))
-                rng = np.random.default_rng([self.seed, epoch])
-                self._orders[epoch] = rng.permutation(self.size)
-            return self._orders[epoch]
+        self.orders = EpochOrders(size, seed)
 
     def __call__(self, step: int) -> Batch:
         global_batch = self.shard.global_batch
@@ -208,7 +196,7 @@ class _TrainBatch:
         uniforms = np.random.default_rng([self.seed, step]).random(
             (global_batch, self.transform.num_draws))
         return stack([
-            self.transform(self.read(self.order(position // self.size)[position % self.size]),
+            self.transform(self.read(self.orders.example(position)),
                            Draws(uniforms[row]))
             for row, position in zip(self.shard.rows, positions, strict=True)])
 

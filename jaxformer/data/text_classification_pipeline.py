@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import grain
@@ -32,7 +31,7 @@ import numpy as np
 from etils import epath
 
 from jaxformer.data import common, wordpiece
-from jaxformer.data.common import Batch, DataSpec, Shard, TokenizerSpec
+from jaxformer.data.common import Batch, DataSpec, EpochOrders, Shard, TokenizerSpec
 from jaxformer.data.wordpiece import WordPiece
 
 PAD_LABEL = -1
@@ -150,24 +149,12 @@ class _TrainBatch(_Batches):
     def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int],
                  shard: Shard, seed: int):
         super().__init__(examples, seq_length, padding)
-        self.shard, self.seed = shard, seed
-        self._orders: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The permutation of the examples that epoch `epoch` visits them in."""
-        with self._lock:
-            if epoch not in self._orders:
-                if len(self._orders) >= 2:
-                    self._orders.pop(min(self._orders))
-                rng = np.random.default_rng([self.seed, epoch])
-                self._orders[epoch] = rng.permutation(len(self.examples))
-            return self._orders[epoch]
+        self.shard = shard
+        self.orders = EpochOrders(len(examples), seed)
 
     def __call__(self, step: int) -> Batch:
-        size = len(self.examples)
         positions = step * self.shard.global_batch + self.shard.rows
-        return self.make(int(self.order(p // size)[p % size]) for p in positions)
+        return self.make(self.orders.example(p) for p in positions)
 
 
 class _EvalBatch(_Batches):

@@ -23,6 +23,7 @@ Hugging Face checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -71,7 +72,29 @@ def attention_mask(input_ids: jax.Array) -> jax.Array:
     return make_padding_mask(input_ids, PAD_ID) | first[None, None, None, :]
 
 
-class BertEncoder(nn.Module):
+class _EncoderFields(nn.Module):
+    """The fields of `BertEncoder`, shared by the models that wrap it with heads."""
+
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    d_model: int
+    mlp_dim: int
+    max_position: int = 512
+    type_vocab: int = 2
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    dtype: Any = jnp.float32
+    remat: bool = False
+    scan_layers: bool = False
+
+    def make_encoder(self) -> BertEncoder:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(_EncoderFields)
+                  if f.name not in ("parent", "name")}
+        return BertEncoder(**fields, name="encoder")
+
+
+class BertEncoder(_EncoderFields):
     """Embeddings, encoder blocks and pooler: `(input_ids, segment_ids)` -> (sequence, pooled).
 
     Attributes:
@@ -89,18 +112,6 @@ class BertEncoder(nn.Module):
       scan_layers: run the blocks under `nn.scan`.
     """
 
-    vocab_size: int
-    num_layers: int
-    num_heads: int
-    d_model: int
-    mlp_dim: int
-    max_position: int = 512
-    type_vocab: int = 2
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
-    dtype: Any = jnp.float32
-    remat: bool = False
-    scan_layers: bool = False
 
     def setup(self):
         init = default_init()
@@ -152,31 +163,6 @@ class MaskedLMHead(nn.Module):
         bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,))
         logits = matmul_2d(x.astype(self.dtype), embedding.astype(self.dtype).T)
         return logits.astype(jnp.float32) + bias
-
-
-class _EncoderFields(nn.Module):
-    """The `BertEncoder` fields shared by the models with heads."""
-
-    vocab_size: int
-    num_layers: int
-    num_heads: int
-    d_model: int
-    mlp_dim: int
-    max_position: int = 512
-    type_vocab: int = 2
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
-    dtype: Any = jnp.float32
-    remat: bool = False
-    scan_layers: bool = False
-
-    def make_encoder(self) -> BertEncoder:
-        return BertEncoder(
-            vocab_size=self.vocab_size, num_layers=self.num_layers, num_heads=self.num_heads,
-            d_model=self.d_model, mlp_dim=self.mlp_dim, max_position=self.max_position,
-            type_vocab=self.type_vocab, dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-            remat=self.remat, scan_layers=self.scan_layers, name="encoder")
 
 
 class BertForPreTraining(_EncoderFields):

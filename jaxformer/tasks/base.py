@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxformer.losses.cross_entropy import smoothed_cross_entropy
+
 Params = Any
 Batch = dict[str, jax.Array]
 
@@ -54,6 +56,17 @@ class Average:
 
 
 Metrics = dict[str, Average]
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, num_classes: int,
+                        label_smoothing: float = 0.0) -> tuple[Average, Metrics]:
+    """(Label-smoothed) cross-entropy and accuracy of `[batch, classes]` logits; rows labelled
+    -1 (padding of an eval batch) carry no weight."""
+    real = labels >= 0
+    safe_labels = jnp.maximum(labels, 0)
+    loss = smoothed_cross_entropy(logits, safe_labels, num_classes, label_smoothing)
+    correct = logits.argmax(-1) == safe_labels
+    return Average.of(loss, real), {"accuracy": Average.of(correct, real)}
 
 
 def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:

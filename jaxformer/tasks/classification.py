@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxformer import registry
-from jaxformer.losses.cross_entropy import smoothed_cross_entropy
 from jaxformer.models.vit import resize_position_embedding
-from jaxformer.tasks.base import Average, Task, compute_dtype
+from jaxformer.tasks.base import Task, classification_loss, compute_dtype
 
 
 class ClassificationTask(Task):
@@ -43,13 +42,8 @@ class ClassificationTask(Task):
     def loss(self, params, batch, rng, *, train: bool, axis_name=None):
         logits = self.model.apply({"params": params}, batch["image"], train=train,
                                   rngs={"dropout": rng})
-        labels = batch["label"]
-        real = labels >= 0
-        safe_labels = jnp.maximum(labels, 0)
-        loss = smoothed_cross_entropy(logits, safe_labels, self.num_classes,
-                                      self.label_smoothing)
-        correct = logits.argmax(-1) == safe_labels
-        return Average.of(loss, real), {"accuracy": Average.of(correct, real)}
+        return classification_loss(logits, batch["label"], self.num_classes,
+                                   self.label_smoothing)
 
     def flops_per_example(self, params) -> float:
         """Training FLOPs of one image: 3x the forward matmul FLOPs (forward + backward).

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxformer import registry
-from jaxformer.losses.cross_entropy import smoothed_cross_entropy
-from jaxformer.tasks.base import Average, Task, compute_dtype
+from jaxformer.tasks.base import Task, classification_loss, compute_dtype
 from jaxformer.tasks.bert_pretraining import data_size
 
 
@@ -53,13 +52,8 @@ class TextClassificationTask(Task):
     def loss(self, params, batch, rng, *, train: bool, axis_name=None):
         logits = self.model.apply({"params": params}, *self.model_inputs(batch), train=train,
                                   rngs={"dropout": rng})
-        labels = batch["label"]
-        real = labels >= 0
-        safe_labels = jnp.maximum(labels, 0)
-        loss = smoothed_cross_entropy(logits, safe_labels, self.num_classes,
-                                      self.label_smoothing)
-        correct = logits.argmax(-1) == safe_labels
-        return Average.of(loss, real), {"accuracy": Average.of(correct, real)}
+        return classification_loss(logits, batch["label"], self.num_classes,
+                                   self.label_smoothing)
 
     def items_per_example(self) -> tuple[int, str]:
         return self.seq_length, "tok"
