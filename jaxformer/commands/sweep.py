@@ -62,7 +62,7 @@ def run_sweep(sweep, launcher, args) -> int:
         if done or running:
             print(f"{done} point(s) already finished, {len(running)} still running: "
                   f"{len(todo)} to run")
-        state = sweep_lib.refresh(sweep, launcher=launcher.name, running=running)
+        sweep_lib.refresh(sweep, launcher=launcher.name, running=running)
         extra: dict[str, dict] = {}
 
         def on_change(now_running: set[str], new_extra: dict[str, dict]) -> None:
@@ -73,6 +73,7 @@ def run_sweep(sweep, launcher, args) -> int:
 
         if todo:
             extra.update(launcher.launch(sweep, todo, wait=args.wait, on_change=on_change))
+        # Launcher fields (job ids) are written first: they say which points are still on.
         state = sweep_lib.refresh(sweep, launcher=launcher.name, extra=extra)
         state = sweep_lib.refresh(sweep, launcher=launcher.name,
                                   running=launcher.running(sweep, state))
