@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxformer import config as config_lib
+from jaxformer import registry
 from jaxformer.inference.workdir import load_run
 from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, trainer
@@ -216,7 +217,9 @@ def test_unknown_model_name_lists_models(tmp_path):
     result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={tmp_path / 'w'}",
                      "--config.model.name=gtp")
     assert result.returncode == 2
-    assert "unknown model 'gtp'; available: gpt" in result.stderr
+    models = ", ".join(registry.available("models"))
+    assert "gpt" in models and "transformer" in models
+    assert f"unknown model 'gtp'; available: {models}\n" in result.stderr
 
 
 
