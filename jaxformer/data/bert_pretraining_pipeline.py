@@ -2,7 +2,8 @@
 
 An example is `[CLS] A [SEP] B [SEP]`: A is one or more consecutive sentences of a document;
 B is the sentences after them (IsNext, half the time) or consecutive sentences from a random
-other document (NotNext). A chunk of consecutive sentences from a random sentence on fills a
+other document (NotNext); with `next_sentence=False` (pretraining without that task), B is
+always the sentences after A. A chunk of consecutive sentences from a random sentence on fills a
 target length of `seq_length - 3` tokens (a random length in [2, seq_length - 3] for 10% of
 examples); A is a random prefix of it; the longer of A and B is trimmed, at a random end,
 until the pair fits. Then 15% of the tokens other than [CLS] and [SEP] (at most
@@ -79,6 +80,7 @@ class MaskingConfig:
     max_predictions: int
     whole_word_masking: bool = False
     vocab_size: int = 0  # Random replacements are drawn from [NUM_SPECIAL, vocab_size).
+    next_sentence: bool = True  # False: every B follows its A (no NotNext pairs).
 
 
 class PretrainingExamples:
@@ -114,7 +116,7 @@ class PretrainingExamples:
         target = max_tokens
         if rng.random() < SHORT_SEQ_PROB:
             target = int(rng.integers(2, max_tokens + 1))
-        is_random = bool(rng.random() < 0.5)
+        is_random = bool(rng.random() < 0.5) and self.masking.next_sentence
         start = int(self.chunk_starts[rng.integers(len(self.chunk_starts))])
         document = docs.document_of(start)
         end = docs.document_starts[document + 1]
@@ -233,6 +235,7 @@ class PretrainingData:
     seq_length: int
     max_predictions: int
     whole_word_masking: bool = False
+    next_sentence: bool = True
     eval_examples: int = 2048
 
     def __post_init__(self):
@@ -248,7 +251,7 @@ class PretrainingData:
 
     def _masking(self) -> MaskingConfig:
         return MaskingConfig(self.seq_length, self.max_predictions, self.whole_word_masking,
-                             self.tokenizer.vocab_size)
+                             self.tokenizer.vocab_size, self.next_sentence)
 
     def train_iter(self, *, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:

@@ -38,8 +38,8 @@ PLAYS_PATH = ASSETS / "plays.tsv"
 HELD_OUT_EVERY = 64
 MAX_SEQ_LENGTH = 512
 DEFAULTS = {"source": "embedded", "seq_length": 128, "max_predictions": 20,
-            "whole_word_masking": False, "eval_examples": 2048, "max_documents": 100_000,
-            "data_dir": ""}
+            "whole_word_masking": False, "next_sentence": True, "eval_examples": 2048,
+            "max_documents": 100_000, "data_dir": "", "tokenizer_workdir": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +169,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                        default=DEFAULTS["max_predictions"])
     common.require_int(config, "eval_examples", minimum=1, default=DEFAULTS["eval_examples"])
     common.require_int(config, "max_documents", minimum=2, default=DEFAULTS["max_documents"])
-    if not isinstance(_get(config, "whole_word_masking"), bool):
-        raise ValueError("data.whole_word_masking must be true or false, got "
-                         f"{_get(config, 'whole_word_masking')!r}")
+    for key in ("whole_word_masking", "next_sentence"):
+        if not isinstance(_get(config, key), bool):
+            raise ValueError(f"data.{key} must be true or false, got {_get(config, key)!r}")
+    wordpiece.check_source_workdir(_get(config, "tokenizer_workdir"))
     source = _get(config, "source")
     if not isinstance(source, str) or not source:
         raise ValueError(f"data.source must be 'embedded' or a tfds name, got {source!r}")
@@ -197,11 +198,13 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Pretrain
     Args:
         config: the `data` part of the experiment config: `vocab_size`, `seq_length`
             (default 128, at most 512), `max_predictions` (20), `whole_word_masking` (false),
-            `eval_examples` (2048, the fixed held-out set), `source` ("embedded" or a tfds
-            name), and for tfds `data_dir` ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
-            and `max_documents` (100,000).
+            `next_sentence` (true: half the pairs are NotNext; false: every pair is
+            consecutive text), `eval_examples` (2048, the fixed held-out set), `source`
+            ("embedded" or a tfds name), for tfds `data_dir` ("": $TFDS_DATA_DIR or
+            ~/tensorflow_datasets) and `max_documents` (100,000), and `tokenizer_workdir`
+            (a run whose vocabulary to reuse, e.g. phase 1 of a two-phase recipe).
         workdir: the experiment's directory; the WordPiece vocabulary is kept in its
-            `assets/` and reused from there. None trains it afresh in memory.
+            `assets/` and reused from there. None keeps it in memory only.
     """
     check_config(config)
     source = _get(config, "source")
@@ -216,10 +219,10 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Pretrain
                          f"(every {HELD_OUT_EVERY}th)")
     tokenizer = wordpiece.for_workdir(
         common.assets_dir(workdir), lambda: (p for d in splits["train"] for p in d.paragraphs),
-        config.vocab_size)
+        config.vocab_size, source_workdir=_get(config, "tokenizer_workdir"))
     return PretrainingData(
         tokenizer=tokenizer, train_documents=encode(tokenizer, splits["train"]),
         eval_documents=encode(tokenizer, splits["validation"]), vocab_size=config.vocab_size,
         seq_length=_get(config, "seq_length"), max_predictions=_get(config, "max_predictions"),
         whole_word_masking=_get(config, "whole_word_masking"),
-        eval_examples=_get(config, "eval_examples"))
+        next_sentence=_get(config, "next_sentence"), eval_examples=_get(config, "eval_examples"))

@@ -95,7 +95,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> TextClas
             `data_dir` (the tfds data dir; "": $TFDS_DATA_DIR or ~/tensorflow_datasets),
             `vocab_size`, `seq_length` (default 128), `train_examples` (-1: all; else a
             stratified subset drawn with `subset_seed`) and `tokenizer_workdir` (see
-            `text_classification_pipeline.tokenizer_for`).
+            `wordpiece.for_workdir`).
         workdir: the experiment's directory; the vocabulary is kept in its `assets/`. None
             keeps it in memory only.
     """

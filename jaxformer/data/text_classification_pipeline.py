@@ -21,14 +21,12 @@ run's assets (fine-tuning from scratch).
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import grain
 import ml_collections
 import numpy as np
-from etils import epath
 
 from jaxformer.data import common, wordpiece
 from jaxformer.data.common import Batch, DataSpec, EpochOrders, Shard, TokenizerSpec
@@ -255,11 +253,8 @@ def check_text_config(config: ml_collections.ConfigDict, *, files: bool = True) 
         raise ValueError("data.train_examples must be -1 (all) or positive, got 0")
     common.require_int(config, "subset_seed", minimum=0, default=DEFAULTS["subset_seed"])
     source = get(config, "tokenizer_workdir")
-    if not isinstance(source, str):
-        raise ValueError(f"data.tokenizer_workdir must be a workdir path or '', got {source!r}")
-    if files and source and not _saved_vocabulary(source).exists():
-        raise ValueError(f"data.tokenizer_workdir {source!r} has no saved vocabulary "
-                         f"(assets/{wordpiece.ASSET_NAME}); pretrain there first")
+    if files or not isinstance(source, str):
+        wordpiece.check_source_workdir(source)
 
 
 def text_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> DataSpec:
@@ -267,30 +262,6 @@ def text_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> 
     check_text_config(config, files=False)
     return DataSpec(vocab_size=config.vocab_size, class_names=tuple(class_names),
                     tokenizer=TokenizerSpec(config.vocab_size, pad_id=WordPiece.pad_id))
-
-
-def tokenizer_for(config: ml_collections.ConfigDict, *, workdir: str | None,
-                  train_texts: Callable[[], Iterable[str]]) -> WordPiece:
-    """The pretraining run's vocabulary (`config.tokenizer_workdir`), copied into this run's
-    assets; or, without one, the vocabulary in this run's assets, trained there on
-    `train_texts()` with `config.vocab_size` the first time."""
-    source = get(config, "tokenizer_workdir")
-    own = common.assets_dir(workdir)
-    if not source:
-        return wordpiece.for_workdir(own, train_texts, config.vocab_size)
-    path = _saved_vocabulary(source)
-    if not path.exists():
-        raise ValueError(f"data.tokenizer_workdir {source!r} has no saved vocabulary "
-                         f"(assets/{wordpiece.ASSET_NAME}); pretrain there first")
-    tokenizer = WordPiece.load(path)
-    if own is not None:
-        copy = epath.Path(own) / wordpiece.ASSET_NAME
-        if not copy.exists():
-            common.save_atomically(copy, lambda p: p.write_bytes(path.read_bytes()))
-        elif copy.read_bytes() != path.read_bytes():
-            raise ValueError(f"{copy} is not the vocabulary of data.tokenizer_workdir {path}; "
-                             "use another workdir")
-    return tokenizer
 
 
 def train_indices(config: ml_collections.ConfigDict, labels: Sequence[int]) -> np.ndarray:
@@ -328,9 +299,12 @@ class Texts:
 def build_data(config: ml_collections.ConfigDict, *, workdir: str | None, train: Texts,
                evals: Mapping[str, Texts], class_names: Sequence[str]) -> TextClassificationData:
     """The data of `config` (after `check_text_config`): the training subset it asks for, the
-    vocabulary (see `tokenizer_for`; trained on that subset's texts) and every split encoded."""
+    vocabulary (`tokenizer_workdir`'s, or trained on that subset's texts) and every split
+    encoded."""
     train = train.take(train_indices(config, train.labels))
-    tokenizer = tokenizer_for(config, workdir=workdir, train_texts=train.all_texts)
+    tokenizer = wordpiece.for_workdir(common.assets_dir(workdir), train.all_texts,
+                                     config.vocab_size,
+                                     source_workdir=get(config, "tokenizer_workdir"))
     seq_length = get(config, "seq_length")
 
     def encoded(texts: Texts) -> Examples:
@@ -340,7 +314,3 @@ def build_data(config: ml_collections.ConfigDict, *, workdir: str | None, train:
         tokenizer=tokenizer, train=encoded(train),
         eval={name: encoded(texts) for name, texts in evals.items()},
         class_names=tuple(class_names), vocab_size=config.vocab_size, seq_length=seq_length)
-
-
-def _saved_vocabulary(workdir: str) -> epath.Path:
-    return epath.Path(os.path.expanduser(workdir)) / "assets" / wordpiece.ASSET_NAME

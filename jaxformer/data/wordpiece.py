@@ -190,10 +190,39 @@ def _merge(word: list[str], pair: tuple[str, str], merged: str) -> list[str]:
     return out
 
 
+def saved_vocabulary(workdir: str) -> epath.Path:
+    """Where a run in `workdir` keeps its vocabulary."""
+    return epath.Path(os.path.expanduser(workdir)) / "assets" / ASSET_NAME
+
+
+def check_source_workdir(workdir: str, key: str = "data.tokenizer_workdir") -> None:
+    """Raises ValueError unless `workdir` ("" for none) holds a saved vocabulary."""
+    if not isinstance(workdir, str):
+        raise ValueError(f"{key} must be a workdir path or '', got {workdir!r}")
+    if workdir and not saved_vocabulary(workdir).exists():
+        raise ValueError(f"{key} {workdir!r} has no saved vocabulary (assets/{ASSET_NAME}); "
+                         "pretrain there first")
+
+
 def for_workdir(assets_dir: str | None, texts: Callable[[], Iterable[str]],
-                vocab_size: int) -> WordPiece:
-    """The vocabulary saved as `ASSET_NAME` in `assets_dir`, or one trained on `texts()` and
-    saved there (atomically); None for `assets_dir` trains it in memory only."""
+                vocab_size: int, *, source_workdir: str = "") -> WordPiece:
+    """This run's vocabulary, kept as `ASSET_NAME` in `assets_dir` (None: in memory only).
+
+    With `source_workdir` (a pretraining run), it is that run's vocabulary, copied here;
+    otherwise the one saved here, or one trained on `texts()` and saved (atomically).
+    """
+    if source_workdir:
+        check_source_workdir(source_workdir)
+        source = saved_vocabulary(source_workdir)
+        wordpiece = WordPiece.load(source)
+        if assets_dir is not None:
+            copy = epath.Path(assets_dir) / ASSET_NAME
+            if not copy.exists():
+                common.save_atomically(copy, lambda p: p.write_bytes(source.read_bytes()))
+            elif copy.read_bytes() != source.read_bytes():
+                raise ValueError(f"{copy} is not the vocabulary of data.tokenizer_workdir "
+                                 f"{source}; use another workdir")
+        return wordpiece
     if assets_dir is None:
         return train(texts(), vocab_size)
     path = epath.Path(assets_dir) / ASSET_NAME

@@ -87,6 +87,7 @@ class _EncoderFields(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    causal: bool = False
 
     def make_encoder(self) -> BertEncoder:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(_EncoderFields)
@@ -110,6 +111,9 @@ class BertEncoder(_EncoderFields):
       dtype: computation dtype (parameters are float32).
       remat: recompute each block's activations in the backward pass.
       scan_layers: run the blocks under `nn.scan`.
+      causal: left-to-right attention (the LTR ablation of the paper's Table 5): each token
+        sees itself and the tokens before it, and the pooler reads the last real token, the
+        only one that has seen the whole input.
     """
 
 
@@ -126,7 +130,7 @@ class BertEncoder(_EncoderFields):
         self.transformer = TransformerStack(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            norm_first=False, causal=False, activation=gelu_exact,
+            norm_first=False, causal=self.causal, activation=gelu_exact,
             layer_norm_epsilon=LAYER_NORM_EPSILON, use_bias=True, kernel_init=init,
             dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers)
         self.pooler = Dense(self.d_model, kernel_init=init, dtype=self.dtype)
@@ -140,8 +144,15 @@ class BertEncoder(_EncoderFields):
         x = x + self.segment_embedding(segment_ids)
         x = self.dropout(self.embedding_norm(x), deterministic=not train)
         x = self.transformer(x, mask=attention_mask(input_ids), train=train)
-        pooled = jnp.tanh(self.pooler(x[:, 0]))  # The [CLS] token.
+        pooled = jnp.tanh(self.pooler(self.pooled_token(x, input_ids)))
         return x, pooled
+
+    def pooled_token(self, x: jax.Array, input_ids: jax.Array) -> jax.Array:
+        """`[batch, d_model]`: the [CLS] token's state, or with `causal` the last real token's."""
+        if not self.causal:
+            return x[:, 0]
+        last = jnp.maximum(jnp.sum(input_ids != PAD_ID, axis=1) - 1, 0)
+        return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
 
     def embedding_matrix(self) -> jax.Array:
         """The token embedding table `[vocab_size, d_model]` (float32), for tied decoders."""
@@ -248,7 +259,7 @@ def build(
     Keys: `variant` (a name in `VARIANTS`, or "" to use the explicit size fields
     `num_layers`, `d_model`, `num_heads`, `mlp_dim`; a variant overrides them), and optionally
     `dropout_rate` (0.1), `attention_dropout_rate` (0.1), `max_position` (512), `type_vocab`
-    (2) and `scan_layers` (false).
+    (2), `scan_layers` (false) and `causal` (false: see `BertEncoder`).
 
     Args:
       config: the `model` part of the experiment config.
@@ -265,7 +276,8 @@ def build(
         vocab_size=vocab_size, max_position=config.get("max_position", 512),
         type_vocab=config.get("type_vocab", 2), dropout_rate=config.get("dropout_rate", 0.1),
         attention_dropout_rate=config.get("attention_dropout_rate", 0.1), dtype=dtype,
-        remat=remat, scan_layers=config.get("scan_layers", False), **sizes(config))
+        remat=remat, scan_layers=config.get("scan_layers", False),
+        causal=config.get("causal", False), **sizes(config))
     if head == "pretraining":
         return BertForPreTraining(**fields)
     if num_classes < 1:

@@ -1,4 +1,5 @@
-"""BERT pretraining: masked-LM plus next-sentence prediction.
+"""BERT pretraining: masked-LM plus next-sentence prediction, and the ablations of the
+paper's Table 5.
 
 Batches (see `jaxformer.data.bert_pretraining_pipeline`): `input_ids`, `segment_ids`: int32
 `[batch, seq_length]` (0 is [PAD]); `mlm_positions`, `mlm_ids`: int32
@@ -11,6 +12,13 @@ positions plus the next-sentence cross-entropy averaged over the real rows. As a
 it counts rows: the total is the next-sentence sum plus the masked-LM sum scaled by
 `rows / predictions` of the global batch (`axis_name` sums both over devices), so that
 `total / count` is that sum of two means.
+
+`task.objective` chooses the loss (Table 5 of the paper):
+  * "mlm_nsp" (default): the above;
+  * "mlm": the masked-LM loss only (with `data.next_sentence = false`, so that B always
+    follows A), averaged over the real masked positions;
+  * "ltr": a left-to-right LM on a `causal` model: the masking is undone and every token
+    predicts the next one (through the same tied head), averaged over the real targets.
 
 Config: `task.name = "bert_pretraining"`; the model is `model.name = "bert"` (see
 `jaxformer.models.bert.build`). `data.seq_length` and `data.max_predictions` give the input
@@ -40,10 +48,28 @@ def data_size(config: ml_collections.ConfigDict, data: Any, key: str) -> int:
     return int(value)
 
 
+OBJECTIVES = ("mlm_nsp", "mlm", "ltr")
+
+
+def unmasked_tokens(batch: dict[str, jax.Array]) -> jax.Array:
+    """`input_ids` with the original token back at every predicted position."""
+    ids, positions = batch["input_ids"], batch["mlm_positions"]
+    current = jnp.take_along_axis(ids, positions, axis=1)
+    values = jnp.where(batch["mlm_weights"] > 0, batch["mlm_ids"], current)
+    return ids.at[jnp.arange(ids.shape[0])[:, None], positions].set(values)
+
+
 class BertPretrainingTask(Task):
-    """Masked-LM and next-sentence pretraining of `BertForPreTraining`."""
+    """Masked-LM and next-sentence pretraining of `BertForPreTraining` (or an ablation)."""
 
     def __init__(self, config: ml_collections.ConfigDict, data: Any):
+        self.objective = config.task.get("objective", "mlm_nsp")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown task.objective {self.objective!r}; available: "
+                             f"{', '.join(OBJECTIVES)}")
+        if config.model.get("causal", False) != (self.objective == "ltr"):
+            raise ValueError("task.objective 'ltr' needs model.causal = true, and the other "
+                             "objectives a bidirectional model (model.causal = false)")
         self.seq_length = data_size(config, data, "seq_length")
         self.max_predictions = data_size(config, data, "max_predictions")
         self.vocab_size = data.vocab_size
@@ -63,6 +89,8 @@ class BertPretrainingTask(Task):
         return batch["input_ids"], batch["segment_ids"], batch["mlm_positions"]
 
     def loss(self, params, batch, rng, *, train: bool, axis_name=None):
+        if self.objective == "ltr":
+            return self._left_to_right_loss(params, batch, rng, train=train)
         mlm_logits, nsp_logits = self.model.apply(
             {"params": params}, *self.model_inputs(batch), train=train, rngs={"dropout": rng})
         labels = batch["next_sentence"]
@@ -72,6 +100,9 @@ class BertPretrainingTask(Task):
         mlm_nll = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["mlm_ids"])
         mlm_loss = Average.of(mlm_nll, weights)
         mlm_correct = mlm_logits.argmax(-1) == batch["mlm_ids"]
+        mlm_metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": Average.of(mlm_correct, weights)}
+        if self.objective == "mlm":
+            return mlm_loss, mlm_metrics
         safe_labels = jnp.maximum(labels, 0)
         nsp_nll = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, safe_labels)
         nsp_loss = Average.of(nsp_nll, real)
@@ -83,8 +114,21 @@ class BertPretrainingTask(Task):
         predictions = global_sum(mlm_loss.count, axis_name)
         scale = rows / jnp.maximum(predictions, 1e-9)
         loss = Average(nsp_loss.total + scale * mlm_loss.total, nsp_loss.count)
-        return loss, {"mlm_loss": mlm_loss, "mlm_accuracy": Average.of(mlm_correct, weights),
-                      "nsp_loss": nsp_loss, "nsp_accuracy": Average.of(nsp_correct, real)}
+        return loss, {**mlm_metrics, "nsp_loss": nsp_loss,
+                      "nsp_accuracy": Average.of(nsp_correct, real)}
+
+    def _left_to_right_loss(self, params, batch, rng, *, train: bool):
+        tokens = unmasked_tokens(batch)
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        logits, _ = self.model.apply({"params": params}, tokens, batch["segment_ids"],
+                                     positions, train=train, rngs={"dropout": rng})
+        targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))  # [PAD] after the last token.
+        weights = (targets != 0).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        loss = Average.of(nll, weights)
+        return loss, {"lm_loss": loss,
+                      "lm_accuracy": Average.of(logits.argmax(-1) == targets, weights)}
 
     def predict(self, params, batch) -> jax.Array:
         """The masked-LM logits float32 `[batch, P, vocab]` at `batch["mlm_positions"]` (for
@@ -100,7 +144,8 @@ class BertPretrainingTask(Task):
         """Training FLOPs of one sequence: 6N per item plus attention (PaLM appendix B).
 
         The encoder blocks run on all T tokens (with attention `12 L d T` per token); the
-        masked-LM head and the tied decoder (`vocab x d`) on the P predicted positions; the
+        masked-LM head and the tied decoder (`vocab x d`) on the P predicted positions (all T
+        for "ltr"); the
         pooler and next-sentence head once. Embedding lookups do no matmul work.
         """
         model = self.model
@@ -110,7 +155,8 @@ class BertPretrainingTask(Task):
         per_prediction = count(params["mlm_head"]) + encoder["token_embedding"]["embedding"].size
         per_sequence = count(encoder["pooler"]) + count(params["nsp_head"])
         t = self.seq_length
-        dense = t * per_token + self.max_predictions * per_prediction + per_sequence
+        predictions = t if self.objective == "ltr" else self.max_predictions
+        dense = t * per_token + predictions * per_prediction + per_sequence
         return float(6 * dense + 12 * model.num_layers * model.d_model * t * t)
 
 

@@ -1,0 +1,93 @@
+"""BERT fine-tuning on the embedded tweet-sentiment corpus (negative / neutral / positive).
+
+The paper's fine-tuning recipe: batch 32, 3 epochs, AdamW with 10 % warmup then linear decay,
+lr in {5e-5, 3e-5, 2e-5} (a sweep: experiments/devlin2019), dropout 0.1; accuracy and
+macro-F1 on the validation split every epoch and on the test split at the end.
+
+Variants (arg string):
+  init_from=DIR     a pretraining workdir (configs/bert/books_pretraining.py): its encoder and
+                    pooler are loaded and its vocabulary reused; the classifier is new. Without
+                    it the model trains from scratch, with a vocabulary of 8,192 trained on the
+                    training tweets.
+  variant=X         the BERT size (default mini; that of the pretraining run).
+  lr=F              peak learning rate (default 5e-5).
+  epochs=N          training epochs (default 3).
+  train_examples=N  a stratified subset of N training tweets (default -1: all 29,749).
+  causal            a left-to-right model (to fine-tune an `objective=ltr` pretraining run).
+  runlocal          a tiny model for a few steps (smoke tests).
+
+  jaxformer train --workdir=runs/bert_tweets \
+      --config=configs/bert/tweet_sentiment.py:init_from=runs/bert_books
+"""
+
+import math
+
+import ml_collections
+
+from configs import common
+from configs.bert import books_pretraining
+from jaxformer.config import parse_arg
+
+TRAIN_EXAMPLES = 29_749
+
+
+def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
+                      train_size: int, eval_splits: tuple[str, str]) -> ml_collections.ConfigDict:
+    """The fine-tuning recipe for `data` (a classification data block) of `train_size`
+    examples, evaluated on `eval_splits`: the first every epoch, the second at the end (one
+    evaluator when they are the same split)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = ml_collections.ConfigDict(dict(
+        name="bert", variant=arg.variant, num_layers=4, num_heads=4, d_model=256, mlp_dim=1024,
+        dropout_rate=0.1, attention_dropout_rate=0.1, causal=arg.causal))
+    config.task = ml_collections.ConfigDict(dict(name="text_classification",
+                                                 label_smoothing=0.0))
+    examples = train_size if arg.train_examples < 0 else arg.train_examples
+    data.update(vocab_size=books_pretraining.VOCAB_SIZE, train_examples=arg.train_examples,
+                tokenizer_workdir=arg.init_from)
+    config.data = data
+    batch_size = 32
+    epoch = math.ceil(examples / batch_size)
+    num_steps = arg.epochs * epoch
+    config.train = common.train(batch_size=batch_size, num_steps=num_steps,
+                                log_every=max(epoch // 10, 1), checkpoint_every=epoch,
+                                keep_checkpoints=1)
+    every_epoch, at_end = eval_splits
+    config.evals = ml_collections.ConfigDict()
+    config.evals[every_epoch] = common.evaluator(
+        "classification", every_steps=epoch, split=every_epoch, num_batches=-1, top_k=(1,),
+        macro_f1=True)
+    if at_end != every_epoch:
+        config.evals[at_end] = common.evaluator("classification", split=at_end,
+                                                num_batches=-1, top_k=(1,), macro_f1=True)
+    common.add_transfer(config)
+    if arg.init_from:
+        config.init_from.update(workdir=arg.init_from, mapping=(("encoder", "encoder"),))
+    config.optim = ml_collections.ConfigDict(dict(
+        name="adamw", lr=arg.lr, min_lr=0.0, schedule="linear",
+        warmup_steps=num_steps // 10, decay_steps=num_steps, b1=0.9, b2=0.999, eps=1e-6,
+        weight_decay=0.01, grad_clip=1.0))
+
+    if arg.runlocal:
+        config.model.update(variant="tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
+        config.data.update(vocab_size=512, seq_length=32)
+        config.train.update(batch_size=8, num_steps=4, checkpoint_every=2, log_every=1)
+        for entry in config.evals.values():
+            entry.update(every_steps=2 if entry.every_steps else 0, num_batches=2)
+        config.optim.update(warmup_steps=1, decay_steps=4)
+    return config
+
+
+def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
+    """The arg string of a fine-tuning config (see the module docstring)."""
+    return parse_arg(arg, init_from="", variant="mini", lr=5e-5, epochs=3, train_examples=-1,
+                     causal=False, runlocal=False, **extra)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse(arg)
+    data = ml_collections.ConfigDict(dict(name="tweet_sentiment", seq_length=64,
+                                          subset_seed=0))
+    return finetuning_config(arg, data, train_size=TRAIN_EXAMPLES,
+                             eval_splits=("validation", "test"))
