@@ -15,6 +15,15 @@ In the manner of big_vision's `get_hyper`:
     hyper.chainit([hyper.fixed("name", "base"), [{"name": "deep", "config.model.num_layers": 8}]])
     hyper.random(8, seed=0, space={"config.optim.lr": hyper.loguniform(1e-4, 1e-2),
                                    "config.model.dropout_rate": hyper.choice([0.0, 0.1])})
+
+Rows of one table that are different kinds of run (pretraining, then fine-tuning from it) use
+three more keys: `arg`, appended to the config's arg string for that point; `command`, the
+`jaxformer` command that runs it (default `train`; e.g. `baseline`); and values
+`hyper.workdir_of("row")`, the workdir of an earlier point of the sweep:
+
+    [{"name": "pretrain", "arg": "row=pretrain"},
+     {"name": "finetune", "arg": "row=finetune",
+      "config.init_from.workdir": hyper.workdir_of("pretrain")}]
 """
 
 from __future__ import annotations
@@ -27,7 +36,15 @@ from typing import Any
 
 Point = dict[str, Any]
 NAME = "name"
+ARG = "arg"
+COMMAND = "command"
 PREFIX = "config."
+WORKDIR_OF = "workdir_of:"
+
+
+def workdir_of(name: str) -> str:
+    """A value that stands for the workdir of the sweep's point `name` (resolved by `plan`)."""
+    return WORKDIR_OF + name
 
 
 def sweep(key: str, values: Iterable[Any]) -> list[Point]:

@@ -11,7 +11,8 @@ taking `scale=cpu|paper`; one sweep point per table row, named as the row), `exp
      "rows": {"base": {"label": "...", "metric": 25.8, "params": 65000000,
                        "reference_params": 63082496}, ...}}
 
-`metric` and `params` are the published values (null where the paper has none);
+`metric` and `params` are the published values (null where the paper has none); an optional
+`"also": [{"name": ..., "key": ..., "scale": ...}]` adds columns of further metrics (ours only);
 `reference_params`, where given, is the exact count of a reference implementation at
 `scale=paper`, which the reproduction reports as matched or not.
 """
@@ -69,13 +70,18 @@ def load(directory: str) -> Experiment:
 
 
 def parameter_counts(sweep) -> dict[str, int]:
-    """Each point's total parameter count, from shapes alone (`jax.eval_shape`)."""
+    """Each trained point's total parameter count, from shapes alone (`jax.eval_shape`)."""
     from jaxformer.commands.params import summary
     from launch import sweep as sweep_lib
 
-    base = sweep_lib.base_config(sweep.config, sweep.overrides)
-    counts = {}
+    counts, bases = {}, {}
     for point in sweep.points:
+        if point.command != "train":
+            continue  # Not a jaxformer model (a baseline).
+        spec = sweep.config_spec(point)
+        if spec not in bases:
+            bases[spec] = sweep_lib.base_config(spec, sweep.overrides)
+        base = bases[spec]
         counts[point.name] = summary(sweep_lib.point_config(base, point), depth=0)["total"]
     return counts
 
@@ -131,22 +137,22 @@ def merge_results(path: str, scale: str, new: dict[str, dict]) -> dict[str, dict
 def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale: str) -> str:
     """Markdown: each row's parameters and metric, ours beside the paper's."""
     metric = experiment.expected["metric"]
-    factor = metric.get("scale", 1)
     paper_rows = experiment.expected["rows"]
     name = metric["name"]
-    header = ["row", "setting", "params", "paper params", name, f"paper {name}", "time"]
+    also = experiment.expected.get("also", [])
+    header = ["row", "setting", "params", "paper params", name, f"paper {name}",
+              *[extra["name"] for extra in also], "time"]
     if scale == "paper":
         header.insert(4, "reference params")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row_name in order:
         paper = paper_rows.get(row_name, {})
         ours = rows.get(row_name, {"status": "not run"})
-        value = ours.get("metrics", {}).get(metric["key"])
         params = ours.get("params")
         cells = [row_name, paper.get("label", ""), "" if params is None else f"{params:,}",
-                 _millions(paper.get("params")),
-                 f"{value * factor:.2f}" if value is not None else ours["status"],
+                 _millions(paper.get("params")), _value(ours, metric),
                  "" if paper.get("metric") is None else f"{paper['metric']:g}",
+                 *[_value(ours, extra) for extra in also],
                  f"{ours['minutes']:.1f} min" if ours.get("minutes") else ""]
         if scale == "paper":
             reference = paper.get("reference_params")
@@ -154,6 +160,15 @@ def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale
                 "= (exact)" if reference == params else f"{reference:,} (!)"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _value(row: dict, metric: dict) -> str:
+    """A row's value of `metric` as the table prints it; a finished row without it (a
+    pretraining run in a fine-tuning table) shows "-", an unfinished one its status."""
+    value = row.get("metrics", {}).get(metric["key"])
+    if value is not None:
+        return f"{value * metric.get('scale', 1):.2f}"
+    return "-" if row["status"] == "done" else row["status"]
 
 
 def _millions(count) -> str:

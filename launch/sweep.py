@@ -32,10 +32,13 @@ PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
 @dataclasses.dataclass
 class Point:
-    """One run of a sweep: its name (directory under the root) and config overrides."""
+    """One run of a sweep: its name (directory under the root), config overrides, the arg
+    string it adds to the config's, and the `jaxformer` command that runs it."""
 
     name: str
     overrides: dict[str, Any]  # Config keys without the `config.` prefix.
+    arg: str = ""
+    command: str = "train"
 
     def override_flags(self) -> list[str]:
         return [f"--config.{key}={format_value(value)}" for key, value in self.overrides.items()]
@@ -59,10 +62,15 @@ class Sweep:
     def exit_path(self, point: Point) -> str:
         return os.path.join(self.root, LOGS, f"{point.name}.exit")
 
+    def config_spec(self, point: Point) -> str:
+        """The point's config, FILE[:ARGS]: the sweep's arg string and the point's `arg`."""
+        return with_arg(self.config, point.arg)
+
     def train_args(self, point: Point) -> list[str]:
         """`jaxformer` arguments that train (or resume) the point."""
-        return ["train", f"--config={self.config}", f"--workdir={self.workdir(point)}",
-                *[f"--config.{o}" for o in self.overrides], *point.override_flags()]
+        return [point.command, f"--config={self.config_spec(point)}",
+                f"--workdir={self.workdir(point)}", *[f"--config.{o}" for o in self.overrides],
+                *point.override_flags()]
 
     def record_exit(self, point: Point, code: int) -> None:
         """Writes the exit code of the point's command (atomically: readers see all or none)."""
@@ -87,6 +95,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def with_arg(spec: str, arg: str) -> str:
+    """Config `spec` (FILE[:ARGS]) with `arg` appended to its arg string."""
+    if not arg:
+        return spec
+    return f"{spec},{arg}" if ":" in spec else f"{spec}:{arg}"
+
+
 def load_sweep_points(spec: str) -> list[hyper.Point]:
     """The raw points of `get_sweep(hyper, arg)` in the config file `spec` = FILE[:ARGS]."""
     with config_lib.config_module(spec) as (module, path, arg):
@@ -109,22 +124,48 @@ def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
     """The sweep of config `spec` with every point validated; raises `UserError` naming the
     first point that does not apply (unknown key, wrong type), before anything is written."""
     raw_points = load_sweep_points(spec)
-    base = base_config(spec, overrides)
+    bases: dict[str, Any] = {}
     points = []
+    named = set()
     for i, raw in enumerate(raw_points):
         for key in raw:
-            if key != hyper.NAME and not key.startswith(hyper.PREFIX):
-                raise UserError(f"sweep point {i}: key {key!r} must be 'name' or 'config.*'")
-        point = Point(name=str(raw.get(hyper.NAME, "")),
+            if key not in (hyper.NAME, hyper.ARG, hyper.COMMAND) and not key.startswith(
+                    hyper.PREFIX):
+                raise UserError(f"sweep point {i}: key {key!r} must be 'name', 'arg', "
+                                "'command' or 'config.*'")
+        point = Point(name=str(raw.get(hyper.NAME, "")), arg=str(raw.get(hyper.ARG, "")),
+                      command=str(raw.get(hyper.COMMAND, "train")),
                       overrides={k[len(hyper.PREFIX):]: v for k, v in raw.items()
-                                 if k != hyper.NAME})
+                                 if k.startswith(hyper.PREFIX)})
         try:
-            point_config(base, point)
+            point.overrides = {k: _resolve(v, root, named)
+                               for k, v in point.overrides.items()}
+            point.arg = ",".join(_resolve(item, root, named) for item in point.arg.split(",")
+                                 if item) if hyper.WORKDIR_OF in point.arg else point.arg
+            spec_i = with_arg(spec, point.arg)
+            if spec_i not in bases:
+                bases[spec_i] = base_config(spec_i, overrides)
+            point_config(bases[spec_i], point)
         except UserError as e:
             raise UserError(f"sweep point {i} ({_describe(point)}): {e}") from None
+        named.add(point.name)
         points.append(point)
     _name_points(points)
     return Sweep(config=spec, root=root, points=points, overrides=list(overrides))
+
+
+def _resolve(value: Any, root: str, earlier: set[str]) -> Any:
+    """`value`, or for `hyper.workdir_of(name)` the workdir of the earlier point `name` (also
+    as the value of an arg-string item, `key=<workdir_of(name)>`)."""
+    if isinstance(value, str) and "=" in value and not value.startswith(hyper.WORKDIR_OF):
+        key, _, item = value.partition("=")
+        return f"{key}={_resolve(item, root, earlier)}"
+    if not (isinstance(value, str) and value.startswith(hyper.WORKDIR_OF)):
+        return value
+    name = value[len(hyper.WORKDIR_OF):]
+    if name not in earlier:
+        raise UserError(f"workdir_of({name!r}): no earlier point is named {name!r}")
+    return os.path.join(root, name)
 
 
 def point_config(base, point: Point):
@@ -225,7 +266,8 @@ def read_state(root: str) -> dict:
 
 def sweep_from_state(state: dict) -> Sweep:
     return Sweep(config=state["config"], root=state["root"], overrides=state["overrides"],
-                 points=[Point(p["name"], p["overrides"]) for p in state["points"]])
+                 points=[Point(p["name"], p["overrides"], p.get("arg", ""),
+                               p.get("subcommand", "train")) for p in state["points"]])
 
 
 def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
@@ -244,7 +286,8 @@ def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
     for point in sweep.points:
         entry = dict(old.get(point.name, {}))
         entry.update(
-            name=point.name, overrides=point.overrides, workdir=sweep.workdir(point),
+            name=point.name, overrides=point.overrides, arg=point.arg, subcommand=point.command,
+            workdir=sweep.workdir(point),
             command=[sys.executable, "-m", "jaxformer", *sweep.train_args(point)],
             log=sweep.log_path(point), status=status(sweep, point, running),
             exit_code=sweep.exit_code(point), metrics=final_metrics(sweep.workdir(point)))

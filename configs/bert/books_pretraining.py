@@ -53,8 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(dict(name="bert_pretraining",
                                                  objective=arg.objective))
     config.data = ml_collections.ConfigDict(dict(
-        name="books", source="embedded", vocab_size=VOCAB_SIZE, whole_word_masking=False,
-        next_sentence=arg.objective == "mlm_nsp", eval_examples=2048, **PHASES[arg.phase]))
+        name="books", source="embedded", data_dir="", vocab_size=VOCAB_SIZE,
+        whole_word_masking=False, next_sentence=arg.objective == "mlm_nsp", eval_examples=2048,
+        **PHASES[arg.phase]))
     num_steps = arg.steps if arg.phase == 1 else max(arg.steps // 9, 1)
     config.train = common.train(batch_size=64, num_steps=num_steps, log_every=100,
                                 checkpoint_every=2000)

@@ -179,6 +179,7 @@ class TextClassificationData:
         class_names: the name of each label.
         vocab_size: the model's number of token ids (at least the tokenizer's).
         seq_length: the length of every row of a batch.
+        texts: the raw texts of `train` and of each eval split (for word-level baselines).
     """
 
     tokenizer: WordPiece
@@ -187,6 +188,7 @@ class TextClassificationData:
     class_names: tuple[str, ...]
     vocab_size: int
     seq_length: int
+    texts: Mapping[str, Texts] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.tokenizer.vocab_size > self.vocab_size:
@@ -313,4 +315,5 @@ def build_data(config: ml_collections.ConfigDict, *, workdir: str | None, train:
     return TextClassificationData(
         tokenizer=tokenizer, train=encoded(train),
         eval={name: encoded(texts) for name, texts in evals.items()},
-        class_names=tuple(class_names), vocab_size=config.vocab_size, seq_length=seq_length)
+        class_names=tuple(class_names), vocab_size=config.vocab_size, seq_length=seq_length,
+        texts={"train": train, **evals})

@@ -39,7 +39,6 @@ from jaxformer.layers import (
     TokenEmbedding,
     TransformerStack,
     make_padding_mask,
-    matmul_2d,
 )
 
 # Sizes of BERT (Table 1 of the paper) and of the miniatures of Turc et al. (2019), which fit
@@ -159,6 +158,32 @@ class BertEncoder(_EncoderFields):
         return self.token_embedding.embedding
 
 
+@jax.custom_vjp
+def tied_logits(x: jax.Array, embedding: jax.Array) -> jax.Array:
+    """`x @ embedding.T`, `[n, d]` and `[vocab, d]` -> `[n, vocab]`, whose embedding gradient
+    is computed as `(x.T @ g).T`.
+
+    Autodiff's `g.T @ x` contracts the rows of both operands, a layout that XLA's CPU backend
+    runs ~1.7x slower than `x.T @ g` at the masked-LM head's shapes (BERT-tiny, `[640, 8192]`
+    logits per device: 35 -> 21 ms); the optimization barrier keeps XLA from folding the
+    transpose back into the dot. It is the same product, summed over the same axis (the
+    gradients of the train step came out bit-identical to autodiff's in a check).
+    """
+    return x @ embedding.T
+
+
+def _tied_logits_fwd(x, embedding):
+    return x @ embedding.T, (x, embedding)
+
+
+def _tied_logits_bwd(residuals, g):
+    x, embedding = residuals
+    return g @ embedding, jax.lax.optimization_barrier(x.T @ g).T
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
 class MaskedLMHead(nn.Module):
     """Hidden states `[..., d]` -> float32 vocabulary logits `[..., vocab]`: dense + GELU +
     LayerNorm, then `x @ embedding.T + output_bias` with the (tied) `embedding` passed in."""
@@ -172,8 +197,10 @@ class MaskedLMHead(nn.Module):
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
                          name="norm")(gelu_exact(x))
         bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,))
-        logits = matmul_2d(x.astype(self.dtype), embedding.astype(self.dtype).T)
-        return logits.astype(jnp.float32) + bias
+        lead = x.shape[:-1]
+        logits = tied_logits(x.astype(self.dtype).reshape(-1, x.shape[-1]),
+                             embedding.astype(self.dtype))
+        return logits.reshape(*lead, self.vocab_size).astype(jnp.float32) + bias
 
 
 class BertForPreTraining(_EncoderFields):

@@ -125,6 +125,22 @@ def test_next_sentence_pairs(sample):
             assert doc_a[0] != doc_b[0]
 
 
+def test_without_next_sentence_every_pair_is_consecutive(sample):
+    batch = next(iter(synthetic_data(next_sentence=False).train_iter(batch_size=200, seed=3)))
+    assert not batch["next_sentence"].any()
+    for row in range(200):
+        a, b, _ = segments(batch, row)
+        doc_a, pos_a = divmod(a - FIRST, SPAN)
+        doc_b, pos_b = divmod(b - FIRST, SPAN)
+        assert len(set(doc_a) | set(doc_b)) == 1 and pos_b[0] > pos_a[-1]
+    # The same draws: the rows that were IsNext pairs are unchanged.
+    with_pairs = sample[0]
+    same = np.flatnonzero(with_pairs["next_sentence"][:200] == 0)
+    assert len(same) > 50
+    np.testing.assert_array_equal(batch["mlm_positions"][same],
+                                  with_pairs["mlm_positions"][same])
+
+
 def test_untruncated_pairs_split_at_sentences(sample):
     batch, (_, starts) = sample[0], synthetic_documents()
     checked = 0

@@ -8,18 +8,21 @@ import pytest
 
 from jaxformer.data import (
     bible_enes,
+    books,
     cifar10,
     ding_ende,
     fashion_mnist,
+    glue,
     imagenet2012,
     shakespeare,
     synthetic,
+    tweet_sentiment,
     wmt14_ende,
 )
 
 MODULES = {module.__name__.rsplit(".", 1)[1]: module for module in (
     shakespeare, synthetic, bible_enes, ding_ende, wmt14_ende, fashion_mnist, cifar10,
-    imagenet2012)}
+    imagenet2012, books, tweet_sentiment, glue)}
 MISSING = "/nonexistent/tfds"
 
 
@@ -40,6 +43,10 @@ def make_config(name: str, data_dir: str, overrides=None) -> ml_collections.Conf
                           "crop_padding": 2, "flip": True, "mean": (0.3,), "std": (0.35,)},
         "cifar10": {**image, "image_size": 32},
         "imagenet2012": {**image, "image_size": 64, "resize_size": 72, "min_area": 0.08},
+        "books": {"vocab_size": 1000, "seq_length": 64, "max_predictions": 10,
+                  "next_sentence": False, "whole_word_masking": True, "data_dir": ""},
+        "tweet_sentiment": {"vocab_size": 1000, "seq_length": 64, "train_examples": 500},
+        "glue": {"task": "mnli", "vocab_size": 1000, "seq_length": 128, "data_dir": data_dir},
     }[name]
     return ml_collections.ConfigDict({"name": name, **config, **(overrides or {})})
 
@@ -74,6 +81,17 @@ BAD = [
     ("cifar10", {"data_dir": MISSING}, "does not exist"),
     ("imagenet2012", {"min_area": 0.0}, r"min_area must be in \(0, 1\]"),
     ("imagenet2012", {"crop_padding": -2}, "data.crop_padding must be an integer >= 0"),
+    ("books", {"seq_length": 1024}, "data.seq_length must be at most 512, got 1024"),
+    ("books", {"next_sentence": "yes"}, "data.next_sentence must be true or false, got 'yes'"),
+    ("books", {"tokenizer_workdir": "/nonexistent/run"}, "has no saved vocabulary"),
+    ("books", {"vocab_size": 5}, "data.vocab_size must be an integer >= 6"),
+    ("books", {"source": "wikipedia", "data_dir": MISSING}, "does not exist"),
+    ("tweet_sentiment", {"seq_length": 2}, "data.seq_length must be an integer >= 4, got 2"),
+    ("tweet_sentiment", {"train_examples": 0}, "data.train_examples must be -1"),
+    ("tweet_sentiment", {"tokenizer_workdir": "/nonexistent/run"}, "has no saved vocabulary"),
+    ("glue", {"task": "stsb"}, "glue/stsb is a regression task"),
+    ("glue", {"task": "sst3"}, "unknown data.task 'sst3'; available: cola, sst2"),
+    ("glue", {"data_dir": MISSING}, "does not exist"),
 ]
 
 
@@ -108,7 +126,7 @@ def check(name: str, config: ml_collections.ConfigDict, places) -> None:
 def test_good_settings_pass_and_write_nothing(name, places, tmp_path):
     before = everything(tmp_path)
     check(name, make_config(name, str(places["tfds"])), places)
-    if name != "wmt14_ende":  # Its data must be prepared in an existing directory.
+    if name not in ("wmt14_ende", "glue"):  # Their data must be prepared in an existing dir.
         check(name, make_config(name, ""), places)  # The default data dir, not made.
     assert everything(tmp_path) == before
 

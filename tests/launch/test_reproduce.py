@@ -128,3 +128,20 @@ def test_gpt2_sizes_at_paper_scale_match_the_reference_counts(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| gpt2-")]
     assert len(rows) == 4 and all("| = (exact) |" in row for row in rows)
     assert "| 1,557,611,200 | 1542M |" in rows[3]
+
+
+def test_table_columns_of_further_metrics_and_rows_without_the_metric():
+    from launch import reproduce
+
+    expected = dict(EXPECTED, metric={"name": "accuracy", "key": "eval/test/top1", "scale": 100},
+                    also=[{"name": "macro-F1", "key": "eval/test/macro_f1", "scale": 100}])
+    rows = {"narrow": {"status": "done", "params": 1234,
+                       "metrics": {"eval/test/top1": 0.8125, "eval/test/macro_f1": 0.5}},
+            "wide": {"status": "done", "params": None, "metrics": {"eval/val/loss": 2.0}}}
+    lines = reproduce.table(reproduce.Experiment("toy2024", expected), rows,
+                            ["narrow", "wide", "missing"], "cpu").splitlines()
+    assert lines[0] == ("| row | setting | params | paper params | accuracy | paper accuracy "
+                        "| macro-F1 | time |")
+    assert lines[2] == "| narrow | d=16 | 1,234 | 1M | 81.25 | 1.5 | 50.00 |  |"
+    assert lines[3] == "| wide | d=32 |  |  | - | 1.25 | - |  |"
+    assert lines[4] == "| missing |  |  |  | not run |  | not run |  |"

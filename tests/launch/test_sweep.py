@@ -78,6 +78,56 @@ def test_a_bad_point_is_one_line_exit_2_and_nothing_is_written(tmp_path, capsys,
     assert not root.exists()
 
 
+ROWS_CONFIG = '''
+from configs.gpt import shakespeare_char
+from configs.vit import fashion_mnist_transfer
+from jaxformer.config import parse_arg
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, scale="cpu", run="lm", init_from="")
+    if arg.run == "lm":
+        return shakespeare_char.get_config("runlocal")
+    return fashion_mnist_transfer.get_config(f"runlocal,init_from={arg.init_from}")
+
+
+def get_sweep(hyper, arg=None):
+    return [{"name": "first", "arg": "run=lm"},
+            {"name": "second", "arg": f"run=probe,init_from={hyper.workdir_of('first')}",
+             "config.freeze": ()},
+            {"name": "third", "command": "baseline",
+             "config.data.block_size": 16, "config.model.patch_size": 7}][:COUNT]
+'''
+
+
+def test_points_with_their_own_arg_command_and_an_earlier_workdir(tmp_path):
+    path = tmp_path / "rows.py"
+    path.write_text(ROWS_CONFIG.replace("COUNT", "2"))
+    root = str(tmp_path / "root")
+    sweep = sweep_lib.plan(f"{path}:scale=cpu", root)
+    first, second = sweep.points
+    assert first.command == second.command == "train"
+    assert sweep.train_args(first)[:2] == ["train", f"--config={path}:scale=cpu,run=lm"]
+    # The second row is another kind of config, made from its arg, with the first's workdir.
+    assert sweep.train_args(second)[1] == (
+        f"--config={path}:scale=cpu,run=probe,init_from={root}/first")
+    base = sweep_lib.base_config(sweep.config_spec(second), [])
+    config = sweep_lib.point_config(base, second)
+    assert config.model.name == "vit" and config.init_from.workdir == f"{root}/first"
+    # Overrides apply to the point's own config: a key only the other kind has is an error.
+    path.write_text(ROWS_CONFIG.replace("COUNT", "3"))
+    with pytest.raises(UserError, match=r"sweep point 2 \(third\): unknown config key "
+                                        r"--config.model.patch_size"):
+        sweep_lib.plan(str(path), root)
+
+
+def test_workdir_of_a_later_or_unknown_point_is_an_error(tmp_path):
+    path = write_config(tmp_path, '[{"name": "a", "config.init_from.workdir": '
+                                  'hyper.workdir_of("b")}, {"name": "b"}]')
+    with pytest.raises(UserError, match=r"workdir_of\('b'\): no earlier point is named 'b'"):
+        sweep_lib.plan(path, str(tmp_path / "root"))
+
+
 def test_a_config_without_get_sweep_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="defines no get_sweep"):
         sweep_lib.plan(os.path.join(ROOT, "configs/gpt/shakespeare_char.py"), str(tmp_path))

@@ -149,6 +149,28 @@ def test_pooler_reads_the_first_token():
     np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-6)
 
 
+def test_causal_encoder_sees_only_the_past_and_pools_the_last_real_token():
+    encoder = _encoder(causal=True)
+    ids = _ids(4, (2, 8), pad_from=6)
+    ids[1, 4:] = 0  # Rows of 6 and 4 real tokens.
+    segments = np.zeros_like(ids)
+    params = jax.jit(encoder.init)(jax.random.key(0), ids, segments)["params"]
+    sequence, pooled = encoder.apply({"params": params}, ids, segments)
+    changed = ids.copy()
+    changed[:, 3] = 7  # A token changes: the states before it do not, those after it do.
+    changed_sequence, _ = encoder.apply({"params": params}, changed, segments)
+    np.testing.assert_allclose(changed_sequence[:, :3], sequence[:, :3], rtol=1e-5, atol=1e-6)
+    moved = np.linalg.norm(np.asarray(changed_sequence[0, 3:6] - sequence[0, 3:6]), axis=-1)
+    assert moved.min() > 1e-3
+    dense = params["pooler"]
+    last = np.asarray(sequence)[[0, 1], [5, 3]]
+    np.testing.assert_allclose(pooled, np.tanh(last @ dense["kernel"] + dense["bias"]),
+                               rtol=1e-5, atol=1e-6)
+    # Same parameters as the bidirectional encoder's.
+    bidirectional = jax.jit(_encoder().init)(jax.random.key(0), ids, segments)["params"]
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, bidirectional)
+
+
 def test_padding_is_masked_and_segments_matter():
     encoder = _encoder()
     ids = _ids(4, (2, 6))

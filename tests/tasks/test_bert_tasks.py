@@ -12,7 +12,7 @@ import pytest
 from jaxformer.data.common import DataSpec
 from jaxformer.evaluators.base import Context
 from jaxformer.evaluators.classification import ClassificationEvaluator
-from jaxformer.tasks.bert_pretraining import BertPretrainingTask
+from jaxformer.tasks.bert_pretraining import BertPretrainingTask, unmasked_tokens
 from jaxformer.tasks.text_classification import TextClassificationTask
 from jaxformer.train import parallel
 from jaxformer.train.state import create_state
@@ -21,11 +21,12 @@ VOCAB, SEQ, PREDICTIONS = 40, 12, 4
 CLASSES = ("negative", "neutral", "positive")
 
 
-def config(task="bert_pretraining", label_smoothing=0.0, **data):
+def config(task="bert_pretraining", label_smoothing=0.0, objective="mlm_nsp", **data):
     return ml_collections.ConfigDict(dict(
         model=dict(name="bert", variant="", num_layers=2, d_model=16, num_heads=2, mlp_dim=32,
-                   max_position=32, dropout_rate=0.1, attention_dropout_rate=0.1),
-        task=dict(name=task, label_smoothing=label_smoothing),
+                   max_position=32, dropout_rate=0.1, attention_dropout_rate=0.1,
+                   causal=objective == "ltr"),
+        task=dict(name=task, label_smoothing=label_smoothing, objective=objective),
         data=dict(name="fake", **data),
         train=dict(compute_dtype="float32", remat=False)))
 
@@ -89,6 +90,47 @@ def test_pretraining_loss_matches_numpy():
     assert float(loss.count) == 4.0
     assert float(loss.value()) == pytest.approx(mlm + nsp, rel=1e-5)
     np.testing.assert_allclose(task.predict(params, batch), mlm_logits, rtol=1e-6)
+
+
+def test_masked_lm_objective_without_next_sentence():
+    full = BertPretrainingTask(config(), PRETRAINING_DATA)
+    task = BertPretrainingTask(config(objective="mlm"), PRETRAINING_DATA)
+    params = randomised(full)
+    batch = pretraining_batch()
+    loss, metrics = task.loss(params, batch, jax.random.key(0), train=False)
+    _, full_metrics = full.loss(params, batch, jax.random.key(0), train=False)
+    assert set(metrics) == {"mlm_loss", "mlm_accuracy"}
+    assert float(loss.count) == 11.0
+    assert float(loss.value()) == pytest.approx(float(full_metrics["mlm_loss"].value()),
+                                                rel=1e-6)
+
+
+def test_left_to_right_objective_predicts_the_next_unmasked_token():
+    task = BertPretrainingTask(config(objective="ltr"), PRETRAINING_DATA)
+    params = randomised(task)
+    batch = pretraining_batch()
+    original = batch["input_ids"].copy()
+    masked = dict(batch, input_ids=batch["input_ids"].copy())
+    rows, cols = np.nonzero(batch["mlm_weights"])
+    masked["input_ids"][rows, batch["mlm_positions"][rows, cols]] = 4  # [MASK]
+    np.testing.assert_array_equal(unmasked_tokens(masked), original)
+    loss, metrics = task.loss(params, masked, jax.random.key(0), train=False)
+    assert set(metrics) == {"lm_loss", "lm_accuracy"}
+    positions = np.tile(np.arange(SEQ, dtype=np.int32), (4, 1))
+    logits, _ = task.model.apply({"params": params}, original, batch["segment_ids"], positions)
+    # Each row holds 10 real tokens; the first 9 predict the next one.
+    nll = -np.take_along_axis(log_softmax(logits[:, :9]), original[:, 1:10, None], -1)
+    assert float(loss.count) == 4 * 9
+    assert float(loss.value()) == pytest.approx(nll.mean(), rel=1e-5)
+
+
+def test_objective_and_model_must_agree():
+    with pytest.raises(ValueError, match="unknown task.objective 'clm'"):
+        BertPretrainingTask(config(objective="clm"), PRETRAINING_DATA)
+    mismatched = config(objective="ltr")
+    mismatched.model.causal = False
+    with pytest.raises(ValueError, match="'ltr' needs model.causal = true"):
+        BertPretrainingTask(mismatched, PRETRAINING_DATA)
 
 
 def test_padding_predictions_and_rows_carry_no_weight():

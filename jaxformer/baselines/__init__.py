@@ -1,0 +1,1 @@
+"""Classical baselines that a paper table puts beside the models (`jaxformer baseline`)."""
