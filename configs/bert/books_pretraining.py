@@ -1,7 +1,7 @@
 """BERT pretraining (masked LM + next sentence) on the embedded books corpus.
 
 Variants (arg string):
-  (none)          BERT-mini (4 layers, 4 heads, width 256; 12.0M parameters with the 8,192
+  (none)          BERT-mini (4 layers, 4 heads, width 256; 5.5M parameters with the 8,192
                   WordPiece vocabulary trained on the corpus), sequences of 128 tokens with up
                   to 20 predictions, batch 64, 20,000 steps; AdamW lr 5e-4 (the paper's
                   recipe, with the higher lr that small models take), weight decay 0.01,
