@@ -35,13 +35,11 @@ def fit_and_score(train: Texts, evals: Mapping[str, Texts], select_on: str
     eval_features = {name: vectorizer.transform(joined(texts)) for name, texts in evals.items()}
     labels = np.asarray(train.labels)
 
-    def fit(c: float):
-        return LogisticRegression(C=c, max_iter=2000).fit(features, labels)
-
+    models = {c: LogisticRegression(C=c, max_iter=2000).fit(features, labels) for c in C_GRID}
     selection = evals[select_on]
     best = max(C_GRID, key=lambda c: accuracy_score(
-        selection.labels, fit(c).predict(eval_features[select_on])))
-    model = fit(best)
+        selection.labels, models[c].predict(eval_features[select_on])))
+    model = models[best]
     scores = {}
     for name, texts in evals.items():
         predicted = model.predict(eval_features[name])

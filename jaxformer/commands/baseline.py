@@ -46,11 +46,11 @@ def run(args, overrides: list[str]) -> int:
         data = registry.lookup("data", config.data.name).build(config.data,
                                                                workdir=args.workdir)
         splits = {name: entry.split or next(iter(data.eval)) for name, entry in evals.items()}
-        unknown = sorted({*splits.values(), args.select_on} - set(data.eval))
+        scored = {*splits.values(), args.select_on}
+        unknown = sorted(scored - set(data.eval))
         if unknown:
             raise UserError(f"no split {', '.join(unknown)}; available: "
                             f"{', '.join(data.eval)}")
-        scored = {*splits.values(), args.select_on}
         chosen, scores = tfidf_logreg.fit_and_score(
             data.texts["train"], {split: data.texts[split] for split in scored},
             select_on=args.select_on)
