@@ -17,9 +17,11 @@ In the manner of big_vision's `get_hyper`:
                                    "config.model.dropout_rate": hyper.choice([0.0, 0.1])})
 
 Rows of one table that are different kinds of run (pretraining, then fine-tuning from it) use
-three more keys: `arg`, appended to the config's arg string for that point; `command`, the
-`jaxformer` command that runs it (default `train`; e.g. `baseline`); and values
-`hyper.workdir_of("row")`, the workdir of an earlier point of the sweep:
+more keys: `arg`, appended to the config's arg string for that point; `command`, the
+`jaxformer` command that runs it (default `train`; e.g. `baseline`); `row`, the table row the
+point is a candidate for when a row picks the best of several points (a learning-rate grid;
+default: the point's own name); and values `hyper.workdir_of("row")`, the workdir of an
+earlier point of the sweep:
 
     [{"name": "pretrain", "arg": "row=pretrain"},
      {"name": "finetune", "arg": "row=finetune",
@@ -38,6 +40,7 @@ Point = dict[str, Any]
 NAME = "name"
 ARG = "arg"
 COMMAND = "command"
+ROW = "row"
 PREFIX = "config."
 WORKDIR_OF = "workdir_of:"
 

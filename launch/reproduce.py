@@ -13,6 +13,9 @@ taking `scale=cpu|paper`; one sweep point per table row, named as the row), `exp
 
 `metric` and `params` are the published values (null where the paper has none); an optional
 `"also": [{"name": ..., "key": ..., "scale": ...}]` adds columns of further metrics (ours only);
+a row may be chosen among several points (sweep points with `"row": "<row>"`, e.g. a grid of
+learning rates), the best on `"select_on": {"name": ..., "key": ..., "higher_is_better": ...}`
+(a validation metric), once every candidate has trained;
 `reference_params`, where given, is the exact count of a reference implementation at
 `scale=paper`, which the reproduction reports as matched or not.
 """
@@ -100,6 +103,42 @@ def records(state: dict, params: dict[str, int], command: str) -> dict[str, dict
     return out
 
 
+def table_rows(points) -> dict[str, list[str]]:
+    """Each table row (in sweep order) and the names of the points that are its candidates."""
+    rows: dict[str, list[str]] = {}
+    for point in points:
+        rows.setdefault(point.table_row, []).append(point.name)
+    return rows
+
+
+def choose(experiment: Experiment, rows: dict[str, list[str]],
+           records: dict[str, dict]) -> dict[str, dict]:
+    """Each row's record: its point's, or for a row of several candidates the one best on the
+    experiment's `select_on` metric (with `selected` naming it and the minutes of them all);
+    such a row has no value until every candidate has trained."""
+    select = experiment.expected.get("select_on")
+    chosen = {}
+    for row, names in rows.items():
+        if len(names) == 1:
+            if names[0] in records:
+                chosen[row] = records[names[0]]
+            continue
+        if not select:
+            raise UserError(f"row {row} has {len(names)} points ({', '.join(names)}): "
+                            "expected.json needs select_on to choose among them")
+        done = [n for n in names if records.get(n, {}).get("status") == "done"]
+        if len(done) < len(names):
+            chosen[row] = dict(status=f"{len(done)}/{len(names)} trained",
+                               params=records.get(names[0], {}).get("params"))
+            continue
+        sign = 1 if select.get("higher_is_better", True) else -1
+        best = max(done, key=lambda n: sign * records[n]["metrics"].get(
+            select["key"], -sign * float("inf")))
+        chosen[row] = dict(records[best], selected=best[len(row):].lstrip("-_.") or best,
+                           minutes=sum(records[n]["minutes"] or 0 for n in names))
+    return chosen
+
+
 def _cpu_name() -> str:
     """The processor's model name (`/proc/cpuinfo` on Linux), else the architecture."""
     try:
@@ -140,8 +179,10 @@ def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale
     paper_rows = experiment.expected["rows"]
     name = metric["name"]
     also = experiment.expected.get("also", [])
+    select = experiment.expected.get("select_on")
     header = ["row", "setting", "params", "paper params", name, f"paper {name}",
-              *[extra["name"] for extra in also], "time"]
+              *[extra["name"] for extra in also],
+              *([f"chosen on {select['name']}"] if select else []), "time"]
     if scale == "paper":
         header.insert(4, "reference params")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -153,6 +194,7 @@ def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale
                  _millions(paper.get("params")), _value(ours, metric),
                  "" if paper.get("metric") is None else f"{paper['metric']:g}",
                  *[_value(ours, extra) for extra in also],
+                 *([ours.get("selected", "")] if select else []),
                  f"{ours['minutes']:.1f} min" if ours.get("minutes") else ""]
         if scale == "paper":
             reference = paper.get("reference_params")

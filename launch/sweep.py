@@ -33,12 +33,18 @@ PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 @dataclasses.dataclass
 class Point:
     """One run of a sweep: its name (directory under the root), config overrides, the arg
-    string it adds to the config's, and the `jaxformer` command that runs it."""
+    string it adds to the config's, the `jaxformer` command that runs it and the table row it
+    is a candidate for (empty: its own name)."""
 
     name: str
     overrides: dict[str, Any]  # Config keys without the `config.` prefix.
     arg: str = ""
     command: str = "train"
+    row: str = ""
+
+    @property
+    def table_row(self) -> str:
+        return self.row or self.name
 
     def override_flags(self) -> list[str]:
         return [f"--config.{key}={format_value(value)}" for key, value in self.overrides.items()]
@@ -129,12 +135,13 @@ def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
     named = set()
     for i, raw in enumerate(raw_points):
         for key in raw:
-            if key not in (hyper.NAME, hyper.ARG, hyper.COMMAND) and not key.startswith(
-                    hyper.PREFIX):
+            if key not in (hyper.NAME, hyper.ARG, hyper.COMMAND, hyper.ROW) and not (
+                    key.startswith(hyper.PREFIX)):
                 raise UserError(f"sweep point {i}: key {key!r} must be 'name', 'arg', "
-                                "'command' or 'config.*'")
+                                "'command', 'row' or 'config.*'")
         point = Point(name=str(raw.get(hyper.NAME, "")), arg=str(raw.get(hyper.ARG, "")),
                       command=str(raw.get(hyper.COMMAND, "train")),
+                      row=str(raw.get(hyper.ROW, "")),
                       overrides={k[len(hyper.PREFIX):]: v for k, v in raw.items()
                                  if k.startswith(hyper.PREFIX)})
         try:
@@ -267,7 +274,8 @@ def read_state(root: str) -> dict:
 def sweep_from_state(state: dict) -> Sweep:
     return Sweep(config=state["config"], root=state["root"], overrides=state["overrides"],
                  points=[Point(p["name"], p["overrides"], p.get("arg", ""),
-                               p.get("subcommand", "train")) for p in state["points"]])
+                               p.get("subcommand", "train"), p.get("row", ""))
+                         for p in state["points"]])
 
 
 def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
@@ -287,6 +295,7 @@ def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
         entry = dict(old.get(point.name, {}))
         entry.update(
             name=point.name, overrides=point.overrides, arg=point.arg, subcommand=point.command,
+            row=point.row,
             workdir=sweep.workdir(point),
             command=[sys.executable, "-m", "jaxformer", *sweep.train_args(point)],
             log=sweep.log_path(point), status=status(sweep, point, running),

@@ -11,11 +11,14 @@ validation_mismatched at the end.
 
   jaxformer train --workdir=runs/bert_sst2 \
       --config=configs/bert/glue.py:task=sst2,init_from=runs/bert_books
+  jaxformer sweep --workdir=runs/bert_sst2_lr \
+      --config=configs/bert/glue.py:task=sst2,init_from=runs/bert_books
 """
 
 import ml_collections
 
 from configs.bert import tweet_sentiment
+from configs.bert.tweet_sentiment import get_sweep  # noqa: F401 (the paper's lr grid)
 
 # Training examples of each task (tfds glue 2.0.0).
 TRAIN_EXAMPLES = {"cola": 8_551, "sst2": 67_349, "mrpc": 3_668, "qqp": 363_846,

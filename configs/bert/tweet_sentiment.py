@@ -1,8 +1,9 @@
 """BERT fine-tuning on the embedded tweet-sentiment corpus (negative / neutral / positive).
 
 The paper's fine-tuning recipe: batch 32, 3 epochs, AdamW with 10 % warmup then linear decay,
-lr in {5e-5, 3e-5, 2e-5} (a sweep: experiments/devlin2019), dropout 0.1; accuracy and
-macro-F1 on the validation split every epoch and on the test split at the end.
+lr in {5e-5, 3e-5, 2e-5} (`get_sweep`: `jaxformer sweep --config=...`; pick the best on
+validation), dropout 0.1; accuracy and macro-F1 on the validation split every epoch and on the
+test split at the end.
 
 Variants (arg string):
   init_from=DIR     a pretraining workdir (configs/bert/books_pretraining.py): its encoder and
@@ -18,6 +19,8 @@ Variants (arg string):
 
   jaxformer train --workdir=runs/bert_tweets \
       --config=configs/bert/tweet_sentiment.py:init_from=runs/bert_books
+  jaxformer sweep --workdir=runs/bert_tweets_lr \
+      --config=configs/bert/tweet_sentiment.py:init_from=runs/bert_books
 """
 
 import math
@@ -29,6 +32,7 @@ from configs.bert import books_pretraining
 from jaxformer.config import parse_arg
 
 TRAIN_EXAMPLES = 29_749
+PAPER_LEARNING_RATES = (5e-5, 3e-5, 2e-5)
 
 
 def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
@@ -91,3 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                           subset_seed=0))
     return finetuning_config(arg, data, train_size=TRAIN_EXAMPLES,
                              eval_splits=("validation", "test"))
+
+
+def get_sweep(hyper) -> list[dict]:
+    """The paper's fine-tuning grid of peak learning rates."""
+    return hyper.sweep("config.optim.lr", PAPER_LEARNING_RATES)

@@ -4,7 +4,8 @@ Runs the experiment's sweep (one point per row of the paper's table) at the chos
 then prints the reproduced table beside the paper's numbers and writes it to
 `experiments/results/<paper>.md`, with each row's record in `<paper>.json` beside it (rows
 trained in separate runs, `--rows=base,A1`, accumulate there) and the plot of this run's rows
-in `<paper>.png`. `--dry_run` prints the rows'
+in `<paper>.png`. A row chosen among several points (a learning-rate grid) reports the best on
+the experiment's validation metric. `--dry_run` prints the rows'
 commands and their parameter counts beside the paper's, and trains nothing. Launcher flags are
 those of `jaxformer sweep`.
 """
@@ -39,27 +40,31 @@ def run(args, overrides: list[str]) -> int:
     root = os.path.abspath(args.workdir or os.path.join(
         "runs", f"{experiment.name}-{args.scale}"))
     sweep = sweep_lib.plan(experiment.config_spec(args.scale), root, overrides)
-    order = [p.name for p in sweep.points]
+    table_rows = reproduce.table_rows(sweep.points)
+    order = list(table_rows)
     if args.rows:
         chosen = [name.strip() for name in args.rows.split(",") if name.strip()]
-        unknown = [name for name in chosen if name not in order]
+        known = set(order) | {p.name for p in sweep.points}
+        unknown = [name for name in chosen if name not in known]
         if unknown:
             raise UserError(f"--rows: no row {', '.join(unknown)} at scale {args.scale}; rows: "
                             f"{', '.join(order)}")
-        sweep.points = [p for p in sweep.points if p.name in chosen]
+        sweep.points = [p for p in sweep.points if p.name in chosen or p.table_row in chosen]
     params = reproduce.parameter_counts(sweep)
     code = sweep_command.run_sweep(sweep, launcher, args)
     if args.dry_run:
-        rows = {name: dict(status="dry run", params=count) for name, count in params.items()}
-        print(reproduce.table(experiment, rows, [p.name for p in sweep.points], args.scale))
+        rows = {p.table_row: dict(status="dry run", params=params.get(p.name))
+                for p in sweep.points}
+        print(reproduce.table(experiment, rows, list(rows), args.scale))
         return code
     command = shlex.join(["jaxformer", "reproduce", args.experiment, f"--scale={args.scale}",
                           *([f"--rows={args.rows}"] if args.rows else []),
                           *[f"--config.{o}" for o in overrides]])
     state = sweep_lib.read_state(root)
     records = reproduce.records(state, params, command)
-    rows = reproduce.merge_results(experiment.results_path(args.scale, "json"), args.scale,
-                                   records)
+    records = reproduce.merge_results(experiment.results_path(args.scale, "json"), args.scale,
+                                      records)
+    rows = reproduce.choose(experiment, table_rows, records)
     plot = experiment.results_path(args.scale, "png")
     results.plot(state, experiment.expected["metric"]["key"], plot)
     text = reproduce.report(experiment, rows, order, args.scale, plot)

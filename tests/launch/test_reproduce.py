@@ -145,3 +145,43 @@ def test_table_columns_of_further_metrics_and_rows_without_the_metric():
     assert lines[2] == "| narrow | d=16 | 1,234 | 1M | 81.25 | 1.5 | 50.00 |  |"
     assert lines[3] == "| wide | d=32 |  |  | - | 1.25 | - |  |"
     assert lines[4] == "| missing |  |  |  | not run |  | not run |  |"
+
+
+def test_a_row_of_several_points_reports_the_best_on_validation_once_all_trained():
+    from launch import reproduce
+    from launch.sweep import Point
+
+    expected = dict(EXPECTED, metric={"name": "accuracy", "key": "eval/test/top1", "scale": 100},
+                    select_on={"name": "val accuracy", "key": "eval/val/top1"})
+    experiment = reproduce.Experiment("toy2024", expected)
+    points = [Point("narrow", {}), *[Point(f"wide-lr{lr}", {}, row="wide")
+                                     for lr in ("1e-3", "1e-4", "1e-5")]]
+    rows = reproduce.table_rows(points)
+    assert rows == {"narrow": ["narrow"], "wide": ["wide-lr1e-3", "wide-lr1e-4", "wide-lr1e-5"]}
+
+    def record(val, test, minutes=2.0):
+        return {"status": "done", "params": 10, "minutes": minutes,
+                "metrics": {"eval/val/top1": val, "eval/test/top1": test}}
+
+    # The best on validation is chosen, not the best on test; time is the whole grid's.
+    records = {"narrow": record(0.5, 0.5), "wide-lr1e-3": record(0.6, 0.9),
+               "wide-lr1e-4": record(0.7, 0.6), "wide-lr1e-5": record(0.4, 0.4, minutes=1.5)}
+    chosen = reproduce.choose(experiment, rows, records)
+    assert chosen["narrow"] == records["narrow"]
+    assert chosen["wide"]["metrics"]["eval/test/top1"] == 0.6
+    assert chosen["wide"]["selected"] == "lr1e-4" and chosen["wide"]["minutes"] == 5.5
+    lines = reproduce.table(experiment, chosen, list(rows), "cpu").splitlines()
+    assert lines[0].endswith("| accuracy | paper accuracy | chosen on val accuracy | time |")
+    assert lines[3] == "| wide | d=32 | 10 |  | 60.00 | 1.25 | lr1e-4 | 5.5 min |"
+
+    # Lower is better: the smallest validation value wins.
+    lower = dict(expected, select_on=dict(expected["select_on"], higher_is_better=False))
+    assert reproduce.choose(reproduce.Experiment("t", lower), rows, records)["wide"][
+        "selected"] == "lr1e-5"
+    # Until every candidate has trained, the row has no value.
+    del records["wide-lr1e-5"]
+    partial = reproduce.choose(experiment, rows, records)["wide"]
+    assert partial["status"] == "2/3 trained" and "metrics" not in partial
+    # Several candidates but nothing to choose on is an error in expected.json.
+    with pytest.raises(Exception, match="row wide has 3 points .* needs select_on"):
+        reproduce.choose(reproduce.Experiment("t", EXPECTED), rows, records)

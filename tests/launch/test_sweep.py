@@ -94,7 +94,7 @@ def get_config(arg=None):
 def get_sweep(hyper, arg=None):
     return [{"name": "first", "arg": "run=lm"},
             {"name": "second", "arg": f"run=probe,init_from={hyper.workdir_of('first')}",
-             "config.freeze": ()},
+             "config.freeze": (), "row": "probe"},
             {"name": "third", "command": "baseline",
              "config.data.block_size": 16, "config.model.patch_size": 7}][:COUNT]
 '''
@@ -107,6 +107,9 @@ def test_points_with_their_own_arg_command_and_an_earlier_workdir(tmp_path):
     sweep = sweep_lib.plan(f"{path}:scale=cpu", root)
     first, second = sweep.points
     assert first.command == second.command == "train"
+    assert (first.table_row, second.table_row) == ("first", "probe")
+    state = sweep_lib.refresh(sweep, launcher="local")
+    assert sweep_lib.sweep_from_state(state).points == sweep.points
     assert sweep.train_args(first)[:2] == ["train", f"--config={path}:scale=cpu,run=lm"]
     # The second row is another kind of config, made from its arg, with the first's workdir.
     assert sweep.train_args(second)[1] == (
