@@ -24,6 +24,8 @@ COMMANDS = {
     "translate": "jaxformer.commands.translate",
     "attention-map": "jaxformer.commands.attention_map",
     "fill-mask": "jaxformer.commands.fill_mask",
+    "zero-shot": "jaxformer.commands.zero_shot",
+    "retrieve": "jaxformer.commands.retrieve",
     "average": "jaxformer.commands.average",
     "bench": "jaxformer.commands.bench",
     "params": "jaxformer.commands.params",

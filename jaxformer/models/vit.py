@@ -67,12 +67,14 @@ class PatchEmbedding(nn.Module):
     """Images `[batch, H, W, C]` -> patch tokens `[batch, (H / p) * (W / p), features]`.
 
     A convolution with a `p x p` kernel and stride `p` (parameters as `flax.linen.Conv`:
-    `kernel [p, p, C, features]`, `bias [features]`), i.e. each flattened patch times a
-    `[p * p * C, features]` matrix. Patch (i, j) becomes token `i * W / p + j`.
+    `kernel [p, p, C, features]`, `bias [features]` unless `use_bias=False`, as in CLIP),
+    i.e. each flattened patch times a `[p * p * C, features]` matrix. Patch (i, j) becomes
+    token `i * W / p + j`.
     """
 
     features: int
     patch_size: int
+    use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -86,12 +88,13 @@ class PatchEmbedding(nn.Module):
                              f"size {p}")
         kernel = self.param("kernel", self.kernel_init, (p, p, channels, self.features),
                             self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
-                          self.param_dtype)
         x = jax.lax.conv_general_dilated(
             images.astype(self.dtype), kernel.astype(self.dtype), window_strides=(p, p),
             padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        x = x + bias.astype(self.dtype)  # [batch, H / p, W / p, features]
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                              self.param_dtype)
+            x = x + bias.astype(self.dtype)  # [batch, H / p, W / p, features]
         return x.reshape(batch, -1, self.features)  # Row-major over the patch grid.
 
 
@@ -111,6 +114,17 @@ class ViTEncoder(nn.Module):
       dtype: computation dtype (parameters are float32).
       remat: recompute each block's activations in the backward pass.
       scan_layers: run the blocks under `nn.scan`.
+
+    Options for other towers of the same shape (the defaults are ViT's; CLIP's image tower
+    sets all of them):
+      patch_bias: a bias in the patch embedding (CLIP's has none).
+      pre_norm: a LayerNorm on the tokens after the position embeddings, before the blocks
+        (CLIP's `ln_pre`), under the parameter name `pre_norm`.
+      activation: MLP non-linearity (ViT: exact GELU; OpenAI CLIP: quick GELU).
+      layer_norm_epsilon: epsilon of every LayerNorm (ViT 1e-6, CLIP 1e-5).
+      cls_init: initializer of the [class] token (ViT: zeros; CLIP: normal(d ** -0.5)).
+      pos_init: initializer of the position embeddings (ViT: normal(0.02); CLIP:
+        normal(d ** -0.5)).
     """
 
     patch_size: int
@@ -124,6 +138,12 @@ class ViTEncoder(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    patch_bias: bool = True
+    pre_norm: bool = False
+    activation: Callable[[jax.Array], jax.Array] = gelu_exact
+    layer_norm_epsilon: float = 1e-6
+    cls_init: Initializer = nn.initializers.zeros_init()
+    pos_init: Initializer = nn.initializers.normal(stddev=0.02)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -138,20 +158,24 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"unknown pool_type {self.pool_type!r}; available: "
                              f"{', '.join(POOL_TYPES)}")
         batch = images.shape[0]
-        x = PatchEmbedding(self.d_model, self.patch_size, dtype=self.dtype,
-                           name="embedding")(images)  # [batch, patches, d_model]
+        x = PatchEmbedding(self.d_model, self.patch_size, use_bias=self.patch_bias,
+                           dtype=self.dtype, name="embedding")(images)  # [batch, patches, d]
         if self.pool_type == "tok":
-            cls = self.param("cls", nn.initializers.zeros_init(), (1, 1, self.d_model))
+            cls = self.param("cls", self.cls_init, (1, 1, self.d_model))
             x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (batch, 1, 1)), x], axis=1)
-        pos_embedding = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+        pos_embedding = self.param("pos_embedding", self.pos_init,
                                    (1, x.shape[1], self.d_model))
         x = x + pos_embedding.astype(self.dtype)
+        if self.pre_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                             name="pre_norm")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         x = TransformerStack(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            norm_first=True, causal=False, activation=gelu_exact, layer_norm_epsilon=1e-6,
+            norm_first=True, causal=False, activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype, remat=self.remat,
             scan_layers=self.scan_layers, name="transformer")(x, train=train)
         pooled = x[:, 0] if self.pool_type == "tok" else x.mean(axis=1)

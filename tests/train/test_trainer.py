@@ -242,7 +242,9 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
     assert np.isfinite(last["train/loss"])
     assert last.keys() >= {f"eval/{name}/{metric}" for name, entry in config.evals.items()
                            for metric in {"loss": ["loss"], "classification": ["top1"],
-                                          "bleu": ["bleu"]}[entry.type]}
+                                          "bleu": ["bleu"], "zero_shot": ["top1"],
+                                          "retrieval": ["image_to_text_r1"],
+                                          "linear_probe": ["top1"]}[entry.type]}
 
 
 def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, data_dir):

@@ -1,0 +1,122 @@
+"""Zero-shot classification and image retrieval with a contrastive image-text run
+(`jaxformer zero-shot`, `jaxformer retrieve`).
+
+Images are read from files (any format Pillow opens), converted to the run's channels and
+given the run's evaluation view (shorter side resized, central crop, normalised). Class
+names become prompts through the run's templates, their embeddings averaged per class (prompt
+ensembling), as the zero-shot evaluator does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxformer.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def check_config(config, workdir: str) -> None:
+    """Raises UserError unless `workdir` holds a contrastive image-text run."""
+    if config.task.name != "contrastive":
+        raise UserError(f"{workdir} holds a {config.task.name!r} run; this command needs a "
+                        "contrastive image-text run (e.g. configs/clip/emoji.py)")
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+    """uint8 `[H, W, channels]` pixels of the image file at `path`; transparency is laid on
+    white."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA", "P"):
+                image = image.convert("RGBA")
+                canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(canvas, image)
+            image = image.convert("RGB" if channels == 3 else "L")
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    pixels = np.asarray(image, np.uint8)
+    return pixels if channels == 3 else pixels[..., None]
+
+
+def image_batch(data: Any, paths: Sequence[str]) -> np.ndarray:
+    """float32 `[len(paths), H, W, C]`: the images as the run's evaluation sees them."""
+    preprocess = data.preprocess
+    views = [preprocess.eval_view(read_image(p, preprocess.channels)) for p in paths]
+    return preprocess.normalize(np.stack(views))
+
+
+def image_embeddings(run: Any, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    encode = jax.jit(run.task.encode_images)
+    parts = [encode(run.params, image_batch(run.data, paths[i:i + batch_size]))
+             for i in range(0, len(paths), batch_size)]
+    return np.concatenate([np.asarray(part) for part in parts])
+
+
+def prompt_templates(run: Any, template: str) -> tuple[str, ...]:
+    """`template` (with "{}" for the label), or the run's templates (those of its data's
+    default eval split)."""
+    if template:
+        if "{}" not in template:
+            raise UserError(f"--template must contain {{}} for the label, got {template!r}")
+        return (template,)
+    return tuple(run.data.templates(None))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """Candidates with their scores, best first."""
+
+    names: tuple[str, ...]
+    scores: tuple[float, ...]
+
+
+def zero_shot(run: Any, image_path: str, labels: Sequence[str], template: str = "") -> Ranked:
+    """The labels ranked by probability (softmax of the scaled cosine similarities)."""
+    from jaxformer.evaluators import embeddings
+    from jaxformer.evaluators.base import Context
+
+    context = Context(task=run.task, data=run.data, strategy=None, batch_size=1)
+    classes = embeddings.class_embeddings(context, run.params, labels,
+                                          prompt_templates(run, template))
+    image = image_embeddings(run, [image_path])[0]
+    logits = float(run.task.logit_scale(run.params)) * classes @ image
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    order = np.argsort(-probabilities, kind="stable")
+    return Ranked(tuple(labels[i] for i in order), tuple(float(probabilities[i]) for i in order))
+
+
+def list_images(directory: str) -> list[str]:
+    """The image files directly in `directory`, sorted by name."""
+    if not os.path.isdir(directory):
+        raise UserError(f"--images: not a directory: {directory}")
+    paths = sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise UserError(f"--images: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                        f"{directory}")
+    return paths
+
+
+def retrieve(run: Any, text: str, paths: Sequence[str], top_k: int) -> Ranked:
+    """The `top_k` images of `paths` most similar to `text` (cosine similarity)."""
+    from jaxformer.evaluators import embeddings
+    from jaxformer.evaluators.base import Context
+
+    context = Context(task=run.task, data=run.data, strategy=None, batch_size=1)
+    query = embeddings.embed_texts(context, run.params, [text])[0]
+    similarity = image_embeddings(run, paths) @ query
+    order = np.argsort(-similarity, kind="stable")[:top_k]
+    return Ranked(tuple(paths[i] for i in order), tuple(float(similarity[i]) for i in order))
