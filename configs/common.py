@@ -47,11 +47,12 @@ def translation_evals(*, loss_every: int, bleu_every: int, bleu_examples: int
 SCALES = ("cpu", "paper")  # The scales of a paper table in experiments/.
 
 
-def experiment_arg(arg: str | None) -> ml_collections.ConfigDict:
-    """The arg string of an experiments/<paper>/config.py: `scale=cpu|paper`, `runlocal`."""
+def experiment_arg(arg: str | None, **extra) -> ml_collections.ConfigDict:
+    """The arg string of an experiments/<paper>/config.py: `scale=cpu|paper`, `runlocal`, and
+    the experiment's own `extra` keys (with their defaults)."""
     from jaxformer.config import parse_arg
 
-    parsed = parse_arg(arg, scale="cpu", runlocal=False)
+    parsed = parse_arg(arg, scale="cpu", runlocal=False, **extra)
     if parsed.scale not in SCALES:
         raise ValueError(f"unknown scale {parsed.scale!r}; available: {', '.join(SCALES)}")
     return parsed

@@ -59,7 +59,7 @@ def main():
     parser.add_argument("--variant", default="tiny/4")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--context", type=int, default=32)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
