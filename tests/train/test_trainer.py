@@ -19,6 +19,7 @@ from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, trainer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
+from tests.data.test_coco_captions import write_metadata as write_coco_metadata
 from tests.helpers import CONFIGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -236,6 +237,13 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
         [f"data.data_dir={data_dir}"] if "data_dir" in config.data else []))
     if config.data.name in MOCKED_DATASETS:
         with tfds.testing.mock_data(num_examples=64):
+            last = trainer.train(config, str(tmp_path / "run"))
+    elif config.data.name == "coco_captions":  # Mock records beside the data set's metadata.
+        write_coco_metadata(tmp_path / "tfds")
+        config.data.data_dir = str(tmp_path / "tfds")
+        with tfds.testing.mock_data(num_examples=8, num_sub_examples=3,
+                                    data_dir=str(tmp_path / "tfds"),
+                                    policy=tfds.testing.MockPolicy.USE_FILES):
             last = trainer.train(config, str(tmp_path / "run"))
     else:
         last = trainer.train(config, str(tmp_path / "run"))
