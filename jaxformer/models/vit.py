@@ -88,14 +88,17 @@ class PatchEmbedding(nn.Module):
                              f"size {p}")
         kernel = self.param("kernel", self.kernel_init, (p, p, channels, self.features),
                             self.param_dtype)
-        x = jax.lax.conv_general_dilated(
-            images.astype(self.dtype), kernel.astype(self.dtype), window_strides=(p, p),
-            padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # The strided convolution as one matmul of the flattened patches (faster than XLA's
+        # convolution on CPUs, the same on accelerators): [batch, patches, p * p * C].
+        patches = images.astype(self.dtype).reshape(
+            batch, height // p, p, width // p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(batch, -1, p * p * channels)
+        x = patches @ kernel.astype(self.dtype).reshape(p * p * channels, self.features)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                               self.param_dtype)
-            x = x + bias.astype(self.dtype)  # [batch, H / p, W / p, features]
-        return x.reshape(batch, -1, self.features)  # Row-major over the patch grid.
+            x = x + bias.astype(self.dtype)
+        return x  # [batch, (H / p) * (W / p), features], row-major over the patch grid.
 
 
 class ViTEncoder(nn.Module):
