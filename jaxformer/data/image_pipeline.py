@@ -181,7 +181,7 @@ def padding_row(features: Features) -> Features:
     return row
 
 
-class _TrainBatch:
+class TrainBatch:
     """Step -> this process's rows of the step's global batch, transformed with their draws."""
 
     def __init__(self, read: Callable[[int], Features], size: int, transform: Compose,
@@ -201,7 +201,7 @@ class _TrainBatch:
             for row, position in zip(self.shard.rows, positions, strict=True)])
 
 
-class _EvalBatch:
+class EvalBatch:
     """Batch index -> this process's rows of that global batch; rows past the end padded."""
 
     def __init__(self, read: Callable[[int], Features], size: int, transform: Compose,
@@ -260,7 +260,7 @@ class ImageData:
         """An endless iterator over this process's `batch_size` training examples per batch:
         `{"image": float32[batch_size, H, W, C], "label": int32[batch_size]}`."""
         shard = Shard(batch_size, process_index, process_count)
-        make = _TrainBatch(self._reader(self.train_source), len(self.train_source),
+        make = TrainBatch(self._reader(self.train_source), len(self.train_source),
                            self._transform(self.preprocess.train_transforms()), shard, seed)
         dataset = grain.MapDataset.range(sys.maxsize).map(make)
         return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
@@ -275,7 +275,7 @@ class ImageData:
         shard = Shard(batch_size, process_index, process_count)
         source = self.eval_sources[common.choose_split(split, self.eval_splits)]
         count = common.in_order_batches(len(source), shard.global_batch, num_batches)
-        make = _EvalBatch(self._reader(source), len(source),
+        make = EvalBatch(self._reader(source), len(source),
                           self._transform(self.preprocess.eval_transforms()), shard)
         dataset = grain.MapDataset.range(count).map(make)
         return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))

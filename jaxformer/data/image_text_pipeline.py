@@ -349,7 +349,7 @@ class ImageTextData:
         transform = Compose((*self.preprocess.train_transforms().steps,
                              ChooseCaption(self.train_templates, self.template_probability),
                              Tokenize(self.tokenizer, self.context_length)))
-        make = image_pipeline._TrainBatch(self._reader(self.train_source),
+        make = image_pipeline.TrainBatch(self._reader(self.train_source),
                                           len(self.train_source), transform, shard, seed)
         dataset = grain.MapDataset.range(sys.maxsize).map(make)
         return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
@@ -366,7 +366,7 @@ class ImageTextData:
         count = common.in_order_batches(len(source), shard.global_batch, num_batches)
         transform = Compose((*self.preprocess.eval_transforms().steps,
                              Tokenize(self.tokenizer, self.context_length)))
-        make = image_pipeline._EvalBatch(self._reader(source), len(source), transform, shard)
+        make = image_pipeline.EvalBatch(self._reader(source), len(source), transform, shard)
         dataset = grain.MapDataset.range(count).map(make)
         return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
 

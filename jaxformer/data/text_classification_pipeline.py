@@ -140,7 +140,7 @@ class _Batches:
         return batch
 
 
-class _TrainBatch(_Batches):
+class TrainBatch(_Batches):
     """Step -> this process's rows of the step's global batch, from the endless stream of
     epochs."""
 
@@ -155,7 +155,7 @@ class _TrainBatch(_Batches):
         return self.make(self.orders.example(p) for p in positions)
 
 
-class _EvalBatch(_Batches):
+class EvalBatch(_Batches):
     """Batch index -> this process's rows of that global batch; rows past the end padded."""
 
     def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int],
@@ -218,7 +218,7 @@ class TextClassificationData:
     def train_iter(self, *, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
         """An endless iterator over this process's `batch_size` training examples per batch."""
-        make = _TrainBatch(self.train, self.seq_length, self._padding,
+        make = TrainBatch(self.train, self.seq_length, self._padding,
                            Shard(batch_size, process_index, process_count), seed)
         dataset = grain.MapDataset.range(sys.maxsize).map(make)
         return iter(dataset.to_iter_dataset(common.read_options()))
@@ -230,7 +230,7 @@ class TextClassificationData:
         shard = Shard(batch_size, process_index, process_count)
         examples = self.eval[common.choose_split(split, self.eval_splits)]
         count = common.in_order_batches(len(examples), shard.global_batch, num_batches)
-        make = _EvalBatch(examples, self.seq_length, self._padding, shard)
+        make = EvalBatch(examples, self.seq_length, self._padding, shard)
         dataset = grain.MapDataset.range(count).map(make)
         return iter(dataset.to_iter_dataset(common.read_options()))
 
