@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxformer.data import common, image_pipeline
+from jaxformer.data import caption_bpe, common, image_pipeline
 from jaxformer.data import image_text_pipeline as pipeline
 from jaxformer.data.image_text_pipeline import EvalSplit, ImageTextData, ImageTextSpec, MappedSource
 
@@ -103,7 +103,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageTex
         count = min(len(train), _get(config, "tokenizer_examples"))
         return [c for i in range(count) for c in captions_of(train[i])]
 
-    tokenizer = pipeline.tokenizer_for_workdir(common.assets_dir(workdir), tokenizer_texts,
+    tokenizer = caption_bpe.tokenizer_for_workdir(common.assets_dir(workdir), tokenizer_texts,
                                                vocab_size)
     eval_source = MappedSource(evaluation, eval_example)
     return ImageTextData(

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jaxformer.data import common, fashion_mnist, image_pipeline
+from jaxformer.data import caption_bpe, common, fashion_mnist, image_pipeline
 from jaxformer.data import image_text_pipeline as pipeline
 from jaxformer.data.image_pipeline import ArraySource
 from jaxformer.data.image_text_pipeline import Concat, EvalSplit, ImageTextData, ImageTextSpec
@@ -279,7 +279,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageTex
         evals.update(fashion_evals)
     captions = [c for source in sources for c in source.features["captions"]]
     templates = EMOJI_TEMPLATES + (FASHION_TEMPLATES if len(sources) > 1 else ())
-    tokenizer = pipeline.tokenizer_for_workdir(
+    tokenizer = caption_bpe.tokenizer_for_workdir(
         common.assets_dir(workdir), lambda: tokenizer_texts(captions, templates),
         vocab_size)
     return ImageTextData(

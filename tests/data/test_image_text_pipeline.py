@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from jaxformer.data import image_text_pipeline as pipeline
+from jaxformer.data import caption_bpe
+from jaxformer.data.caption_bpe import CaptionTokenizer
 from jaxformer.data.image_pipeline import ArraySource, Preprocess
 from jaxformer.data.image_text_pipeline import (
-    CaptionTokenizer,
     ChooseCaption,
     Concat,
     EvalSplit,
@@ -66,7 +66,7 @@ def number(text):
 
 
 def test_token_rows_start_end_and_zero_padding(tokenizer):
-    rows = pipeline.token_rows(tokenizer, ["red dog", "", " ".join(WORDS * 3)], 8)
+    rows = caption_bpe.token_rows(tokenizer, ["red dog", "", " ".join(WORDS * 3)], 8)
     assert rows.dtype == np.int32 and rows.shape == (3, 8)
     ids = tokenizer.encode("red dog")
     np.testing.assert_array_equal(rows[0, :len(ids) + 2], [1, *ids, 2])
@@ -107,12 +107,12 @@ def test_tokenizer_is_kept_in_the_workdir_assets(tmp_path):
         calls.append(1)
         return [f"{a} {b}" for a in WORDS for b in WORDS]
 
-    first = pipeline.tokenizer_for_workdir(str(tmp_path), texts, 280)
-    assert (tmp_path / pipeline.ASSET_NAME).exists()
-    second = pipeline.tokenizer_for_workdir(str(tmp_path), texts, 280)
+    first = caption_bpe.tokenizer_for_workdir(str(tmp_path), texts, 280)
+    assert (tmp_path / caption_bpe.ASSET_NAME).exists()
+    second = caption_bpe.tokenizer_for_workdir(str(tmp_path), texts, 280)
     assert len(calls) == 1 and second.encode("sun tree") == first.encode("sun tree")
     with pytest.raises(ValueError, match="has 280 tokens, but data.vocab_size is 290"):
-        pipeline.tokenizer_for_workdir(str(tmp_path), texts, 290)
+        caption_bpe.tokenizer_for_workdir(str(tmp_path), texts, 290)
 
 
 def test_choose_caption_draws_caption_and_template():
