@@ -30,7 +30,6 @@ images, `B/32` has 151,277,313 parameters, as openai/clip-vit-base-patch32.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +40,7 @@ import ml_collections
 from flax import linen as nn
 
 from jaxformer.layers import Dense, LearnedPositionalEmbedding, TokenEmbedding, TransformerStack
+from jaxformer.models import vit
 from jaxformer.models.vit import POOL_TYPES, ViTEncoder
 
 LOSSES = ("softmax", "sigmoid")
@@ -72,17 +72,13 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": quick_gelu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": vit.gelu_exact,
 }
 
 
 def parse_variant(variant: str) -> dict[str, int]:
     """`"B/32"` -> the sizes of CLIP ViT-B with `patch_size=32`."""
-    size, slash, patch = variant.partition("/")
-    if size not in VARIANTS or not slash or not patch.isdigit() or int(patch) < 1:
-        raise ValueError(f"unknown CLIP variant {variant!r}: expected <size>/<patch size> with "
-                         f"size one of {', '.join(VARIANTS)}, e.g. 'B/32'")
-    return dict(VARIANTS[size], patch_size=int(patch))
+    return vit.parse_variant(variant, VARIANTS, "CLIP")
 
 
 def eot_positions(tokens: jax.Array, eot_id: int) -> jax.Array:

@@ -54,13 +54,15 @@ VARIANTS: dict[str, dict[str, int]] = {
 gelu_exact = functools.partial(jax.nn.gelu, approximate=False)
 
 
-def parse_variant(variant: str) -> dict[str, int]:
-    """`"B/16"` -> the sizes of ViT-B with `patch_size=16`."""
+def parse_variant(variant: str, variants: dict[str, dict[str, int]] = VARIANTS,
+                  family: str = "ViT") -> dict[str, int]:
+    """`"B/16"` -> the sizes of `variants["B"]` with `patch_size=16`."""
     size, slash, patch = variant.partition("/")
-    if size not in VARIANTS or not slash or not patch.isdigit() or int(patch) < 1:
-        raise ValueError(f"unknown ViT variant {variant!r}: expected <size>/<patch size> with "
-                         f"size one of {', '.join(VARIANTS)}, e.g. 'B/16'")
-    return dict(VARIANTS[size], patch_size=int(patch))
+    if size not in variants or not slash or not patch.isdigit() or int(patch) < 1:
+        raise ValueError(f"unknown {family} variant {variant!r}: expected <size>/<patch size> "
+                         f"with size one of {', '.join(variants)}, e.g. '{next(iter(variants))}"
+                         "/16'")
+    return dict(variants[size], patch_size=int(patch))
 
 
 class PatchEmbedding(nn.Module):
