@@ -10,7 +10,7 @@ probe on Fashion-MNIST features; the contrastive loss on the held-out pairs.
 
 Variants (arg string):
   (none)        CLIP tiny/4: 32x32 images in 4x4 patches, both towers 4 layers of width 128,
-                embeddings of 128 (2.1M parameters); 2,000 steps of 256 pairs, AdamW lr 5e-4
+                embeddings of 128 (1.9M parameters); 2,000 steps of 256 pairs, AdamW lr 5e-4
                 (betas 0.9/0.98, eps 1e-6, weight decay 0.1) with 200 warmup steps and cosine
                 decay, as the paper's recipe.
   variant=X     a named size from jaxformer.models.clip.VARIANTS: tiny/4, small/4, B/32,
