@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxformer import registry
 from jaxformer.losses.contrastive import sigmoid_contrastive, softmax_contrastive
-from jaxformer.tasks.base import Task, compute_dtype
+from jaxformer.tasks.base import Average, Task, compute_dtype
 
 LOSSES = ("softmax", "sigmoid")
 
@@ -65,7 +65,9 @@ class ContrastiveTask(Task):
         else:
             loss, metrics = softmax_contrastive(images, texts, scale, axis_name,
                                                 weights=weights)
-        return loss, dict(metrics, logit_scale=_mean_of(scale, loss))
+        # The temperature, logged as an average with the loss's count (it averages like it).
+        scale = Average(jnp.asarray(scale, jnp.float32) * loss.count, loss.count)
+        return loss, dict(metrics, logit_scale=scale)
 
     def encode_images(self, params, images: jax.Array) -> jax.Array:
         """L2-normalised image embeddings `[batch, embed_dim]` (evaluation mode)."""
@@ -88,11 +90,6 @@ class ContrastiveTask(Task):
 
     def items_per_example(self) -> tuple[int, str]:
         return 1, "pairs"
-
-
-def _mean_of(value: jax.Array, loss) -> Any:
-    """`value` as an Average with the loss's count, so that it averages like the loss."""
-    return type(loss)(jnp.asarray(value, jnp.float32) * loss.count, loss.count)
 
 
 def build(config: ml_collections.ConfigDict, data: Any) -> ContrastiveTask:
