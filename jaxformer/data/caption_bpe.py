@@ -17,6 +17,7 @@ from etils import epath
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from jaxformer.data import common
+from jaxformer.data.wordpiece import read_hf_tokenizer
 
 PAD_ID, BOS_ID, EOT_ID = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "<|startoftext|>", "<|endoftext|>")  # ids 0, 1, 2
@@ -92,13 +93,7 @@ class CaptionTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CaptionTokenizer:
-        try:
-            tokenizer = tokenizers.Tokenizer.from_str(epath.Path(path).read_text("utf-8"))
-        except Exception as e:  # tokenizers raises plain Exceptions for malformed JSON.
-            raise ValueError(f"cannot read caption tokenizer {path}: {e}") from e
-        if not isinstance(tokenizer.model, models.BPE):
-            raise ValueError(f"{path} is not a BPE model")
-        return cls(tokenizer)
+        return cls(read_hf_tokenizer(path, models.BPE, "caption tokenizer"))
 
 
 def _byte_level(model: models.Model) -> tokenizers.Tokenizer:

@@ -86,13 +86,20 @@ class WordPiece:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WordPiece:
-        try:
-            tokenizer = tokenizers.Tokenizer.from_str(epath.Path(path).read_text("utf-8"))
-        except Exception as e:  # tokenizers raises plain Exceptions for malformed JSON.
-            raise ValueError(f"cannot read WordPiece model {path}: {e}") from e
-        if not isinstance(tokenizer.model, models.WordPiece):
-            raise ValueError(f"{path} is not a WordPiece model")
-        return cls(tokenizer)
+        return cls(read_hf_tokenizer(path, models.WordPiece, "WordPiece model"))
+
+
+def read_hf_tokenizer(path: str | os.PathLike, model_type: type,
+                      description: str) -> tokenizers.Tokenizer:
+    """A Hugging Face `tokenizers` JSON file whose model is a `model_type`; anything else is a
+    ValueError naming `description`."""
+    try:
+        tokenizer = tokenizers.Tokenizer.from_str(epath.Path(path).read_text("utf-8"))
+    except Exception as e:  # tokenizers raises plain Exceptions for malformed JSON.
+        raise ValueError(f"cannot read {description} {path}: {e}") from e
+    if not isinstance(tokenizer.model, model_type):
+        raise ValueError(f"{path} is not a {model_type.__name__} model")
+    return tokenizer
 
 
 def _bert_tokenizer(vocab: dict[str, int] | None = None) -> tokenizers.Tokenizer:
