@@ -188,7 +188,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         fashion_mnist.resolve(source, _get(config, "data_dir"))
 
 
-def _preprocess(config: ml_collections.ConfigDict) -> image_pipeline.Preprocess:
+def preprocess(config: ml_collections.ConfigDict) -> image_pipeline.Preprocess:
     return image_pipeline.preprocess_from_config(config, channels=CHANNELS,
                                                  image_size=IMAGE_SIZE)
 
@@ -196,7 +196,7 @@ def _preprocess(config: ml_collections.ConfigDict) -> image_pipeline.Preprocess:
 def spec(config: ml_collections.ConfigDict) -> ImageTextSpec:
     """Token ids, context length and image shape, without reading images or training."""
     check_config(config)
-    return pipeline.spec(config, _preprocess(config), vocab_size=VOCAB_SIZE)
+    return pipeline.spec(config, preprocess(config), vocab_size=VOCAB_SIZE)
 
 
 # --- Splits ------------------------------------------------------------------------------
@@ -284,6 +284,6 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageTex
         vocab_size)
     return ImageTextData(
         train_source=Concat(sources), eval_sources=evals, tokenizer=tokenizer,
-        preprocess=_preprocess(config), context_length=context_length,
+        preprocess=preprocess(config), context_length=context_length,
         train_templates=EMOJI_TEMPLATES, template_probability=probability,
         read_threads=_get(config, "read_threads"))

@@ -172,7 +172,7 @@ def check_lm_config(config: ml_collections.ConfigDict, *, kinds: Sequence[str] =
 
 def tokenizer_for(
     kind: str, *, assets_dir: epath.PathLike | None, corpus: Callable[[], str],
-    train_text: Callable[[], str], vocab_size: int,
+    train_text: Callable[[], str], vocab_size: int, extra_symbols: Sequence[str] = (),
 ) -> Tokenizer:
     """The tokenizer saved in `assets_dir`, or a new one, saved there.
 
@@ -184,6 +184,8 @@ def tokenizer_for(
         corpus: returns the whole corpus, train and validation.
         train_text: returns the training split.
         vocab_size: the BPE vocabulary size; unused for "char".
+        extra_symbols: strings a new BPE tokenizer keeps as pieces of their own (see
+            `SentencePieceTokenizer.train`); unused for "char".
     """
     if kind not in TOKENIZER_FILES:
         raise ValueError(f"unknown tokenizer {kind!r}; available: {', '.join(TOKENIZERS)}")
@@ -202,7 +204,8 @@ def tokenizer_for(
     if kind == "char":
         tokenizer = tokenizers.CharTokenizer.from_text(corpus())
     else:
-        tokenizer = tokenizers.SentencePieceTokenizer.train(train_text(), vocab_size)
+        tokenizer = tokenizers.SentencePieceTokenizer.train(train_text(), vocab_size,
+                                                            extra_symbols=extra_symbols)
     if path is not None:
         common.save_atomically(path, tokenizer.save)
     return tokenizer

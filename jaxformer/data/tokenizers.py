@@ -104,7 +104,7 @@ class SentencePieceTokenizer:
     @classmethod
     def train(
         cls, text: str | Sequence[str], vocab_size: int, *, max_sentences: int | None = None,
-        seed: int = 0, special_tokens: bool = False,
+        seed: int = 0, special_tokens: bool = False, extra_symbols: Sequence[str] = (),
     ) -> SentencePieceTokenizer:
         """Trains a BPE model on the lines of `text`; the same input gives the same model.
 
@@ -112,13 +112,23 @@ class SentencePieceTokenizer:
             text: training text, each non-empty line one sentence; or a sequence of
                 sentences.
             vocab_size: size of the vocabulary, counting the 256 byte tokens, `<unk>`,
-                the newline, the special tokens and every character of `text`.
+                the newline, the special tokens, the extra symbols and every character of
+                `text`.
             max_sentences: if set, train on this many sentences drawn with `seed`.
             seed: seed for drawing the sentences.
             special_tokens: if true, ids 0, 1, 2 and 3 are `<pad>`, `</s>` (end of
                 sequence), `<s>` (begin of sequence) and `<unk>`; otherwise `<unk>` is
                 id 0 and there are no others.
+            extra_symbols: strings that, like the newline, are pieces of their own (ids
+                right after the newline's, in order): each encodes to exactly one id, and
+                text is split around them wherever they occur.
         """
+        extra = [] if isinstance(extra_symbols, str) else list(extra_symbols)
+        if (isinstance(extra_symbols, str)
+                or not all(isinstance(s, str) and s and "\n" not in s for s in extra)
+                or len(set(extra)) != len(extra)):
+            raise ValueError("extra_symbols must be a sequence of distinct non-empty strings "
+                             f"without newlines, got {extra_symbols!r}")
         lines = text.split("\n") if isinstance(text, str) else text
         sentences = [line for line in lines if line]
         if not sentences:
@@ -128,13 +138,15 @@ class SentencePieceTokenizer:
             keep = np.sort(rng.choice(len(sentences), max_sentences, replace=False))
             sentences = [sentences[i] for i in keep]
         chars = set().union(*sentences)
-        min_size = min_bpe_vocab_size(len(chars - {"\n"}), special_tokens=special_tokens)
+        min_size = min_bpe_vocab_size(len(chars - {"\n"}), special_tokens=special_tokens,
+                                      extra_symbols=len(extra))
         if vocab_size < min_size:
             specials = "<unk>, <pad>, </s>, <s>" if special_tokens else "<unk>"
+            symbols = f", {len(extra)} extra symbols" if extra else ""
             raise ValueError(
                 f"bpe vocab_size {vocab_size} is too small: at least {min_size} are needed "
-                f"({_NUM_BYTE_PIECES} byte tokens, {specials}, newline and {len(chars)} "
-                "characters)")
+                f"({_NUM_BYTE_PIECES} byte tokens, {specials}, newline{symbols} and "
+                f"{len(chars)} characters)")
         if special_tokens:
             ids = {"pad_id": PAD_ID, "eos_id": EOS_ID, "bos_id": BOS_ID, "unk_id": UNK_ID}
         else:
@@ -153,7 +165,7 @@ class SentencePieceTokenizer:
                 add_dummy_prefix=False,
                 allow_whitespace_only_pieces=True,
                 split_digits=True,
-                user_defined_symbols=["\n"],
+                user_defined_symbols=["\n", *extra],
                 **ids,
                 input_sentence_size=0,
                 shuffle_input_sentence=False,
@@ -205,10 +217,12 @@ class SentencePieceTokenizer:
         return _parse_sentencepiece(_read_bytes(path), path)
 
 
-def min_bpe_vocab_size(num_chars: int = 1, *, special_tokens: bool = False) -> int:
+def min_bpe_vocab_size(num_chars: int = 1, *, special_tokens: bool = False,
+                       extra_symbols: int = 0) -> int:
     """The smallest BPE vocabulary for text of `num_chars` distinct characters (newline aside):
-    the byte tokens, `<unk>`, the newline, the special tokens if any, and the characters."""
-    return _NUM_BYTE_PIECES + 2 + (3 if special_tokens else 0) + num_chars
+    the byte tokens, `<unk>`, the newline, the special tokens if any, `extra_symbols` extra
+    symbols, and the characters."""
+    return _NUM_BYTE_PIECES + 2 + (3 if special_tokens else 0) + extra_symbols + num_chars
 
 
 def fingerprint(tokenizer: Tokenizer) -> str:

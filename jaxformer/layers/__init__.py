@@ -15,24 +15,38 @@ from jaxformer.layers.embeddings import (
     TokenEmbedding,
     sinusoidal_positions,
 )
-from jaxformer.layers.mlp import MLP, gelu_tanh
+from jaxformer.layers.gated_cross_attention import (
+    GatedCrossAttentionBlock,
+    MaskedCrossAttention,
+    media_attention_mask,
+    media_time,
+)
+from jaxformer.layers.mlp import MLP, gelu_exact, gelu_tanh
+from jaxformer.layers.perceiver import PerceiverAttention, PerceiverResampler
 from jaxformer.layers.transformer import TransformerBlock, TransformerStack
 
 __all__ = [
     "Dense",
+    "GatedCrossAttentionBlock",
     "MLP",
     "LearnedPositionalEmbedding",
+    "MaskedCrossAttention",
     "MultiHeadAttention",
+    "PerceiverAttention",
+    "PerceiverResampler",
     "SinusoidalPositionalEncoding",
     "TokenEmbedding",
     "TransformerBlock",
     "TransformerStack",
     "attention_weights",
     "combine_masks",
+    "gelu_exact",
     "gelu_tanh",
     "make_attention_mask",
     "make_causal_mask",
     "make_padding_mask",
     "matmul_2d",
+    "media_attention_mask",
+    "media_time",
     "sinusoidal_positions",
 ]

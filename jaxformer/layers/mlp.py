@@ -16,6 +16,7 @@ Initializer = Callable[..., jax.Array]
 
 # GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
+gelu_exact = functools.partial(jax.nn.gelu, approximate=False)
 
 
 class MLP(nn.Module):

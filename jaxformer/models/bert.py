@@ -24,7 +24,6 @@ Hugging Face checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +37,7 @@ from jaxformer.layers import (
     LearnedPositionalEmbedding,
     TokenEmbedding,
     TransformerStack,
+    gelu_exact,
     make_padding_mask,
 )
 
@@ -55,7 +55,6 @@ HEADS = ("pretraining", "sequence", "token")
 PAD_ID = 0
 LAYER_NORM_EPSILON = 1e-12
 
-gelu_exact = functools.partial(jax.nn.gelu, approximate=False)
 
 
 def default_init() -> Callable[..., jax.Array]:

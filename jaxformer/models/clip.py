@@ -39,7 +39,13 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from jaxformer.layers import Dense, LearnedPositionalEmbedding, TokenEmbedding, TransformerStack
+from jaxformer.layers import (
+    Dense,
+    LearnedPositionalEmbedding,
+    TokenEmbedding,
+    TransformerStack,
+    gelu_exact,
+)
 from jaxformer.models import vit
 from jaxformer.models.vit import POOL_TYPES, ViTEncoder
 
@@ -72,8 +78,24 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": quick_gelu,
-    "gelu": vit.gelu_exact,
+    "gelu": gelu_exact,
 }
+
+
+def image_tower(*, patch_size: int, width: int, num_layers: int, num_heads: int, mlp_dim: int,
+                pool_type: str = "tok", activation: Callable[[jax.Array], jax.Array] = quick_gelu,
+                **common: Any) -> ViTEncoder:
+    """CLIP's image tower (unbound): a ViT encoder without patch bias, with `pre_norm`,
+    LayerNorm epsilon 1e-5 and OpenAI's initialisation; `common` holds the dropout rates,
+    dtype, remat and scan_layers. Other families load a trained CLIP's `image_encoder`
+    parameters into it (`init_from`)."""
+    std = width ** -0.5
+    return ViTEncoder(
+        patch_size=patch_size, num_layers=num_layers, num_heads=num_heads, d_model=width,
+        mlp_dim=mlp_dim, pool_type=pool_type, patch_bias=False, pre_norm=True,
+        layer_norm_epsilon=1e-5, activation=activation,
+        cls_init=nn.initializers.normal(stddev=std), pos_init=nn.initializers.normal(stddev=std),
+        **common)
 
 
 def parse_variant(variant: str) -> dict[str, int]:
@@ -178,14 +200,11 @@ class CLIP(nn.Module):
         common = dict(dropout_rate=self.dropout_rate, activation=self.activation,
                       attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
                       remat=self.remat, scan_layers=self.scan_layers)
+        self.image_encoder = image_tower(
+            patch_size=self.patch_size, width=self.vision_width, num_layers=self.vision_layers,
+            num_heads=self.vision_heads, mlp_dim=self.vision_mlp_dim, pool_type=self.pool_type,
+            **common)
         vision_std = self.vision_width ** -0.5
-        self.image_encoder = ViTEncoder(
-            patch_size=self.patch_size, num_layers=self.vision_layers,
-            num_heads=self.vision_heads, d_model=self.vision_width,
-            mlp_dim=self.vision_mlp_dim, pool_type=self.pool_type, patch_bias=False,
-            pre_norm=True, layer_norm_epsilon=1e-5,
-            cls_init=nn.initializers.normal(stddev=vision_std),
-            pos_init=nn.initializers.normal(stddev=vision_std), **common)
         self.image_projection = Dense(self.embed_dim, use_bias=False,
                                       kernel_init=nn.initializers.normal(stddev=vision_std),
                                       dtype=self.dtype)
@@ -231,6 +250,33 @@ class CLIP(nn.Module):
         return outputs
 
 
+def model_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The size fields of a `config.model` subtree (its variant's, or its explicit ones),
+    checked to be positive integers."""
+    if config.get("variant", ""):
+        sizes = parse_variant(config.variant)
+    else:
+        sizes = {key: config[key] for key in (*SIZE_KEYS, "patch_size")}
+    for key, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+    return sizes
+
+
+def image_tower_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`image_tower`'s arguments for the CLIP of a `config.model` subtree (a CLIP run's),
+    for models that embed its image tower."""
+    sizes = model_sizes(config)
+    activation = config.get("activation", "quick_gelu")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; available: "
+                         f"{', '.join(ACTIVATIONS)}")
+    return dict(patch_size=sizes["patch_size"], width=sizes["vision_width"],
+                num_layers=sizes["vision_layers"], num_heads=sizes["vision_heads"],
+                mlp_dim=sizes["vision_mlp_dim"], pool_type=config.get("pool_type", "tok"),
+                activation=ACTIVATIONS[activation])
+
+
 def build(
     config: ml_collections.ConfigDict, *, vocab_size: int, context_length: int, eot_id: int,
     image_shape: tuple[int, ...], dtype: Any, remat: bool,
@@ -244,13 +290,7 @@ def build(
     "sigmoid"), and optionally `attention_dropout_rate` and `scan_layers`. A variant
     overrides the size fields.
     """
-    if config.get("variant", ""):
-        sizes = parse_variant(config.variant)
-    else:
-        sizes = {key: config[key] for key in (*SIZE_KEYS, "patch_size")}
-    for key, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+    sizes = model_sizes(config)
     for tower in ("vision", "text"):
         width, heads = sizes[f"{tower}_width"], sizes[f"{tower}_heads"]
         if width % heads:

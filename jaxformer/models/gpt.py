@@ -30,6 +30,9 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 
 
+EMBEDDING_INIT = nn.initializers.normal(stddev=0.02)
+
+
 class GPT(nn.Module):
     """GPT-2 language model: int32 tokens `[batch, seq]` -> float32 logits `[batch, seq, vocab]`.
 
@@ -71,27 +74,31 @@ class GPT(nn.Module):
         seq_len = tokens.shape[1]
         if seq_len > self.block_size:
             raise ValueError(f"sequence length {seq_len} exceeds block_size {self.block_size}")
-        init = nn.initializers.normal(stddev=0.02)
-        residual_init = nn.initializers.normal(stddev=0.02 / math.sqrt(2 * self.num_layers))
-
         token_embedding = TokenEmbedding(
-            self.vocab_size, self.d_model, embedding_init=init, dtype=self.dtype,
+            self.vocab_size, self.d_model, embedding_init=EMBEDDING_INIT, dtype=self.dtype,
             name="token_embedding")
         x = token_embedding(tokens)  # [batch, seq, d_model]
         x = x + LearnedPositionalEmbedding(
-            self.block_size, self.d_model, embedding_init=init, dtype=self.dtype,
+            self.block_size, self.d_model, embedding_init=EMBEDDING_INIT, dtype=self.dtype,
             name="position_embedding")(seq_len, decode=decode)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         x = TransformerStack(
-            num_layers=self.num_layers, num_heads=self.num_heads,
-            mlp_dim=self.mlp_ratio * self.d_model, dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.dropout_rate, norm_first=True, causal=True,
-            layer_norm_epsilon=1e-5, kernel_init=init, out_kernel_init=residual_init,
-            dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers,
-            name="transformer")(x, train=train, decode=decode)  # [batch, seq, d_model]
+            num_layers=self.num_layers, remat=self.remat, scan_layers=self.scan_layers,
+            name="transformer", **block_fields(self))(x, train=train, decode=decode)
 
         return token_embedding.attend(x)  # [batch, seq, vocab], float32
+
+
+def block_fields(gpt: GPT) -> dict[str, Any]:
+    """The fields of each of `gpt`'s `TransformerBlock`s (pre-LN, causal, GPT-2's
+    initialisation), for models that run a GPT's blocks one at a time."""
+    return dict(
+        num_heads=gpt.num_heads, mlp_dim=gpt.mlp_ratio * gpt.d_model,
+        dropout_rate=gpt.dropout_rate, attention_dropout_rate=gpt.dropout_rate, norm_first=True,
+        causal=True, layer_norm_epsilon=1e-5, kernel_init=EMBEDDING_INIT,
+        out_kernel_init=nn.initializers.normal(stddev=0.02 / math.sqrt(2 * gpt.num_layers)),
+        dtype=gpt.dtype)
 
 
 def build(
@@ -104,14 +111,19 @@ def build(
     `num_layers`, `num_heads`, `d_model`, `mlp_ratio`, `dropout_rate`, and optionally
     `scan_layers`. A variant overrides the size fields.
     """
-    sizes = dict(num_layers=config.num_layers, num_heads=config.num_heads,
-                 d_model=config.d_model)
+    return GPT(
+        vocab_size=vocab_size, block_size=block_size, mlp_ratio=config.mlp_ratio,
+        dropout_rate=config.dropout_rate, dtype=dtype, remat=remat,
+        scan_layers=config.get("scan_layers", False), **sizes(config))
+
+
+def sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """`num_layers`, `num_heads`, `d_model` of a `config.model` subtree: its variant's, or
+    its explicit fields."""
     variant = config.get("variant", "")
     if variant:
         if variant not in VARIANTS:
             raise ValueError(f"unknown GPT variant {variant!r}; known: {', '.join(VARIANTS)}")
-        sizes = dict(VARIANTS[variant])
-    return GPT(
-        vocab_size=vocab_size, block_size=block_size, mlp_ratio=config.mlp_ratio,
-        dropout_rate=config.dropout_rate, dtype=dtype, remat=remat,
-        scan_layers=config.get("scan_layers", False), **sizes)
+        return dict(VARIANTS[variant])
+    return dict(num_layers=config.num_layers, num_heads=config.num_heads,
+                d_model=config.d_model)

@@ -22,7 +22,6 @@ ViT-B/16 at 224 x 224 with 1000 classes has 86,567,656 parameters.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,7 @@ import scipy.ndimage
 from flax import linen as nn
 from flax import traverse_util
 
-from jaxformer.layers import Dense, TransformerStack
+from jaxformer.layers import Dense, TransformerStack, gelu_exact
 
 Initializer = Callable[..., jax.Array]
 POOL_TYPES = ("tok", "gap")
@@ -51,7 +50,6 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 
 # The paper's GELU is the exact one, 0.5 x (1 + erf(x / sqrt(2))), not GPT-2's tanh form.
-gelu_exact = functools.partial(jax.nn.gelu, approximate=False)
 
 
 def parse_variant(variant: str, variants: dict[str, dict[str, int]] = VARIANTS,

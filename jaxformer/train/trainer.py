@@ -138,7 +138,7 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resu
         local_batch = parallel.local_batch_size(config.train.batch_size)
         evaluators = build_evaluators(config, Context(task, data, strategy, local_batch))
         loaded = None
-        if not resuming and config.get("init_from", {}).get("workdir", ""):
+        if not resuming and transfer.sources(config):
             loaded = transfer.init_from(config, task, abstract.params)
     return _Parts(data, task, tx, strategy, evaluators, abstract, loaded)
 

@@ -4,6 +4,12 @@
                             strict=True)
     config.freeze = ("encoder/.*",)
 
+A model assembled from several runs names one source per part instead (a dict of such
+dicts, without a top-level `workdir`):
+
+    config.init_from = dict(vision=dict(workdir="runs/clip", mapping=(("vision", "image"),)),
+                            lm=dict(workdir="runs/gpt", mapping=(("lm", ""),)))
+
 `mapping` pairs a prefix of this model's parameter paths with a prefix in the source run's
 (paths are "/"-joined, e.g. "encoder/pos_embedding"; ("", "") maps everything). Only the
 parameters under a mapped prefix are loaded; the others keep their fresh initialisation
@@ -139,19 +145,39 @@ def merge_params(target: Any, source: dict[str, np.ndarray], task: Task,
     return loaded, fresh
 
 
+def sources(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """The sources `config.init_from` names, by name ("" for a single source), with a
+    workdir; empty when there is nothing to load."""
+    cfg = config.get("init_from", None)
+    if not cfg:
+        return {}
+    named = {"": cfg} if "workdir" in cfg else dict(cfg.items())
+    for name, source in named.items():
+        if not isinstance(source, (dict, ml_collections.ConfigDict)) or "workdir" not in source:
+            raise ValueError(f"init_from.{name} must be a dict with a workdir (and optionally "
+                             "step, mapping, strict)")
+    return {name: source for name, source in named.items() if source.workdir}
+
+
 def init_from(config: ml_collections.ConfigDict, task: Task, target: Any
               ) -> dict[str, np.ndarray]:
     """The flat parameters `config.init_from` loads into a model whose parameters are (or have
     the shapes of) `target`; checked, so that a bad mapping fails before training starts."""
-    cfg = config.init_from
-    source, step = Checkpointer.read_params(cfg.workdir, cfg.get("step", -1))
-    mapping = [tuple(pair) for pair in cfg.get("mapping", ())] or [("", "")]
-    loaded, fresh = merge_params(target, flat_paths(source), task, mapping,
-                                 strict=cfg.get("strict", True))
-    log(f"init_from {cfg.workdir} step {step}: {len(loaded)} parameter arrays loaded, "
-        f"{len(fresh)} initialised afresh" + (f" ({', '.join(fresh[:4])}"
-                                              f"{', ...' if len(fresh) > 4 else ''})"
-                                              if fresh else ""))
+    loaded: dict[str, np.ndarray] = {}
+    for name, cfg in sources(config).items():
+        source, step = Checkpointer.read_params(cfg.workdir, cfg.get("step", -1))
+        mapping = [tuple(pair) for pair in cfg.get("mapping", ())] or [("", "")]
+        part, fresh = merge_params(target, flat_paths(source), task, mapping,
+                                   strict=cfg.get("strict", True))
+        twice = sorted(set(part) & set(loaded))
+        if twice:
+            raise ValueError(f"init_from: {twice[0]!r} is loaded by two sources")
+        loaded.update(part)
+        log(f"init_from{'.' + name if name else ''} {cfg.workdir} step {step}: {len(part)} "
+            "parameter arrays loaded")
+    fresh = [path for path in flat_paths(target) if path not in loaded]
+    log(f"init_from: {len(loaded)} parameter arrays loaded, {len(fresh)} initialised afresh"
+        + (f" ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})" if fresh else ""))
     return loaded
 
 

@@ -1,0 +1,119 @@
+"""The emoji corpus (and captioned Fashion-MNIST) as interleaved image-text sequences, tokenized
+for a frozen language model (the Flamingo-style model's data).
+
+Training pairs and eval splits are CLIP's (`data.emoji`: the same held-out subcategories, the
+same captions and templates, the same image preprocessing), chunked into sequences by
+`interleaved_pipeline`. Eval splits: `heldout` (the held-out emoji, each its own class named
+by its name, with all its captions), and with `fashion_mnist` `fashion_mnist` (test) and
+`fashion_mnist_train`. The tokenizer is the language model's: read from the run named by
+`tokenizer_workdir` (a `books_captions` GPT run, whose vocabulary holds `<image>` and
+`<|endofchunk|>`) and kept in this run's assets; without one, the `books_captions`
+tokenizer of `vocab_size` is trained here (smoke tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from jaxformer.data import (
+    books_captions,
+    common,
+    emoji,
+    fashion_mnist,
+    image_pipeline,
+    tokenizers,
+)
+from jaxformer.data.common import DataSpec, TokenizerSpec
+from jaxformer.data.image_text_pipeline import Concat
+from jaxformer.data.interleaved_pipeline import InterleavedData
+
+DEFAULTS = {"tokenizer_workdir": "", "vocab_size": 4096, "seq_length": 64, "max_images": 4,
+            "template_probability": 0.5, **emoji.DEFAULTS}
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+    return config.get(key, DEFAULTS[key])
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for settings `build` would reject."""
+    image_pipeline.check_image_config(config, channels=emoji.CHANNELS,
+                                      image_size=emoji.IMAGE_SIZE)
+    common.require_int(config, "seq_length", minimum=2, default=DEFAULTS["seq_length"])
+    common.require_int(config, "max_images", minimum=1, default=DEFAULTS["max_images"])
+    probability = _get(config, "template_probability")
+    if not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
+        raise ValueError(f"data.template_probability must be in [0, 1], got {probability!r}")
+    source = _get(config, "tokenizer_workdir")
+    if source and not os.path.isdir(os.path.join(source, "assets")):
+        raise ValueError(f"data.tokenizer_workdir {source!r} is not a language-model run: no "
+                         "assets/ with its tokenizer")
+    emoji.holdout(config)
+    source = _get(config, "fashion_mnist_source")
+    if _get(config, "fashion_mnist"):
+        fashion_mnist.resolve(source, _get(config, "data_dir"))
+
+
+def tokenizer(config: ml_collections.ConfigDict, workdir: str | None
+              ) -> tokenizers.SentencePieceTokenizer:
+    """The language model's tokenizer: this run's own copy, else `tokenizer_workdir`'s (then
+    copied here), else a new `books_captions` one."""
+    assets = common.assets_dir(workdir)
+    own = assets and os.path.join(assets, tokenizers.BPE_FILENAME)
+    source = _get(config, "tokenizer_workdir")
+    if own and os.path.isfile(own):
+        result = tokenizers.load_tokenizer(own)
+    elif source:
+        try:
+            result = tokenizers.load_tokenizer(source)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the tokenizer of data.tokenizer_workdir {source}: "
+                             f"{e}") from e
+        if assets:
+            os.makedirs(assets, exist_ok=True)
+            result.save(own)
+    else:
+        result = books_captions.tokenizer(
+            ml_collections.ConfigDict({"vocab_size": _get(config, "vocab_size"),
+                                       "holdout_subcategories": emoji.holdout(config)}),
+            workdir)
+    books_captions.special_ids(result)
+    return result
+
+
+def spec(config: ml_collections.ConfigDict) -> DataSpec:
+    check_config(config)
+    return DataSpec(vocab_size=_get(config, "vocab_size"),
+                    tokenizer=TokenizerSpec(_get(config, "vocab_size")))
+
+
+def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> InterleavedData:
+    """Interleaved sequences of the emoji pairs (and Fashion-MNIST's).
+
+    Args:
+        config: the `data` part of the experiment config: `tokenizer_workdir` (the frozen
+            language model's run), `vocab_size` (without one), `seq_length` (64),
+            `max_images` (4 chunks at most per training sequence), `template_probability`,
+            the keys of `data.emoji` (`holdout_subcategories`, `fashion_mnist`, ...) and the
+            image preprocessing keys (`image_size` 32, `mean`, `std`: the CLIP run's).
+        workdir: where the tokenizer is kept (`<workdir>/assets`).
+    """
+    check_config(config)
+    lm_tokenizer = tokenizer(config, workdir)
+    media_id, end_id = books_captions.special_ids(lm_tokenizer)
+    train, emoji_evals = emoji.emoji_splits(emoji.holdout(config))
+    evals = {"heldout": emoji_evals["zeroshot"]}
+    sources = [train]
+    if _get(config, "fashion_mnist"):
+        fashion_train, fashion_evals = emoji.fashion_splits(config)
+        sources.append(fashion_train)
+        evals.update(fashion_evals)
+    return InterleavedData(
+        train_source=Concat(sources), eval_sources=evals, tokenizer=lm_tokenizer,
+        media_id=media_id, end_of_chunk_id=end_id, preprocess=emoji.preprocess(config),
+        seq_length=_get(config, "seq_length"), max_images=_get(config, "max_images"),
+        train_templates=emoji.EMOJI_TEMPLATES,
+        template_probability=_get(config, "template_probability"),
+        read_threads=_get(config, "read_threads"))
