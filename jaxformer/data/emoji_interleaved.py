@@ -5,17 +5,24 @@ Training pairs and eval splits are CLIP's (`data.emoji`: the same held-out subca
 same captions and templates, the same image preprocessing), chunked into sequences by
 `interleaved_pipeline`. Eval splits: `heldout` (the held-out emoji, each its own class named
 by its name, with all its captions), and with `fashion_mnist` `fashion_mnist` (test) and
-`fashion_mnist_train`. The tokenizer is the language model's: read from the run named by
-`tokenizer_workdir` (a `books_captions` GPT run, whose vocabulary holds `<image>` and
-`<|endofchunk|>`) and kept in this run's assets; without one, the `books_captions`
-tokenizer of `vocab_size` is trained here (smoke tests).
+`fashion_mnist_train`. Few-shot classification splits: `heldout_groups` (each held-out
+emoji classified into its held-out subcategory, "an emoji of a mammal.", the shots drawn from
+the other held-out emoji: classes never trained on) and `fashion_mnist` (the test images into
+the 10 classes, the shots drawn from the training images).
+
+The tokenizer is the language model's: read from the run named by `tokenizer_workdir` (a
+`books_captions` GPT run, whose vocabulary holds `<image>` and `<|endofchunk|>`) and kept in
+this run's assets; without one, the `books_captions` tokenizer of `vocab_size` is trained
+here (smoke tests).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import ml_collections
+import numpy as np
 
 from jaxformer.data import (
     books_captions,
@@ -26,9 +33,14 @@ from jaxformer.data import (
     tokenizers,
 )
 from jaxformer.data.common import DataSpec, TokenizerSpec
+from jaxformer.data.image_pipeline import ArraySource
 from jaxformer.data.image_text_pipeline import Concat
-from jaxformer.data.interleaved_pipeline import InterleavedData
+from jaxformer.data.interleaved_pipeline import FewShotSplit, InterleavedData
 
+# Class names of the held-out subcategories for few-shot classification (others: the
+# subcategory's last part, "animal-reptile" -> "reptile").
+GROUP_NAMES = {"animal-mammal": "mammal", "animal-bird": "bird", "animal-marine": "sea animal",
+               "food-fruit": "fruit", "food-vegetable": "vegetable"}
 DEFAULTS = {"tokenizer_workdir": "", "vocab_size": 4096, "seq_length": 64, "max_images": 4,
             "template_probability": 0.5, **emoji.DEFAULTS}
 
@@ -83,6 +95,20 @@ def tokenizer(config: ml_collections.ConfigDict, workdir: str | None
     return result
 
 
+def group_name(subcategory: str) -> str:
+    return GROUP_NAMES.get(subcategory, subcategory.split("-")[-1].replace("-", " "))
+
+
+def heldout_groups(held_out: tuple[str, ...], source: Sequence) -> FewShotSplit:
+    """The held-out emoji (`source`, in `emoji_splits` order) labelled by subcategory."""
+    table = [e for e in emoji.read_table() if e.subcategory in held_out]
+    labels = np.array([held_out.index(e.subcategory) for e in table], np.int32)
+    queries = ArraySource({"image": np.stack([source[i]["image"] for i in range(len(source))]),
+                           "label": labels})
+    names = tuple(f"a {group_name(s)}" for s in held_out)
+    return FewShotSplit(queries, queries, names, emoji.EMOJI_TEMPLATES[0])
+
+
 def spec(config: ml_collections.ConfigDict) -> DataSpec:
     check_config(config)
     return DataSpec(vocab_size=_get(config, "vocab_size"),
@@ -104,14 +130,20 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Interlea
     lm_tokenizer = tokenizer(config, workdir)
     media_id, end_id = books_captions.special_ids(lm_tokenizer)
     train, emoji_evals = emoji.emoji_splits(emoji.holdout(config))
+    held_out = emoji.holdout(config)
     evals = {"heldout": emoji_evals["zeroshot"]}
+    few_shot = {"heldout_groups": heldout_groups(held_out, emoji_evals["zeroshot"].source)}
     sources = [train]
     if _get(config, "fashion_mnist"):
         fashion_train, fashion_evals = emoji.fashion_splits(config)
         sources.append(fashion_train)
         evals.update(fashion_evals)
+        few_shot["fashion_mnist"] = FewShotSplit(
+            fashion_evals["fashion_mnist"].source, fashion_evals["fashion_mnist_train"].source,
+            emoji.FASHION_CLASS_NAMES, emoji.FASHION_TEMPLATES[0])
     return InterleavedData(
-        train_source=Concat(sources), eval_sources=evals, tokenizer=lm_tokenizer,
+        train_source=Concat(sources), eval_sources=evals, few_shot_splits=few_shot,
+        tokenizer=lm_tokenizer,
         media_id=media_id, end_of_chunk_id=end_id, preprocess=emoji.preprocess(config),
         seq_length=_get(config, "seq_length"), max_images=_get(config, "max_images"),
         train_templates=emoji.EMOJI_TEMPLATES,

@@ -91,6 +91,39 @@ class _TrainBatch:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class FewShotSplit:
+    """Few-shot classification: each query image is classified after `shots` labelled
+    examples drawn from `support` (Flamingo's in-context classification).
+
+    Attributes:
+        queries: examples to classify, feature dicts with `image` and `label`.
+        support: where the shots come from (feature dicts with `image`, `label`); when it is
+            `queries` itself, a query is never among its own shots.
+        class_names: the name of each label.
+        template: how a labelled example is captioned ("an emoji of {}."), "{}" the class.
+    """
+
+    queries: Sequence
+    support: Sequence
+    class_names: tuple[str, ...]
+    template: str
+
+    def shots(self, query: int, shots: int, seed: int) -> list[int]:
+        """The support examples shown before query `query`: `shots` distinct ones drawn with
+        `(seed, query)`, the same for every class candidate and every model."""
+        rng = np.random.default_rng([seed, query])
+        pool = np.arange(len(self.support))
+        if self.support is self.queries:
+            pool = pool[pool != query]
+        if shots > len(pool):
+            raise ValueError(f"{shots} shots but {len(pool)} support examples")
+        return [int(i) for i in rng.choice(pool, shots, replace=False)]
+
+    def caption(self, label: int) -> str:
+        return self.template.format(self.class_names[label])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class InterleavedData:
     """Image-caption chunks as interleaved sequences for a frozen language model.
 
@@ -99,6 +132,7 @@ class InterleavedData:
             `image_text_pipeline.ImageTextData`'s).
         eval_sources: split name -> `EvalSplit` (examples with `image`, `caption`, `label`;
             class names, every caption of each example, prompt templates).
+        few_shot_splits: split name -> `FewShotSplit`, for few-shot classification.
         tokenizer: the language model's tokenizer.
         media_id, end_of_chunk_id: the ids of `<image>` and `<|endofchunk|>`.
         preprocess: how images become model inputs.
@@ -110,6 +144,7 @@ class InterleavedData:
 
     train_source: Sequence
     eval_sources: Mapping[str, EvalSplit]
+    few_shot_splits: Mapping[str, FewShotSplit]
     tokenizer: Tokenizer
     media_id: int
     end_of_chunk_id: int
@@ -149,6 +184,14 @@ class InterleavedData:
     def split(self, split: str | None = None) -> EvalSplit:
         """The eval split `split` (None: the first)."""
         return self.eval_sources[common.choose_split(split, self.eval_splits)]
+
+    def few_shot(self, split: str) -> FewShotSplit:
+        """The few-shot classification split `split`."""
+        return self.few_shot_splits[common.choose_split(split, tuple(self.few_shot_splits))]
+
+    def eval_image(self, example: Features) -> np.ndarray:
+        """An example's image as the model sees it in evaluation (float32 `[H, W, C]`)."""
+        return self.preprocess.eval_transforms()(dict(example), no_draws())["image"]
 
     def chunk_ids(self, caption: str) -> list[int]:
         """`<image>` + the caption's ids + `<|endofchunk|>`."""
