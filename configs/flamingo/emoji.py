@@ -9,9 +9,10 @@ The third run of a chain; the first two are independent:
       --workdir=runs/flamingo_emoji
 
 The image tower, the language model's architecture, its tokenizer and the image
-preprocessing are read from the two runs (their config.json and assets); `init_from` loads
+preprocessing are read from the two runs (their config.json and assets; before a run has
+started, its default config stands in); `init_from` loads
 their parameters (`vision_encoder` <- CLIP's `image_encoder`; the GPT into `lm`) and `freeze`
-keeps them fixed: only the resampler and the gated blocks train. Training sequences hold 1 to
+keeps them fixed: only the resampler and the gated blocks train. Training sequences hold
 4 image-caption chunks of the training emoji and Fashion-MNIST images (`data.emoji_interleaved`);
 the held-out emoji subcategories are never seen, by any of the three runs.
 
@@ -31,6 +32,8 @@ Variants (arg string):
   runlocal           tiny towers for a few steps (smoke tests).
 """
 
+import os
+
 import ml_collections
 
 from configs import common
@@ -46,12 +49,20 @@ FROZEN_VISION = ("vision_encoder/.*",)
 FROZEN_LM = ("lm/(token_embedding|position_embedding|transformer)/.*",)
 
 
+def _run_config(workdir: str, default: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a source run was trained with, or `default` (the config it will be trained
+    with) while it has not started: a sweep checks every point before the first trains."""
+    if workdir and os.path.isfile(os.path.join(workdir, "config.json")):
+        return read_workdir_config(workdir)
+    return default
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, clip="", lm="", steps=1500, connector="resampler", every=1,
                     gated=True, frozen_lm=True, runlocal=False)
     local = "runlocal" if arg.runlocal else ""
-    clip_run = read_workdir_config(arg.clip) if arg.clip else clip_emoji.get_config(local)
-    lm_run = read_workdir_config(arg.lm) if arg.lm else flamingo_lm.get_config(local)
+    clip_run = _run_config(arg.clip, clip_emoji.get_config(local))
+    lm_run = _run_config(arg.lm, flamingo_lm.get_config(local))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(dict(

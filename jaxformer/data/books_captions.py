@@ -48,6 +48,8 @@ from jaxformer.data.tokenizers import Tokenizer
 MEDIA_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
 SPECIAL_SYMBOLS = (MEDIA_TOKEN, END_OF_CHUNK)
+# Their ids in a tokenizer trained here (after `<unk>` 0 and the newline 1).
+MEDIA_ID, END_OF_CHUNK_ID = 2, 3
 HELD_OUT_EVERY = books.HELD_OUT_EVERY
 MIX_SEED = 0
 SPLITS = ("train", "validation")

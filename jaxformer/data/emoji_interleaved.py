@@ -32,10 +32,10 @@ from jaxformer.data import (
     image_pipeline,
     tokenizers,
 )
-from jaxformer.data.common import DataSpec, TokenizerSpec
+from jaxformer.data.common import TokenizerSpec
 from jaxformer.data.image_pipeline import ArraySource
 from jaxformer.data.image_text_pipeline import Concat
-from jaxformer.data.interleaved_pipeline import FewShotSplit, InterleavedData
+from jaxformer.data.interleaved_pipeline import FewShotSplit, InterleavedData, InterleavedSpec
 
 # Class names of the held-out subcategories for few-shot classification (others: the
 # subcategory's last part, "animal-reptile" -> "reptile").
@@ -58,10 +58,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     probability = _get(config, "template_probability")
     if not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
         raise ValueError(f"data.template_probability must be in [0, 1], got {probability!r}")
-    source = _get(config, "tokenizer_workdir")
-    if source and not os.path.isdir(os.path.join(source, "assets")):
-        raise ValueError(f"data.tokenizer_workdir {source!r} is not a language-model run: no "
-                         "assets/ with its tokenizer")
+    if not isinstance(_get(config, "tokenizer_workdir"), str):
+        raise ValueError("data.tokenizer_workdir must be a path (or empty)")
     emoji.holdout(config)
     source = _get(config, "fashion_mnist_source")
     if _get(config, "fashion_mnist"):
@@ -78,6 +76,9 @@ def tokenizer(config: ml_collections.ConfigDict, workdir: str | None
     if own and os.path.isfile(own):
         result = tokenizers.load_tokenizer(own)
     elif source:
+        if not os.path.isdir(os.path.join(source, "assets")):
+            raise ValueError(f"data.tokenizer_workdir {source!r} is not a language-model run: "
+                             "no assets/ with its tokenizer")
         try:
             result = tokenizers.load_tokenizer(source)
         except (OSError, ValueError) as e:
@@ -92,6 +93,9 @@ def tokenizer(config: ml_collections.ConfigDict, workdir: str | None
                                        "holdout_subcategories": emoji.holdout(config)}),
             workdir)
     books_captions.special_ids(result)
+    if result.vocab_size != _get(config, "vocab_size"):
+        raise ValueError(f"the language model's tokenizer has {result.vocab_size} tokens, "
+                         f"data.vocab_size says {_get(config, 'vocab_size')}")
     return result
 
 
@@ -109,10 +113,16 @@ def heldout_groups(held_out: tuple[str, ...], source: Sequence) -> FewShotSplit:
     return FewShotSplit(queries, queries, names, emoji.EMOJI_TEMPLATES[0])
 
 
-def spec(config: ml_collections.ConfigDict) -> DataSpec:
+def spec(config: ml_collections.ConfigDict) -> InterleavedSpec:
+    """Shapes and token ids without reading images or a tokenizer (a `books_captions`
+    tokenizer's special ids)."""
     check_config(config)
-    return DataSpec(vocab_size=_get(config, "vocab_size"),
-                    tokenizer=TokenizerSpec(_get(config, "vocab_size")))
+    vocab_size = _get(config, "vocab_size")
+    return InterleavedSpec(
+        vocab_size=vocab_size, tokenizer=TokenizerSpec(vocab_size),
+        image_shape=emoji.preprocess(config).shape, seq_length=_get(config, "seq_length"),
+        max_images=_get(config, "max_images"), media_id=books_captions.MEDIA_ID,
+        end_of_chunk_id=books_captions.END_OF_CHUNK_ID)
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> InterleavedData:
@@ -121,7 +131,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Interlea
     Args:
         config: the `data` part of the experiment config: `tokenizer_workdir` (the frozen
             language model's run), `vocab_size` (without one), `seq_length` (64),
-            `max_images` (4 chunks at most per training sequence), `template_probability`,
+            `max_images` (4 chunks per training sequence), `template_probability`,
             the keys of `data.emoji` (`holdout_subcategories`, `fashion_mnist`, ...) and the
             image preprocessing keys (`image_size` 32, `mean`, `std`: the CLIP run's).
         workdir: where the tokenizer is kept (`<workdir>/assets`).

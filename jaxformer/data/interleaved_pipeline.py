@@ -6,7 +6,9 @@ with the chunks' images stacked in order:
     tokens  <image> an emoji of a cat . <|endofchunk|> <image> a dress . <|endofchunk|> ...
     images  [cat, dress, 0, 0]    (`max_images` slots; the unused ones zero and never seen)
 
-Training rows hold 1 to `max_images` chunks (the count drawn per row), images drawn from an
+Training rows hold `max_images` chunks (fewer when the text is cut at `seq_length`), so that
+each row holds captions after 0, 1, ... `max_images - 1` earlier chunks: every shot count up
+to that is trained, and no image slot is encoded for nothing. The images come from an
 endless stream of seeded epochs of the training pairs, each with the training augmentation
 and a caption drawn as for CLIP (`image_text_pipeline.ChooseCaption`). Everything a batch
 holds comes from the seed and the step, so iterators resume exactly and rows do not depend
@@ -31,7 +33,7 @@ import grain
 import numpy as np
 
 from jaxformer.data import common, image_pipeline
-from jaxformer.data.common import Batch, EpochOrders, Shard
+from jaxformer.data.common import Batch, DataSpec, EpochOrders, Shard
 from jaxformer.data.image_pipeline import Preprocess
 from jaxformer.data.image_text_pipeline import ChooseCaption, EvalSplit
 from jaxformer.data.tokenizers import Tokenizer
@@ -73,21 +75,30 @@ class _TrainBatch:
 
     def __call__(self, step: int) -> Batch:
         rows, global_batch = self.shard.rows, self.shard.global_batch
-        rng = np.random.default_rng([self.seed, step])
-        counts = rng.integers(1, self.max_images + 1, size=global_batch)
-        uniforms = rng.random((global_batch, self.max_images, self.transform.num_draws))
+        uniforms = np.random.default_rng([self.seed, step]).random(
+            (global_batch, self.max_images, self.transform.num_draws))
         batch = []
         for row in rows:
             first = (step * global_batch + row) * self.max_images  # In the stream of images.
             images = np.zeros((self.max_images, *self.image_shape), np.float32)
             captions = []
-            for slot in range(counts[row]):
+            for slot in range(self.max_images):
                 chunk = self.transform(self.read(self.orders.example(first + slot)),
                                        Draws(uniforms[row, slot]))
                 images[slot] = chunk["image"]
                 captions.append(chunk["caption"])
             batch.append({"images": images, **self.text(captions)})
         return image_pipeline.stack(batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class InterleavedSpec(DataSpec):
+    """What the captioning task reads of `InterleavedData`, from the config alone."""
+
+    seq_length: int = 64
+    max_images: int = 4
+    media_id: int = 0
+    end_of_chunk_id: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -137,7 +148,7 @@ class InterleavedData:
         media_id, end_of_chunk_id: the ids of `<image>` and `<|endofchunk|>`.
         preprocess: how images become model inputs.
         seq_length: tokens per training sequence.
-        max_images: image slots per training sequence (chunks per row: 1 to this).
+        max_images: image-caption chunks per training sequence.
         train_templates, template_probability: captions put in templates, as for CLIP.
         read_threads: threads preparing batches ahead of the training loop (0: on demand).
     """
