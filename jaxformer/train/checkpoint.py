@@ -112,6 +112,16 @@ def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
+def _read_only() -> ocp.CheckpointManagerOptions:
+    """Options of a manager that only reads, in this process alone (no barrier with the
+    others, which need not open it)."""
+    this = jax.process_index()
+    return ocp.CheckpointManagerOptions(
+        create=False, save_root_metadata=False, enable_async_checkpointing=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=this, active_processes={this}))
+
+
 def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory, options=options,
@@ -155,8 +165,7 @@ class Checkpointer:
         directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         if not os.path.isdir(directory):
             return
-        manager = _manager(directory, ocp.CheckpointManagerOptions(
-            create=False, enable_async_checkpointing=False))
+        manager = _manager(directory, _read_only())
         try:
             for step in sorted(manager.all_steps(), reverse=True):
                 if _check_shapes(manager, step, params):
@@ -177,8 +186,7 @@ class Checkpointer:
             raise UserError(f"{workdir} has no checkpoint at step {step} (its steps: {steps})")
         step = steps[-1] if step < 0 else step
         _silence_abandoned_reads()
-        manager = _manager(directory, ocp.CheckpointManagerOptions(
-            create=False, enable_async_checkpointing=False))
+        manager = _manager(directory, _read_only())
         try:
             saved = manager.item_metadata(step)["state"]
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

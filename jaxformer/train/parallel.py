@@ -80,9 +80,10 @@ class Pmap:
         return self.place_state(jax.jit(create)(*args))
 
     def __init__(self):
-        devices = jax.local_devices()
-        mesh = Mesh(np.asarray(devices), (self.axis_name,))
+        mesh = Mesh(np.asarray(jax.local_devices()), (self.axis_name,))
         self.stacked = NamedSharding(mesh, P(self.axis_name))
+        # What checkpoints store: one copy, as arrays replicated over every process's devices.
+        self.replicated = NamedSharding(Mesh(np.asarray(jax.devices()), (self.axis_name,)), P())
 
     def place_state(self, state: TrainState) -> TrainState:
         """One copy per local device, stacked on a leading axis."""
@@ -92,7 +93,13 @@ class Pmap:
             self.stacked)
 
     def host_state(self, state: TrainState) -> TrainState:
-        return jax.tree.map(lambda x: x[0], state)
+        """One copy of the stacked state, as global arrays (host-local ones cannot be
+        checkpointed by several processes)."""
+        def unstack(x):
+            copy = np.asarray(x.addressable_data(0))[0]
+            return jax.make_array_from_callback(copy.shape, self.replicated, lambda _: copy)
+
+        return jax.tree.map(unstack, state)
 
     def place_batch(self, batch: dict) -> dict:
         n = jax.local_device_count()

@@ -10,6 +10,19 @@ import pytest
 from tests.train.test_trainer import CHAR, ROOT, assert_close_params, final_params, tiny_config
 
 
+def run_pod(tmp_path, workdir, overrides) -> str:
+    """`train` as 2 processes x 4 devices on 127.0.0.1; its stdout."""
+    result = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
+         f"--log_dir={tmp_path}", "--", "train", f"--config={CHAR}:runlocal",
+         f"--workdir={workdir}", *(f"--config.{o}" for o in overrides)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    other = (tmp_path / "process_1.log").read_text()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + other[-2000:]
+    return result.stdout
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     data_dir = tmp_path / "tfds"
@@ -17,15 +30,7 @@ def test_two_processes_match_one(tmp_path):
     overrides = ["train.num_steps=6", "train.batch_size=16", "evals.val.every_steps=3",
                  "train.checkpoint_every=3", f"data.data_dir={data_dir}"]
     pod = tmp_path / "pod"
-    result = subprocess.run(
-        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
-         f"--log_dir={tmp_path}", "--", "train", f"--config={CHAR}:runlocal",
-         f"--workdir={pod}", *(f"--config.{o}" for o in overrides)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
-    other = (tmp_path / "process_1.log").read_text()
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + other[-2000:]
-    assert "8 devices (sharded)" in result.stdout
+    assert "8 devices (sharded)" in run_pod(tmp_path, pod, overrides)
 
     from jaxformer.train import trainer
 
@@ -33,6 +38,29 @@ def test_two_processes_match_one(tmp_path):
     single = tmp_path / "single"
     trainer.train(config, str(single))
     assert jax.device_count() == 8
+    step_pod, params_pod = final_params(pod, config)
+    step_one, params_one = final_params(single, config)
+    assert step_pod == step_one == 6
+    assert_close_params(params_pod, params_one)
+
+
+@pytest.mark.slow
+def test_two_processes_with_pmap_checkpoint_resume_and_match_one(tmp_path):
+    """Under `pmap` the pod saves global checkpoints and resumes from them (a stop at step 4
+    of 6, then the same command with more steps), ending where one process ends."""
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    overrides = ["train.strategy=pmap", "train.batch_size=16", "evals.val.every_steps=0",
+                 "train.checkpoint_every=2", f"data.data_dir={data_dir}"]
+    pod = tmp_path / "pod"
+    assert "8 devices (pmap)" in run_pod(tmp_path, pod, ["train.num_steps=4", *overrides])
+    assert "resuming from step 4" in run_pod(tmp_path, pod, ["train.num_steps=6", *overrides])
+
+    from jaxformer.train import trainer
+
+    config = tiny_config("train.num_steps=6", *overrides[:-1], data_dir=str(data_dir))
+    single = tmp_path / "single"
+    trainer.train(config, str(single))
     step_pod, params_pod = final_params(pod, config)
     step_one, params_one = final_params(single, config)
     assert step_pod == step_one == 6
