@@ -26,6 +26,7 @@ COMMANDS = {
     "fill-mask": "jaxformer.commands.fill_mask",
     "zero-shot": "jaxformer.commands.zero_shot",
     "retrieve": "jaxformer.commands.retrieve",
+    "caption": "jaxformer.commands.caption",
     "average": "jaxformer.commands.average",
     "bench": "jaxformer.commands.bench",
     "params": "jaxformer.commands.params",

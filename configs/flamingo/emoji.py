@@ -89,6 +89,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evals.fashion_loss = common.evaluator("loss", every_steps=every,
                                                  split="fashion_mnist", num_batches=10,
                                                  perplexity_of="loss")
+    # Few-shot classification of held-out classes (Flamingo's in-context learning) and
+    # captioning of the held-out emoji, at the end of training.
+    config.evals.groups = common.evaluator("few_shot", split="heldout_groups", shots=(0, 4, 8),
+                                           num_queries=-1)
+    config.evals.fashion = common.evaluator("few_shot", split="fashion_mnist", shots=(0, 4, 8),
+                                            num_queries=500)
+    config.evals.captions = common.evaluator("captioning", split="heldout", num_examples=-1,
+                                             max_new_tokens=20, shots=0)
     common.add_transfer(config)
     config.init_from = ml_collections.ConfigDict(dict(
         vision=dict(workdir=arg.clip, step=-1, mapping=(("vision_encoder", "image_encoder"),),
@@ -103,7 +111,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.update(num_latents=4, resampler_depth=1, num_heads=2, head_dim=8)
         config.data.update(seq_length=24, max_images=2, fashion_mnist_examples=100)
         config.train.update(batch_size=8, num_steps=4, checkpoint_every=2, log_every=1)
-        for entry in config.evals.values():
+        for entry in (config.evals.heldout_loss, config.evals.fashion_loss):
             entry.update(every_steps=2, num_batches=2)
+        config.evals.groups.update(shots=(0, 1), num_queries=16)
+        config.evals.fashion.update(shots=(0, 1), num_queries=16)
+        config.evals.captions.update(num_examples=16, max_new_tokens=5)
         config.optim.update(warmup_steps=1, decay_steps=4)
     return config

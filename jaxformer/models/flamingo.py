@@ -120,7 +120,8 @@ class Flamingo(nn.Module):
 
     Attributes:
       lm_spec: the frozen language model's architecture (an unbound `GPT`).
-      vision: the frozen image tower's architecture (`clip.image_tower`'s arguments).
+      vision: the frozen image tower's architecture (`clip.image_tower`'s arguments), as
+        sorted (name, value) pairs so that the module hashes (a static `jit` argument).
       media_id: the `<image>` token.
       connector: "resampler" (Perceiver Resampler) or "mean" (the mean of the image tower's
         tokens, projected linearly: one visual token per image; an ablation).
@@ -131,7 +132,7 @@ class Flamingo(nn.Module):
     """
 
     lm_spec: gpt.GPT
-    vision: dict[str, Any]
+    vision: tuple[tuple[str, Any], ...]
     media_id: int
     connector: str = "resampler"
     num_latents: int = 64
@@ -147,14 +148,15 @@ class Flamingo(nn.Module):
         if self.connector not in CONNECTORS:
             raise ValueError(f"unknown connector {self.connector!r}; available: "
                              f"{', '.join(CONNECTORS)}")
-        self.vision_encoder = clip.image_tower(**self.vision, dtype=self.lm_spec.dtype)
+        self.vision_encoder = clip.image_tower(**dict(self.vision), dtype=self.lm_spec.dtype)
         if self.connector == "resampler":
             self.resampler = PerceiverResampler(
                 depth=self.resampler_depth, num_latents=self.num_latents,
                 num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,
                 max_num_media=self.max_num_media, dtype=self.lm_spec.dtype)
         else:
-            self.connector_projection = Dense(self.vision["width"], dtype=self.lm_spec.dtype)
+            width = dict(self.vision)["width"]
+            self.connector_projection = Dense(width, dtype=self.lm_spec.dtype)
         self.lm = FlamingoLM(
             self.lm_spec, self.media_id, cross_attention_every=self.cross_attention_every,
             num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,
@@ -206,7 +208,7 @@ def build(config: ml_collections.ConfigDict, *, vocab_size: int, block_size: int
         raise ValueError(f"the <image> token {media_id} is outside the vocabulary of "
                          f"{vocab_size}")
     return Flamingo(
-        lm_spec=lm, vision=vision, media_id=media_id,
+        lm_spec=lm, vision=tuple(sorted(vision.items())), media_id=media_id,
         connector=config.get("connector", "resampler"),
         num_latents=config.get("num_latents", 64),
         resampler_depth=config.get("resampler_depth", 6),

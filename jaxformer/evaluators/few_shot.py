@@ -1,0 +1,204 @@
+"""`type="few_shot"`: few-shot classification by in-context learning (Flamingo's), for
+interleaved image-text models.
+
+A query image is classified after `k` labelled examples (shots) of the split's support set:
+each class's caption (the split's template, "an emoji of a mammal.") is put after the query's
+`<image>`, and the class whose caption the model finds most likely is the prediction:
+
+    <image> shot 1's class caption <|endofchunk|> ... <image> caption of class c <|endofchunk|>
+    images [shot 1, ..., shot k, query]
+
+A class's score is the sum of the log-probabilities of the query chunk's tokens after its
+`<image>` (the caption and `<|endofchunk|>`): a total, not a mean, so that every class is
+scored on the same event, the whole chunk. Shots are drawn per query with `(seed, query)`
+(`FewShotSplit.shots`): the same for every class and every run, and never the query itself
+when the support set is the queries. A shot is captioned with its class's
+caption, as the candidates are.
+
+Options: `split` (a few-shot split of the data, e.g. `heldout_groups`), `shots` (default
+(0, 4, 8)), `num_queries` (-1: all; else N of them drawn with `seed`), `seed` (0: which
+queries and which shots), `batch_size` (queries per model call; default the eval batch,
+rounded up to a multiple of the local devices).
+
+Reports `top1_{k}shot` for each k, and the baselines `chance` (1 / classes) and `majority`
+(the share of the commonest label among the queries).
+
+Each query's k + 1 images go through the image tower and resampler once; all classes are
+scored in one `decode_text` call with those visual tokens repeated per class. Sequences are
+right-padded to `(k + 1) * longest chunk - 1` tokens (a fixed shape per k; padding comes
+after every scored position and attention is causal, so it changes no score), and must fit
+the language model's `block_size`. Batches run under the strategy, like the loss evaluator's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxformer.data.common import Shard
+from jaxformer.evaluators.base import Context, Evaluator, sum_over_batches
+
+PAD_ID = 0
+
+
+def class_scores(model: Any, params: Any, batch: dict) -> jax.Array:
+    """float32 `[queries, classes]`: the summed log-probability of each class's query chunk.
+
+    `batch`: `images` float32 `[queries, media, H, W, C]`, `inputs`, `targets` int32 and
+    `weights` float32 `[queries, classes, length]` (weights 1 at the targets scored).
+    """
+    queries, classes, length = batch["inputs"].shape
+    visual = model.apply({"params": params}, batch["images"], method="encode_images")
+    visual = jnp.repeat(visual, classes, axis=0)  # [queries * classes, media, latents, width]
+    logits = model.apply({"params": params}, visual,
+                         batch["inputs"].reshape(queries * classes, length),
+                         method="decode_text")  # [queries * classes, length, vocab]
+    targets = batch["targets"].reshape(queries * classes, length, 1)
+    picked = jnp.take_along_axis(logits, targets, axis=-1)[..., 0]
+    log_probs = picked - jax.nn.logsumexp(logits, axis=-1)
+    weights = batch["weights"].reshape(queries * classes, length)
+    return (log_probs * weights).sum(-1).reshape(queries, classes)
+
+
+def subset(count: int, size: int, seed: int) -> np.ndarray:
+    """All of `range(count)` (`size` -1 or >= count), else `size` of them drawn with `seed`,
+    in order (the splits can be sorted by class, so their first N would not do)."""
+    if size < 0 or size >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+
+
+def score_rows(prefix: Sequence[int], candidates: Sequence[Sequence[int]], length: int
+               ) -> dict[str, np.ndarray]:
+    """`inputs`, `targets`, `weights` `[classes, length]` of `prefix` + each candidate chunk:
+    the weights select the candidate's tokens after its first (its `<image>`)."""
+    classes = len(candidates)
+    inputs = np.full((classes, length), PAD_ID, np.int32)
+    targets = np.full((classes, length), PAD_ID, np.int32)
+    weights = np.zeros((classes, length), np.float32)
+    start = len(prefix)  # The query's <image>; its logits predict the first caption token.
+    for c, chunk in enumerate(candidates):
+        ids = [*prefix, *chunk]
+        if len(ids) - 1 > length:
+            raise ValueError(f"a sequence of {len(ids)} tokens does not fit {length + 1}")
+        inputs[c, :len(ids) - 1] = ids[:-1]
+        targets[c, :len(ids) - 1] = ids[1:]
+        weights[c, start:len(ids) - 1] = 1.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+class FewShotEvaluator(Evaluator):
+    def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
+        super().__init__(name, config, context)
+        data = context.data
+        if not hasattr(data, "few_shot"):
+            raise ValueError(f"evals.{name}: the data ({type(data).__name__}) has no few-shot "
+                             "splits; few_shot needs interleaved image-text data")
+        self.split = data.few_shot(config.get("split", "") or None)
+        split = self.split
+        self.shots = tuple(int(k) for k in config.get("shots", (0, 4, 8)))
+        if not self.shots or min(self.shots) < 0 or len(set(self.shots)) != len(self.shots):
+            raise ValueError(f"evals.{name}.shots must be distinct counts >= 0, got "
+                             f"{tuple(self.shots)}")
+        pool = len(split.support) - (split.support is split.queries)
+        if max(self.shots) > pool:
+            raise ValueError(f"evals.{name}: {max(self.shots)} shots but {pool} support "
+                             "examples")
+        limit = config.get("num_queries", -1)
+        if limit == 0 or limit < -1:
+            raise ValueError(f"evals.{name}.num_queries must be -1 or positive, got {limit}")
+        self.seed = config.get("seed", 0)
+        self.query_indices = subset(len(split.queries), limit, self.seed)
+        self.labels = np.asarray([int(split.queries[int(i)]["label"])
+                                  for i in self.query_indices])  # Of the chosen queries.
+        self.candidates = [data.chunk_ids(split.caption(c))
+                           for c in range(len(split.class_names))]
+        longest = max(len(ids) for ids in self.candidates)
+        block_size = context.task.model.lm_spec.block_size
+        self.lengths = {k: (k + 1) * longest - 1 for k in self.shots}
+        for k, length in self.lengths.items():
+            if length > block_size:
+                raise ValueError(
+                    f"evals.{name}: {k} shots need up to {length} input tokens ({k + 1} "
+                    f"chunks of up to {longest}), more than the language model's block_size "
+                    f"{block_size}; use fewer shots")
+        devices = jax.local_device_count()
+        per_call = config.get("batch_size", 0) or context.batch_size
+        self.batch_size = math.ceil(per_call / devices) * devices
+        self._images: dict[tuple[str, int], np.ndarray] = {}
+        self._sums = context.strategy.reduce_fn(self.sums)
+
+    def image(self, which: str, index: int) -> np.ndarray:
+        """The eval view of `queries[index]` or `support[index]` (kept once computed)."""
+        key = (which, index)
+        if key not in self._images:
+            source = self.split.queries if which == "queries" else self.split.support
+            self._images[key] = self.context.data.eval_image(source[index])
+        return self._images[key]
+
+    def sequences(self, k: int, query: int) -> tuple[list[int], list[int]]:
+        """(the support indices of query `query`'s k shots, the token ids before its chunk)."""
+        shots = self.split.shots(query, k, self.seed)
+        labels = [int(self.split.support[i]["label"]) for i in shots]
+        prefix = [t for label in labels
+                  for t in self.context.data.chunk_ids(self.split.caption(label))]
+        return shots, prefix
+
+    def batch(self, k: int, queries: Sequence[int], length: int | None = None
+              ) -> dict[str, np.ndarray]:
+        """The rows of `queries` with k shots (`length` tokens: default the fixed length
+        for k); query -1 is padding (label -1, no weight)."""
+        length = length or self.lengths[k]
+        classes = len(self.candidates)
+        images = np.zeros((len(queries), k + 1, *self.context.data.image_shape), np.float32)
+        rows = {"inputs": np.full((len(queries), classes, length), PAD_ID, np.int32),
+                "targets": np.full((len(queries), classes, length), PAD_ID, np.int32),
+                "weights": np.zeros((len(queries), classes, length), np.float32)}
+        labels = np.full((len(queries),), -1, np.int32)
+        for row, query in enumerate(queries):
+            if query < 0:
+                continue
+            shots, prefix = self.sequences(k, query)
+            for slot, index in enumerate(shots):
+                images[row, slot] = self.image("support", index)
+            images[row, k] = self.image("queries", query)
+            for key, value in score_rows(prefix, self.candidates, length).items():
+                rows[key][row] = value
+            labels[row] = int(self.split.queries[query]["label"])
+        return {"images": images, **rows, "label": labels}
+
+    def batches(self, k: int):
+        shard = Shard(self.batch_size, jax.process_index(), jax.process_count())
+        queries = [int(i) for i in self.query_indices]
+        for start in range(0, len(queries), shard.global_batch):
+            block = queries[start:start + shard.global_batch]
+            block += [-1] * (shard.global_batch - len(block))
+            yield self.batch(k, [block[r] for r in shard.rows])
+
+    def sums(self, params, batch):
+        scores = class_scores(self.context.task.model, params, batch)
+        labels = batch["label"]
+        real = labels >= 0
+        correct = (jnp.argmax(scores, axis=-1) == labels) & real
+        return {"correct": correct.sum(), "count": real.sum()}
+
+    def run(self, params) -> dict[str, float]:
+        metrics = {}
+        for k in self.shots:
+            totals = sum_over_batches(self._sums, params, self.batches(k), self.context.strategy)
+            metrics[f"top1_{k}shot"] = float(totals["correct"] / max(totals["count"], 1))
+        classes = len(self.split.class_names)
+        metrics["chance"] = 1.0 / classes
+        metrics["majority"] = float(np.bincount(self.labels, minlength=classes).max()
+                                    / len(self.labels))
+        return metrics
+
+
+def build(name: str, config: ml_collections.ConfigDict, context: Context) -> FewShotEvaluator:
+    return FewShotEvaluator(name, config, context)
