@@ -27,6 +27,7 @@ COMMANDS = {
     "zero-shot": "jaxformer.commands.zero_shot",
     "retrieve": "jaxformer.commands.retrieve",
     "caption": "jaxformer.commands.caption",
+    "detect": "jaxformer.commands.detect",
     "average": "jaxformer.commands.average",
     "bench": "jaxformer.commands.bench",
     "params": "jaxformer.commands.params",

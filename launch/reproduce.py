@@ -12,7 +12,8 @@ taking `scale=cpu|paper`; one sweep point per table row, named as the row), `exp
                        "reference_params": 63082496}, ...}}
 
 `metric` and `params` are the published values (null where the paper has none); an optional
-`"also": [{"name": ..., "key": ..., "scale": ...}]` adds columns of further metrics (ours only);
+`"also": [{"name": ..., "key": ..., "scale": ...}]` adds columns of further metrics (ours only;
+with `"rows": [...]`, for those rows only, where other rows log another metric of that key);
 a row may be chosen among several points (sweep points with `"row": "<row>"`, e.g. a grid of
 learning rates), the best on `"select_on": {"name": ..., "key": ..., "higher_is_better": ...}`
 (a validation metric), once every candidate has trained;
@@ -193,7 +194,8 @@ def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale
         cells = [row_name, paper.get("label", ""), "" if params is None else f"{params:,}",
                  _millions(paper.get("params")), _value(ours, metric),
                  "" if paper.get("metric") is None else f"{paper['metric']:g}",
-                 *[_value(ours, extra) for extra in also],
+                 *[_value(ours, extra) if row_name in extra.get("rows", [row_name]) else "-"
+                   for extra in also],
                  *([ours.get("selected", "")] if select else []),
                  f"{ours['minutes']:.1f} min" if ours.get("minutes") else ""]
         if scale == "paper":

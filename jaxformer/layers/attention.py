@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxformer.layers.dense import Dense
+from jaxformer.layers.dense import Dense, matmul_2d
 
 Initializer = Callable[..., jax.Array]
 
@@ -81,6 +81,14 @@ def attention_weights(
     return jax.nn.softmax(logits, axis=-1)
 
 
+def _project_positions(projection: Dense, pos: jax.Array, width: int) -> jax.Array:
+    """`pos @ kernel[:, :width]` with the kernel of an applied `projection`, no bias:
+    `(x + pos) W + b = (x W + b) + pos W`, so positions reach the first `width` outputs
+    (queries and keys) of a fused projection and not the values."""
+    kernel = projection.variables["params"]["kernel"][:, :width]
+    return matmul_2d(pos.astype(projection.dtype), kernel.astype(projection.dtype))
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with fused projections.
 
@@ -123,6 +131,8 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         train: bool = False,
         decode: bool = False,
+        query_pos: jax.Array | None = None,
+        key_pos: jax.Array | None = None,
     ) -> jax.Array:
         """Attends from `inputs_q` `[batch, q_len, d]` to itself or to `inputs_kv`.
 
@@ -136,6 +146,11 @@ class MultiHeadAttention(nn.Module):
           decode: self-attention over the KV cache (causal by construction). Cross-attention
             keeps no cache: inside a jitted decoding loop the projection of a fixed `inputs_kv`
             is loop-invariant, and XLA computes it once, before the loop.
+          query_pos: positional embeddings `[batch | 1, q_len, d_model]` added to `inputs_q`
+            where it is projected to queries and, in self-attention, to keys, but not to
+            values (DETR).
+          key_pos: positional embeddings `[batch | 1, kv_len, kv_features]` added to
+            `inputs_kv` where it is projected to keys, not to values (cross-attention).
 
         Returns:
           `[batch, q_len, out_features]`.
@@ -151,15 +166,28 @@ class MultiHeadAttention(nn.Module):
         batch, q_len = inputs_q.shape[:2]
 
         if inputs_kv is None:
-            qkv = dense(3 * qkv_features, name="qkv")(inputs_q)
-            qkv = qkv.reshape(batch, q_len, 3, self.num_heads, head_dim)
+            if key_pos is not None:
+                raise ValueError("key_pos is for cross-attention; self-attention adds query_pos "
+                                 "to its queries and keys")
+            qkv_projection = dense(3 * qkv_features, name="qkv")
+            qkv = qkv_projection(inputs_q).reshape(batch, q_len, 3, self.num_heads, head_dim)
             query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [b, q, h, d] each
+            if query_pos is not None:
+                pos = _project_positions(qkv_projection, query_pos, 2 * qkv_features)
+                pos = pos.reshape(*query_pos.shape[:2], 2, self.num_heads, head_dim)
+                query, key = query + pos[:, :, 0], key + pos[:, :, 1]
         else:
+            if query_pos is not None:
+                inputs_q = inputs_q + query_pos
             query = dense(qkv_features, name="query")(inputs_q)
             query = query.reshape(batch, q_len, self.num_heads, head_dim)  # [b, q, h, d]
-            kv = dense(2 * qkv_features, name="kv")(inputs_kv)
+            kv_projection = dense(2 * qkv_features, name="kv")
+            kv = kv_projection(inputs_kv)
             kv = kv.reshape(*inputs_kv.shape[:2], 2, self.num_heads, head_dim)
             key, value = kv[:, :, 0], kv[:, :, 1]  # [b, kv, h, d] each
+            if key_pos is not None:
+                pos = _project_positions(kv_projection, key_pos, qkv_features)
+                key = key + pos.reshape(*key_pos.shape[:2], self.num_heads, head_dim)
 
         if decode and inputs_kv is None:
             key, value, cache_mask = self._update_cache(key, value)

@@ -73,6 +73,8 @@ class TransformerBlock(nn.Module):
         cross_mask: jax.Array | None = None,
         train: bool = False,
         decode: bool = False,
+        pos: jax.Array | None = None,
+        encoded_pos: jax.Array | None = None,
     ) -> jax.Array:
         """`[batch, seq, d_model]` -> `[batch, seq, d_model]`.
 
@@ -83,6 +85,10 @@ class TransformerBlock(nn.Module):
           cross_mask: cross-attention mask `[batch, 1 | heads, seq, src_len]`.
           train: enables dropout.
           decode: self-attention over the KV cache.
+          pos: positional embeddings of `x`, `[batch | 1, seq, d_model]`, added to it where it
+            is a query or a key (not a value) in every attention sub-layer (DETR).
+          encoded_pos: positional embeddings of `encoded`, `[batch | 1, src_len, d_enc]`, added
+            to it where it is a key of the cross-attention (DETR).
 
         The arguments are positional-or-keyword so that `nn.remat` can mark `train` and
         `decode` static.
@@ -90,7 +96,7 @@ class TransformerBlock(nn.Module):
         attention_norm = self._layer_norm("attention_norm")
         h = attention_norm(x) if self.norm_first else x
         h = self._attention("attention")(
-            h, mask=mask, is_causal=self.causal, train=train, decode=decode)
+            h, mask=mask, is_causal=self.causal, train=train, decode=decode, query_pos=pos)
         x = self._residual(x, h, attention_norm, train)
 
         if self.cross_attention:
@@ -98,7 +104,8 @@ class TransformerBlock(nn.Module):
                 raise ValueError("a cross-attention block needs the encoder output `encoded`")
             cross_norm = self._layer_norm("cross_attention_norm")
             h = cross_norm(x) if self.norm_first else x
-            h = self._attention("cross_attention")(h, encoded, mask=cross_mask, train=train)
+            h = self._attention("cross_attention")(h, encoded, mask=cross_mask, train=train,
+                                                   query_pos=pos, key_pos=encoded_pos)
             x = self._residual(x, h, cross_norm, train)
 
         mlp_norm = self._layer_norm("mlp_norm")
@@ -164,6 +171,8 @@ class TransformerStack(nn.Module):
         cross_mask: jax.Array | None = None,
         train: bool = False,
         decode: bool = False,
+        pos: jax.Array | None = None,
+        encoded_pos: jax.Array | None = None,
     ) -> jax.Array:
         """`[batch, seq, d_model]` -> `[batch, seq, d_model]`; arguments as `TransformerBlock`."""
         block_cls = TransformerBlock
@@ -179,7 +188,8 @@ class TransformerStack(nn.Module):
 
         if self.scan_layers:
             def body(block: nn.Module, carry: jax.Array, _) -> tuple[jax.Array, None]:
-                return block(carry, encoded, mask, cross_mask, train, decode), None
+                return block(carry, encoded, mask, cross_mask, train, decode, pos,
+                             encoded_pos), None
 
             scan = nn.scan(
                 body, length=self.num_layers,
@@ -189,7 +199,7 @@ class TransformerStack(nn.Module):
         else:
             for i in range(self.num_layers):
                 x = block_cls(**block_fields, name=f"block_{i}")(
-                    x, encoded, mask, cross_mask, train, decode)
+                    x, encoded, mask, cross_mask, train, decode, pos, encoded_pos)
 
         if self.norm_first:
             x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,

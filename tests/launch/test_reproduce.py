@@ -145,6 +145,12 @@ def test_table_columns_of_further_metrics_and_rows_without_the_metric():
     assert lines[2] == "| narrow | d=16 | 1,234 | 1M | 81.25 | 1.5 | 50.00 |  |"
     assert lines[3] == "| wide | d=32 |  |  | - | 1.25 | - |  |"
     assert lines[4] == "| missing |  |  |  | not run |  | not run |  |"
+    # A column for some rows only: the others show "-" even when they log that key.
+    expected["also"][0]["rows"] = ["wide"]
+    rows["narrow"]["metrics"]["eval/test/macro_f1"] = 0.5
+    lines = reproduce.table(reproduce.Experiment("toy2024", expected), rows,
+                            ["narrow", "wide"], "cpu").splitlines()
+    assert lines[2] == "| narrow | d=16 | 1,234 | 1M | 81.25 | 1.5 | - |  |"
 
 
 def test_a_row_of_several_points_reports_the_best_on_validation_once_all_trained():

@@ -254,7 +254,8 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
                                           "retrieval": ["image_to_text_r1"],
                                           "linear_probe": ["top1"],
                                           "few_shot": ["top1_0shot"],
-                                          "captioning": ["cider"]}[entry.type]}
+                                          "captioning": ["cider"],
+                                          "coco_ap": ["AP", "AP50"]}[entry.type]}
 
 
 def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, data_dir):

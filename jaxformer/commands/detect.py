@@ -1,0 +1,58 @@
+"""`jaxformer detect --workdir=DIR --image=PATH --out=PNG [--threshold=0.7]`.
+
+Prints the objects a DETR run finds in an image, one per line (`name score x0 y0 x1 y1`, in
+the image's pixels, best first), and draws their boxes with class names and scores on the
+image, written to `--out` (enlarged `--scale` times, so that labels of small images read).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jaxformer.commands import common
+
+HELP = "draw the boxes a DETR workdir finds in an image"
+TAKES_OVERRIDES = False
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--image", required=True, help="an image file")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--threshold", type=float, default=0.7,
+                        help="the lowest score shown (default 0.7)")
+    parser.add_argument("--scale", type=int, default=0,
+                        help="enlarge the drawing this many times (default: to >= 512 px)")
+    common.add_checkpoint_choice(parser)
+
+
+def run(args, overrides: list[str]) -> int:
+    from jaxformer.config import read_workdir_config
+    from jaxformer.errors import UserError
+    from jaxformer.inference import detection
+    from jaxformer.inference.two_tower import read_image
+    from jaxformer.inference.workdir import load_run
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.scale < 0:
+        raise UserError(f"--scale must be >= 0, got {args.scale}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--out: no such directory {out_dir}")
+    config = read_workdir_config(args.workdir)
+    if config.task.name != "detection":
+        raise UserError(f"{args.workdir} holds a {config.task.name!r} run; this command needs "
+                        "a detection run (e.g. configs/detr/composed.py)")
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
+    pixels = read_image(args.image, run_.data.preprocess.channels)
+    found = detection.detect(run_.task, run_.data, run_.params, pixels,
+                             threshold=args.threshold)
+    scale = args.scale or max(1, -(-512 // max(pixels.shape[:2])))
+    detection.draw(pixels, found, scale=scale).save(args.out, format="PNG")
+    print(f"{len(found)} objects at score >= {args.threshold} by {run_.describe()} of "
+          f"{args.workdir}; drawn to {args.out}", file=sys.stderr)
+    for d in found:
+        print(f"{d.name}\t{d.score:.3f}\t" + " ".join(f"{v:.1f}" for v in d.box))
+    return 0

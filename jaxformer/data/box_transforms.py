@@ -1,0 +1,213 @@
+"""Box-aware transforms for detection: functions on feature dicts holding an image and its
+boxes, and the same as pipeline steps (see `transforms` for `Draws` and step budgets).
+
+Before `BoxesToCxcywh`, an example holds `image` uint8 `[H, W, C]`, `boxes` float32 `[n, 4]`
+in absolute pixel `(x0, y0, x1, y1)` (pixel column `j` spans `[j, j + 1)`, so a box of the
+whole image is `(0, 0, W, H)`) and `labels` int32 `[n]`. Geometric steps move the boxes with
+the pixels; a crop drops the boxes it empties, with their labels. `BoxesToCxcywh` makes the
+boxes `(cx, cy, w, h)` relative to the image, in [0, 1], as DETR predicts them; `PadBoxes`
+gives every example the same shapes, with masks of the real pixels and boxes. The multi-scale
+recipe follows DETR's (Carion et al., 2020): a random shorter side with a cap on the longer
+one, and a random choice between that and resize-crop-resize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+from jaxformer.data.transforms import Draws, Features, Transform, resize
+
+
+def _boxes(features: Features) -> np.ndarray:
+    return np.asarray(features["boxes"], np.float32).reshape(-1, 4)
+
+
+def shorter_side_shape(height: int, width: int, size: int,
+                       max_size: int | None = None) -> tuple[int, int]:
+    """`(height, width)` with the shorter side `size`, keeping the aspect ratio, but the
+    shorter side made smaller where the longer one would pass `max_size` (DETR's
+    `get_size_with_aspect_ratio`, the longer side rounded down)."""
+    short, long = min(height, width), max(height, width)
+    if max_size is not None and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if short == size:
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def resize_with_boxes(features: Features, height: int, width: int) -> Features:
+    """The image resized (bilinear) to `height x width`, its boxes scaled with it."""
+    image = features["image"]
+    scale = np.array([width / image.shape[1], height / image.shape[0]] * 2, np.float32)
+    return {**features, "image": resize(image, height, width), "boxes": _boxes(features) * scale}
+
+
+def crop_with_boxes(features: Features, top: int, left: int, height: int,
+                    width: int) -> Features:
+    """The `height x width` window at `(top, left)` of the image. Boxes are moved into it and
+    clipped to it; those left with no area are dropped, and their labels with them."""
+    image = features["image"]
+    if top < 0 or left < 0 or top + height > image.shape[0] or left + width > image.shape[1]:
+        raise ValueError(f"the crop ({top}, {left}, {height}, {width}) leaves the "
+                         f"{image.shape[0]}x{image.shape[1]} image")
+    boxes = _boxes(features) - np.array([left, top, left, top], np.float32)
+    boxes = np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {**features, "image": image[top:top + height, left:left + width],
+            "boxes": boxes[keep], "labels": np.asarray(features["labels"], np.int32)[keep]}
+
+
+def flip_with_boxes(features: Features) -> Features:
+    """The image mirrored left-right, its boxes with it."""
+    image = features["image"]
+    x0, y0, x1, y1 = _boxes(features).T
+    boxes = np.stack([image.shape[1] - x1, y0, image.shape[1] - x0, y1], axis=-1)
+    return {**features, "image": image[:, ::-1], "boxes": boxes}
+
+
+def xyxy_to_cxcywh(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel `(x0, y0, x1, y1)` `[n, 4]` -> `(cx, cy, w, h)` `[n, 4]` relative to a
+    `height x width` image, the boxes first clipped to it."""
+    scale = np.array([width, height, width, height], np.float32)
+    boxes = np.clip(np.asarray(boxes, np.float32).reshape(-1, 4), 0, scale) / scale
+    return np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]],
+                          axis=-1)
+
+
+def pad_example(features: Features, height: int, width: int, max_boxes: int) -> Features:
+    """Fixed shapes: the image zero-padded at the bottom and right to `[height, width, C]`,
+    and boxes and labels zero-padded to `max_boxes` rows. Adds `pixel_mask` bool
+    `[height, width]` and `box_mask` bool `[max_boxes]` (true for the real ones) and `size`
+    int32 `[2]`, the image's `(height, width)` before padding."""
+    image, boxes = features["image"], _boxes(features)
+    real_height, real_width = image.shape[:2]
+    if real_height > height or real_width > width:
+        raise ValueError(f"cannot pad a {real_height}x{real_width} image to {height}x{width}")
+    if len(boxes) > max_boxes:
+        raise ValueError(f"an example has {len(boxes)} boxes, more than max_boxes "
+                         f"{max_boxes}")
+    padded = np.zeros((height, width, *image.shape[2:]), image.dtype)
+    padded[:real_height, :real_width] = image
+    pixel_mask = np.zeros((height, width), bool)
+    pixel_mask[:real_height, :real_width] = True
+    n = len(boxes)
+    padded_boxes = np.zeros((max_boxes, 4), np.float32)
+    padded_boxes[:n] = boxes
+    labels = np.zeros(max_boxes, np.int32)
+    labels[:n] = np.asarray(features["labels"], np.int32)
+    return {**features, "image": padded, "pixel_mask": pixel_mask, "boxes": padded_boxes,
+            "labels": labels, "box_mask": np.arange(max_boxes) < n,
+            "size": np.array([real_height, real_width], np.int32)}
+
+
+# ---------------------------------------------------------------------------------------
+# Steps on feature dicts.
+
+@dataclasses.dataclass(frozen=True)
+class FitShorterSide:
+    """Resizes to shorter side `size` (the longer at most `max_size`; 0: no limit)."""
+
+    size: int
+    max_size: int = 0
+    num_draws: ClassVar[int] = 0
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        height, width = features["image"].shape[:2]
+        shape = shorter_side_shape(height, width, self.size, self.max_size or None)
+        return resize_with_boxes(features, *shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomShorterSide:
+    """`FitShorterSide` to one of `sizes`, drawn (1 draw): DETR's multi-scale training."""
+
+    sizes: tuple[int, ...]
+    max_size: int = 0
+    num_draws: ClassVar[int] = 1
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        size = self.sizes[draws.integers(len(self.sizes))]
+        return FitShorterSide(size, self.max_size)(features, draws)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSizeCrop:
+    """A crop of random height and width in `[min_size, max_size]` (at most the image's),
+    at a random place (4 draws; DETR's `RandomSizeCrop`)."""
+
+    min_size: int
+    max_size: int
+    num_draws: ClassVar[int] = 4
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        image_height, image_width = features["image"].shape[:2]
+        height = _integer_between(draws, self.min_size, self.max_size, image_height)
+        width = _integer_between(draws, self.min_size, self.max_size, image_width)
+        top = draws.integers(image_height - height + 1)
+        left = draws.integers(image_width - width + 1)
+        return crop_with_boxes(features, top, left, height, width)
+
+
+def _integer_between(draws: Draws, low: int, high: int, limit: int) -> int:
+    """Uniform in `[min(low, limit), min(high, limit)]` (1 draw)."""
+    low, high = min(low, limit), min(high, limit)
+    return low + draws.integers(high - low + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlipWithBoxes:
+    """Mirrors image and boxes with `probability`; the draw is taken even at 0 (1 draw)."""
+
+    probability: float = 0.5
+    num_draws: ClassVar[int] = 1
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        return flip_with_boxes(features) if draws.random() < self.probability else features
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSelect:
+    """`first` with `probability`, else `second` (DETR's `RandomSelect`). One draw for the
+    choice, then at most the larger budget of the two."""
+
+    first: Transform
+    second: Transform
+    probability: float = 0.5
+
+    @property
+    def num_draws(self) -> int:
+        return 1 + max(self.first.num_draws, self.second.num_draws)
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        step = self.first if draws.random() < self.probability else self.second
+        return step(features, draws)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxesToCxcywh:
+    """`boxes` -> `(cx, cy, w, h)` relative to the image, in [0, 1]."""
+
+    num_draws: ClassVar[int] = 0
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        height, width = features["image"].shape[:2]
+        return {**features, "boxes": xyxy_to_cxcywh(features["boxes"], height, width)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PadBoxes:
+    """`pad_example`: the image to `height x width`, boxes and labels to `max_boxes`."""
+
+    height: int
+    width: int
+    max_boxes: int
+    num_draws: ClassVar[int] = 0
+
+    def __call__(self, features: Features, draws: Draws) -> Features:
+        return pad_example(features, self.height, self.width, self.max_boxes)
+
