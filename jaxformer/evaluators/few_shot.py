@@ -20,8 +20,12 @@ Options: `split` (a few-shot split of the data, e.g. `heldout_groups`), `shots` 
 queries and which shots), `batch_size` (queries per model call; default the eval batch,
 rounded up to a multiple of the local devices).
 
-Reports `top1_{k}shot` for each k, and the baselines `chance` (1 / classes) and `majority`
-(the share of the commonest label among the queries).
+Reports `top1_{k}shot` for each k; `calibrated_top1_{k}shot`, the same with each class's
+score less its score when the query image is blank (zeros after normalisation, the data's
+mean colour) after the same shots: contextual calibration (Zhao et al., 2021), which takes
+out the language model's prior over the class captions, a prior that decides the ranking of
+a small model by itself; and the baselines `chance` (1 / classes) and `majority` (the share
+of the commonest label among the queries).
 
 Each query's k + 1 images go through the image tower and resampler once; all classes are
 scored in one `decode_text` call with those visual tokens repeated per class. Sequences are
@@ -64,6 +68,12 @@ def class_scores(model: Any, params: Any, batch: dict) -> jax.Array:
     log_probs = picked - jax.nn.logsumexp(logits, axis=-1)
     weights = batch["weights"].reshape(queries * classes, length)
     return (log_probs * weights).sum(-1).reshape(queries, classes)
+
+
+def blank_query(images: jax.Array) -> jax.Array:
+    """`images` `[queries, media, H, W, C]` with the query (the last image) blank: zeros, the
+    mean colour after normalisation."""
+    return images.at[:, -1].set(0.0)
 
 
 def subset(count: int, size: int, seed: int) -> np.ndarray:
@@ -182,17 +192,22 @@ class FewShotEvaluator(Evaluator):
             yield self.batch(k, [block[r] for r in shard.rows])
 
     def sums(self, params, batch):
-        scores = class_scores(self.context.task.model, params, batch)
+        model = self.context.task.model
+        scores = class_scores(model, params, batch)
+        prior = class_scores(model, params, dict(batch, images=blank_query(batch["images"])))
         labels = batch["label"]
         real = labels >= 0
         correct = (jnp.argmax(scores, axis=-1) == labels) & real
-        return {"correct": correct.sum(), "count": real.sum()}
+        calibrated = (jnp.argmax(scores - prior, axis=-1) == labels) & real
+        return {"correct": correct.sum(), "calibrated": calibrated.sum(), "count": real.sum()}
 
     def run(self, params) -> dict[str, float]:
         metrics = {}
         for k in self.shots:
             totals = sum_over_batches(self._sums, params, self.batches(k), self.context.strategy)
-            metrics[f"top1_{k}shot"] = float(totals["correct"] / max(totals["count"], 1))
+            count = max(totals["count"], 1)
+            metrics[f"top1_{k}shot"] = float(totals["correct"] / count)
+            metrics[f"calibrated_top1_{k}shot"] = float(totals["calibrated"] / count)
         classes = len(self.split.class_names)
         metrics["chance"] = 1.0 / classes
         metrics["majority"] = float(np.bincount(self.labels, minlength=classes).max()

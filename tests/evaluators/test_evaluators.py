@@ -76,6 +76,7 @@ def test_unknown_evaluator_type_lists_the_types():
     config, data, task, params = setup("configs/gpt/gpt2.py:runlocal", "evals.val.type=perplex")
     from jaxformer.registry import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="available: bleu, classification, linear_probe, "
-                                               "loss, retrieval, zero_shot$"):
+    with pytest.raises(UnknownNameError, match="available: bleu, captioning, classification, "
+                                               "coco_ap, few_shot, linear_probe, loss, "
+                                               "retrieval, zero_shot$"):
         run_evaluators(config, data, task, params, batch_size=8)

@@ -150,11 +150,19 @@ def test_run_reports_the_accuracy_of_the_argmax_and_the_baselines(setup, scores_
     assert len(set(labels)) > 1
     expected = {}
     for k in (0, 1):
-        predicted = batch_scores(setup, scores_fn, ev, k, queries).argmax(1)
-        expected[f"top1_{k}shot"] = float((predicted == labels).mean())
+        scores = batch_scores(setup, scores_fn, ev, k, queries)
+        expected[f"top1_{k}shot"] = float((scores.argmax(1) == labels).mean())
+        # Calibrated: less the scores after the same shots with a blank query image.
+        blank = ev.batch(k, queries)
+        blank["images"][:, k] = 0.0
+        prior = np.asarray(scores_fn(params, blank))
+        assert np.abs(prior - scores).max() > 1e-3  # The query image matters.
+        expected[f"calibrated_top1_{k}shot"] = float(((scores - prior).argmax(1)
+                                                      == labels).mean())
     assert metrics == pytest.approx({**expected, "chance": 0.2,
                                      "majority": np.bincount(labels).max() / 20})
-    assert set(metrics) == {"top1_0shot", "top1_1shot", "chance", "majority"}
+    assert set(metrics) == {"top1_0shot", "top1_1shot", "calibrated_top1_0shot",
+                            "calibrated_top1_1shot", "chance", "majority"}
 
 
 def test_too_many_shots_for_the_block_and_bad_options_are_refused(setup):
