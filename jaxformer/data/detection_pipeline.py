@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-import sys
-from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
-import grain
 import ml_collections
 import numpy as np
 
@@ -42,8 +39,8 @@ from jaxformer.data.box_transforms import (
     RandomShorterSide,
     RandomSizeCrop,
 )
-from jaxformer.data.common import DataSpec, Shard
-from jaxformer.data.image_pipeline import EvalBatch, TrainBatch
+from jaxformer.data.common import DataSpec
+from jaxformer.data.image_pipeline import ImageData
 from jaxformer.data.transforms import Compose, Decode, Draws, Features, Normalize
 
 FEATURES = ("image", "boxes", "labels")
@@ -176,77 +173,25 @@ class DetectionSpec(DataSpec):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DetectionData:
-    """The train and eval splits of a detection data set, with their preprocessing.
+class DetectionData(ImageData):
+    """The train and eval splits of a detection data set, with their preprocessing: an
+    `ImageData` whose examples hold `image`, `boxes` and `labels` and whose batches are those
+    of the module docstring.
 
     Attributes:
         train_source: the training examples (`image`, `boxes`, `labels`).
         eval_sources: split name -> examples, the first split the default of `eval_iter`.
         class_names: the name of each label.
-        preprocess: how images and boxes become model inputs.
+        preprocess: how images and boxes become model inputs (`DetectionPreprocess`).
         read_threads: threads preparing batches ahead of the training loop (0: on demand).
     """
 
-    train_source: Sequence
-    eval_sources: Mapping[str, Sequence]
-    class_names: tuple[str, ...]
-    preprocess: DetectionPreprocess
-    read_threads: int = 0
-
-    def __post_init__(self):
-        if not self.eval_sources:
-            raise ValueError("no eval split")
-        for name, source in {"train": self.train_source, **self.eval_sources}.items():
-            if len(source) == 0:
-                raise ValueError(f"the {name} split is empty")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.preprocess.shape
+    features: tuple[str, ...] = FEATURES
 
     @property
     def max_boxes(self) -> int:
         return self.preprocess.max_boxes
 
-    @property
-    def eval_splits(self) -> tuple[str, ...]:
-        return tuple(self.eval_sources)
-
-    def train_iter(
-        self, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
-    ) -> grain.DatasetIterator:
-        """An endless iterator over this process's `batch_size` training examples per batch
-        (the features of the module docstring)."""
-        shard = Shard(batch_size, process_index, process_count)
-        make = TrainBatch(_reader(self.train_source), len(self.train_source),
-                          self._transform(self.preprocess.train_transforms()), shard, seed)
-        dataset = grain.MapDataset.range(sys.maxsize).map(make)
-        return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
-
-    def eval_iter(
-        self, *, batch_size: int, num_batches: int, process_index: int = 0,
-        process_count: int = 1, split: str | None = None,
-    ) -> grain.DatasetIterator:
-        """The first `num_batches` batches of `split` (None: the first of `eval_splits`) in
-        order (-1: the whole split, once). Rows past the end of the split are zeros."""
-        shard = Shard(batch_size, process_index, process_count)
-        source = self.eval_sources[common.choose_split(split, self.eval_splits)]
-        count = common.in_order_batches(len(source), shard.global_batch, num_batches)
-        make = EvalBatch(_reader(source), len(source),
-                         self._transform(self.preprocess.eval_transforms()), shard)
-        dataset = grain.MapDataset.range(count).map(make)
-        return iter(dataset.to_iter_dataset(common.read_options(self.read_threads)))
-
     def _transform(self, steps: Compose) -> Compose:
+        """The labels' check, then the steps (which pad the labels)."""
         return Compose((CheckLabels(self.num_classes), *steps.steps))
-
-
-def _reader(source: Sequence) -> Callable[[int], Features]:
-    def read(index: int) -> Features:
-        example = source[int(index)]
-        return {key: example[key] for key in FEATURES}
-    return read
