@@ -79,6 +79,15 @@ def xyxy_to_cxcywh(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
                           axis=-1)
 
 
+def cxcywh_to_xyxy(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
+    """`(cx, cy, w, h)` `[..., 4]` relative to a `height x width` image -> pixel
+    `(x0, y0, x1, y1)` `[..., 4]` (the inverse of `xyxy_to_cxcywh`, without clipping)."""
+    boxes = np.asarray(boxes, np.float32)
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    scale = np.array([width, height, width, height], np.float32)
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=-1) * scale
+
+
 def pad_example(features: Features, height: int, width: int, max_boxes: int) -> Features:
     """Fixed shapes: the image zero-padded at the bottom and right to `[height, width, C]`,
     and boxes and labels zero-padded to `max_boxes` rows. Adds `pixel_mask` bool

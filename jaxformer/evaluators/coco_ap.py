@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxformer.data.box_transforms import cxcywh_to_xyxy
 from jaxformer.evaluators.base import Context, Evaluator
 from jaxformer.tasks.detection import detections
 
@@ -30,9 +31,8 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def to_pixels(boxes: np.ndarray, size: np.ndarray) -> np.ndarray:
     """cxcywh relative to an image of `size` (height, width) -> COCO's (x, y, w, h) pixels."""
-    height, width = float(size[0]), float(size[1])
-    cx, cy, w, h = (boxes[..., i] for i in range(4))
-    return np.stack([(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height], -1)
+    xyxy = cxcywh_to_xyxy(boxes, float(size[0]), float(size[1]))
+    return np.concatenate([xyxy[..., :2], xyxy[..., 2:] - xyxy[..., :2]], axis=-1)
 
 
 def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],

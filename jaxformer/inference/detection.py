@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxformer.data.box_transforms import cxcywh_to_xyxy
 from jaxformer.data.transforms import no_draws
 from jaxformer.tasks.detection import detections
 
@@ -42,16 +43,13 @@ def detect(task: Any, data: Any, params: Any, pixels: np.ndarray, *,
              ("image", "pixel_mask", "size", "boxes", "labels", "box_mask")}
     out = jax.device_get(detections(**task.predict(params, batch)))
     height, width = pixels.shape[:2]
+    boxes = np.clip(cxcywh_to_xyxy(out["boxes"][0], height, width), 0,
+                    np.array([width, height, width, height], np.float32))
     found = []
-    for score, label, (cx, cy, w, h) in zip(out["scores"][0], out["labels"][0],
-                                            out["boxes"][0], strict=True):
-        if score < threshold:
-            continue
-        box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
-               (cy + h / 2) * height)
-        found.append(Detection(int(label), task.class_names[int(label)], float(score),
-                               tuple(float(np.clip(v, 0, s))
-                                     for v, s in zip(box, (width, height) * 2, strict=True))))
+    for score, label, box in zip(out["scores"][0], out["labels"][0], boxes, strict=True):
+        if score >= threshold:
+            found.append(Detection(int(label), task.class_names[int(label)], float(score),
+                                   tuple(float(v) for v in box)))
     return sorted(found, key=lambda d: -d.score)
 
 
