@@ -345,6 +345,21 @@ def test_params_without_the_dataset(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_params_of_detr_r50_on_coco(tmp_path):
+    """COCO is not prepared here either. DETR-R50 with 91 classes: 41,631,008 values, of which
+    DETR's freezing rule trains 41,302,368 (models/detr.py)."""
+    result = run_cli("params", "--config=configs/detr/coco.py", "--json",
+                     f"--config.data.data_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert (counts["total"], counts["trainable"]) == (41_631_008, 41_302_368)
+    assert os.listdir(tmp_path) == []
+    assert_user_error(run_cli("params", "--config=configs/detr/coco.py:variant=cpu"),
+                      "unknown variant 'cpu'; available: r50, r101, r18, r34")
+    assert_user_error(run_cli("params", "--config=configs/detr/coco.py",
+                              "--config.data.max_boxes=-1"), "data.max_boxes")
+
+
 def test_train_into_a_closed_pipe(tmp_path, data_dir):
     workdir = tmp_path / "piped"
     command = " ".join([sys.executable, "-m", "jaxformer", *train_args(workdir, data_dir)])

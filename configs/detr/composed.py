@@ -1,22 +1,27 @@
 """DETR on the composed detection canvases: Fashion-MNIST items and emoji of 20 classes on
 64 x 64 canvases, 1 to 4 objects each, with exact boxes (`data.composed_detection`).
 
-  jaxformer train --config=configs/detr/composed.py --workdir=runs/detr_composed
+  jaxformer train --config=configs/detr/backbone.py --workdir=runs/detr_backbone
+  jaxformer train --config=configs/detr/composed.py:backbone=runs/detr_backbone \\
+      --workdir=runs/detr_composed
 
-The paper's recipe scaled to a CPU: AdamW lr 1e-4 with the backbone at 1e-5
-(`optim.lr_mults`), weight decay 1e-4, gradient clipping 0.1, the learning rate dropped 10x
-after two thirds of training; the loss of DETR (class 1, L1 5, GIoU 2, no-object weight 0.1,
-auxiliary losses at every decoder layer); training views flipped, resized to a random
-shorter side and, half the time, cropped first. The backbone trains from scratch here, so
-only its BatchNorm statistics stay fixed (the identity); DETR's freezing rule for a
-pretrained backbone (its BatchNorm, stem and first stage: `FREEZE`) is for runs that load
-one with `init_from`.
+The paper's recipe scaled to a CPU. As DETR starts from an ImageNet-trained ResNet, this one
+starts from a ResNet trained to classify the same objects, one per canvas
+(`configs/detr/backbone.py`), loaded with `init_from` and frozen by DETR's rule (`FREEZE`: its
+BatchNorm, stem and first stage); the backbone trains at a tenth of the learning rate
+(`optim.lr_mults`). AdamW with weight decay 1e-4 and gradient clipping 0.1, the learning rate
+dropped 10x after two thirds of training; the loss of DETR (class 1, L1 5, GIoU 2, no-object
+weight 0.1, auxiliary losses at every decoder layer); training views flipped, resized to a
+random shorter side and, half the time, cropped first. Without `backbone` the ResNet trains
+from scratch at the full learning rate, with only its BatchNorm statistics fixed (the
+identity); from scratch, DETR learns where the objects are long before what they are.
 
 Variants (arg string):
   variant=NAME   the model (`models.detr.VARIANTS`): `cpu` (default: a small ResNet of
                  stride 8, transformer width 64, 2 + 2 layers, 10 queries), `r18`, `r34`,
-                 `r50`, `r101`
-                 (the paper's transformer; ResNet backbones trained from scratch here).
+                 `r50`, `r101`.
+  backbone=DIR   the workdir of a trained backbone (configs/detr/backbone.py with the
+                 variant's ResNet); "" trains it from scratch.
   steps=N        training steps (default 6,000 of 32 canvases).
   runlocal       a tiny model for a few steps (smoke tests).
 """
@@ -32,7 +37,7 @@ FREEZE = (r"backbone/(.*/)?bn\d?/.*", r"backbone/(conv1|layer1)/.*")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, variant="cpu", steps=6000, runlocal=False)
+    arg = parse_arg(arg, variant="cpu", backbone="", steps=6000, runlocal=False)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(dict(name="detr", variant=arg.variant,
@@ -61,6 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="adamw", lr=1e-4, min_lr=1e-5, schedule="step", warmup_steps=0,
         decay_steps=2 * num_steps // 3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4,
         grad_clip=0.1, lr_mults=(("backbone/.*", 0.1),)))
+    if arg.backbone:
+        config.init_from.update(workdir=arg.backbone, mapping=(("backbone", "backbone"),))
+        config.freeze = FREEZE
+    else:
+        config.optim.lr_mults = ()
 
     if arg.runlocal:
         config.data.update(train_examples=64, eval_examples=16)

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.optimize
 
 from jaxformer.layers.boxes import cxcywh_to_xyxy, generalized_box_iou
+from jaxformer.tasks.base import per_batch_shard
 
 # Stands in for a NaN or infinite cost (a diverged model), which scipy refuses: the
 # assignment is then arbitrary but defined, and the loss itself reports the NaN.
@@ -99,4 +100,9 @@ def hungarian_match(logits: jax.Array, boxes: jax.Array, target_labels: jax.Arra
     """
     logits, boxes, target_boxes = jax.lax.stop_gradient((logits, boxes, target_boxes))
     cost = matching_cost(logits, boxes, target_labels, target_boxes, costs)
-    return linear_sum_assignment(cost, target_mask)
+    mask = jnp.broadcast_to(jnp.asarray(target_mask).astype(bool),
+                            cost.shape[:-2] + cost.shape[-1:])
+    if cost.ndim < 3:
+        return linear_sum_assignment(cost, mask)
+    # Images are matched on the device that holds them.
+    return per_batch_shard(linear_sum_assignment, batch_axis=cost.ndim - 3)(cost, mask)

@@ -209,3 +209,32 @@ def resnet(variant: str, *, dtype: Any = jnp.float32, name: str | None = None) -
         raise ValueError(f"unknown ResNet variant {variant!r}; available: "
                          f"{', '.join(VARIANTS)}")
     return ResNet(**VARIANTS[variant], dtype=dtype, name=name)
+
+
+class ResNetClassifier(nn.Module):
+    """Images `[batch, H, W, C]` -> logits `[batch, num_classes]`: a `ResNet` (`backbone`),
+    global average pooling and a linear layer (`fc`, torchvision's). Its `backbone` is what
+    a DETR loads with `init_from` (the same names as `models.detr`'s)."""
+
+    variant: str
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        del train  # No dropout; BatchNorm statistics are fixed.
+        features = resnet(self.variant, dtype=self.dtype, name="backbone")(images)
+        pooled = features.astype(jnp.float32).mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, name="fc")(pooled)
+
+
+def build(config, *, num_classes: int, image_shape: tuple[int, int, int], dtype: Any,
+          remat: bool) -> ResNetClassifier:
+    """A `ResNetClassifier` from the `config.model` subtree (`variant`, a `VARIANTS` name)."""
+    del image_shape, remat
+    if config.get("variant", "") not in VARIANTS:
+        raise ValueError(f"unknown ResNet variant {config.get('variant', '')!r}; available: "
+                         f"{', '.join(VARIANTS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    return ResNetClassifier(config.variant, num_classes, dtype=dtype)

@@ -7,24 +7,29 @@ trainer adds the sums and the counts up, and divides once at the end.
 Losses over the whole global batch (contrastive negatives, set matching normalised by the
 number of boxes on every device) use `axis_name`: under the default `sharded` strategy the
 task sees the global batch and `axis_name` is None; under `pmap` each device sees its shard
-and `axis_name` names the device axis. `all_gather` and `global_sum` below work in both.
+and `axis_name` names the device axis. `all_gather` and `global_sum` below work in both;
+`per_batch_shard` keeps per-example host callbacks on each device's share of the batch.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import math
+from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.sharding import PartitionSpec as P
 
 from jaxformer.losses.cross_entropy import smoothed_cross_entropy
 
 Params = Any
 Batch = dict[str, jax.Array]
 
+# The mesh axes the batch is split over (`train.parallel`).
+BATCH_AXES = ("data", "fsdp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -78,6 +83,30 @@ def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
 def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
     """The sum of `x` over all devices (itself when the batch is global)."""
     return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def per_batch_shard(fn: Callable, batch_axis: int) -> Callable:
+    """`fn` applied to each device's share of the batch when the step is jitted over a mesh
+    (`train.parallel.Sharded` sets it while tracing), else `fn` itself.
+
+    Every argument and result of `fn` has the batch at dimension `batch_axis`. For per-example
+    host callbacks (`jax.pure_callback`), which would otherwise bring the whole batch to one
+    device and back.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    if not axes:
+        return fn
+    spec = P(*[None] * batch_axis, axes)
+    shards = math.prod(mesh.shape[a] for a in axes)
+
+    def mapped(*args):
+        if any(x.shape[batch_axis] % shards for x in args):
+            return fn(*args)
+        return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
+                             check_vma=False)(*args)
+
+    return mapped
 
 
 def shard_offset(rows: int, axis_name: str | None) -> jax.Array:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxformer import registry
-from jaxformer.models.vit import resize_position_embedding
+from jaxformer.models.vit import ViT, resize_position_embedding
 from jaxformer.tasks.base import Task, classification_loss, compute_dtype
 
 
@@ -45,8 +45,9 @@ class ClassificationTask(Task):
         return classification_loss(logits, batch["label"], self.num_classes,
                                    self.label_smoothing)
 
-    def flops_per_example(self, params) -> float:
-        """Training FLOPs of one image: 3x the forward matmul FLOPs (forward + backward).
+    def flops_per_example(self, params) -> float | None:
+        """Training FLOPs of one image through a ViT: 3x the forward matmul FLOPs (forward +
+        backward); None for other models.
 
         Forward, per image with T tokens of width d: the patch embedding `2 P p^2 C d` for P
         patches; per layer the projections `8 T d^2`, the attention scores and weighted values
@@ -54,6 +55,8 @@ class ClassificationTask(Task):
         """
         del params  # The count follows from the architecture.
         model = self.model
+        if not isinstance(model, ViT):
+            return None  # Known for the ViT only.
         height, width, channels = self.image_shape
         patches = (height // model.patch_size) * (width // model.patch_size)
         tokens = patches + (1 if model.pool_type == "tok" else 0)

@@ -14,11 +14,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxformer.errors import UserError
+from jaxformer.tasks.base import BATCH_AXES
 from jaxformer.train.state import TrainState, make_train_step
 
 STRATEGIES = ("sharded", "pmap")
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -61,13 +61,23 @@ class Sharded:
 
     def train_step(self, task, tx, grad_accum_steps: int, frozen=None) -> Callable:
         step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, frozen=frozen)
-        return jax.jit(step, in_shardings=(self.replicated, self.batch_sharding),
-                       out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+        return self._in_mesh(jax.jit(
+            step, in_shardings=(self.replicated, self.batch_sharding),
+            out_shardings=(self.replicated, self.replicated), donate_argnums=0))
 
     def reduce_fn(self, fn: Callable) -> Callable:
         """`fn(params, batch) -> pytree of sums` over the global batch, jitted."""
-        return jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
-                       out_shardings=self.replicated)
+        return self._in_mesh(jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
+                                     out_shardings=self.replicated))
+
+    def _in_mesh(self, jitted: Callable) -> Callable:
+        """`jitted`, called (and so traced) with the mesh set: tasks can then split
+        per-example work over it (`tasks.base.per_batch_shard`)."""
+        def call(*args):
+            with jax.set_mesh(self.mesh):
+                return jitted(*args)
+
+        return call
 
 
 class Pmap:

@@ -225,6 +225,8 @@ def test_evaluate_runs_both_evaluators(chain, tmp_path):
     groups = few_shot.build("groups", ml_collections.ConfigDict(EVALS["groups"]), context)
     expected = {f"eval/groups/{k}": v for k, v in groups.run(run.params).items()}
     assert set(expected) == {"eval/groups/top1_0shot", "eval/groups/top1_1shot",
+                             "eval/groups/calibrated_top1_0shot",
+                             "eval/groups/calibrated_top1_1shot",
                              "eval/groups/chance", "eval/groups/majority"}
     for name in ("captions", "captions_1shot"):
         options = EVALS[name]

@@ -3,6 +3,8 @@ whole loss and its metrics against a float64 reference (matching by brute force)
 losses, padding images, and the same loss and gradients on one device, under pmap over 8
 devices and under jit over a batch sharded on 8 devices (boxes counted over all devices)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,13 +234,22 @@ def under_pmap(params, features, labels, targets, mask):
     return jax.tree.map(lambda a: np.asarray(a)[0], out)
 
 
-def under_sharded_jit(params, features, labels, targets, mask):
+def sharded(features, labels, targets, mask):
+    """The global batch split over a mesh of `DEVICES` devices, and the mesh."""
     mesh = Mesh(np.array(jax.devices()[:DEVICES]), ("data",))
     features = jax.device_put(features, NamedSharding(mesh, PartitionSpec(None, "data")))
     rows = NamedSharding(mesh, PartitionSpec("data"))
     labels, targets, mask = (jax.device_put(x, rows) for x in (labels, targets, mask))
     assert len(features.sharding.device_set) == DEVICES
-    return jax.device_get(jax.jit(single_device)(params, features, labels, targets, mask))
+    return (features, labels, targets, mask), mesh
+
+
+def under_sharded_jit(params, *batch, set_mesh=False):
+    batch, mesh = sharded(*batch)
+    if not set_mesh:
+        return jax.device_get(jax.jit(single_device)(params, *batch))
+    with jax.set_mesh(mesh):  # As train.parallel.Sharded traces its steps.
+        return jax.device_get(jax.jit(single_device)(params, *batch))
 
 
 def assert_close(a, b):
@@ -257,3 +268,14 @@ def test_loss_and_gradients_do_not_depend_on_the_split():
         assert np.abs(leaf).max() > 1e-3  # A real gradient, not zeros on both sides.
     assert_close(under_pmap(params, *batch), reference)
     assert_close(under_sharded_jit(params, *batch), reference)
+    assert_close(under_sharded_jit(params, *batch, set_mesh=True), reference)
+
+
+def test_with_the_mesh_set_each_device_matches_its_own_images():
+    """The host callback of the matching takes one device's share of the batch, instead of
+    the whole batch gathered onto one device."""
+    batch, mesh = sharded(*global_batch())
+    with jax.set_mesh(mesh):
+        hlo = jax.jit(single_device).lower(init_params(), *batch).compile().as_text()
+    shapes = re.findall(r"= \(s32\[([\d,]+)\][^=]*\) custom-call\(", hlo)
+    assert shapes == [f"{LAYERS},{BATCH // DEVICES},{TARGETS}"]

@@ -121,3 +121,29 @@ def test_tiny_forward_is_finite_and_unknown_variant_fails():
     assert float(features.std()) > 0
     with pytest.raises(ValueError, match="unknown ResNet variant 'resnet152'"):
         resnet.resnet("resnet152")
+
+
+# torchvision's counts with the 1000-class fc (statistics not counted), per variant.
+TORCHVISION_CLASSIFIER_COUNTS = {"resnet18": 11_689_512, "resnet34": 21_797_672,
+                                 "resnet50": 25_557_032, "resnet101": 44_549_160}
+
+
+@pytest.mark.parametrize("variant", list(TORCHVISION_CLASSIFIER_COUNTS))
+def test_classifier_counts_match_torchvision(variant):
+    model = resnet.ResNetClassifier(variant, num_classes=1000)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    counts = {p: math.prod(x.shape) for p, x in flat(params["params"]).items()}
+    assert sorted({p.split("/")[0] for p in counts}) == ["backbone", "fc"]
+    assert sum(n for p, n in counts.items()
+               if not p.endswith(("/mean", "/var"))) == TORCHVISION_CLASSIFIER_COUNTS[variant]
+
+
+def test_classifier_is_the_mean_of_the_features_through_fc():
+    model = resnet.ResNetClassifier("tiny", num_classes=5)
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), images)
+    features = resnet.resnet("tiny").apply(
+        {"params": variables["params"]["backbone"]}, images)
+    fc = variables["params"]["fc"]
+    expected = features.mean(axis=(1, 2)) @ fc["kernel"] + fc["bias"]
+    np.testing.assert_allclose(model.apply(variables, images), expected, rtol=1e-5, atol=1e-5)

@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.detr import composed
+from configs.detr import coco, composed
 from jaxformer import config as config_lib
+from jaxformer.inference.workdir import load_run
 from jaxformer.losses.detection import set_criterion
 from jaxformer.models import detr
 from jaxformer.registry import build_data_and_task
 from jaxformer.tasks.detection import detections
+from jaxformer.train import trainer, transfer
 from tests.helpers import ROOT
 
 CONFIG = os.path.join(ROOT, "configs/detr/composed.py")
@@ -51,6 +53,23 @@ def test_padding_images_of_an_eval_batch_change_nothing(setup):
 
 def test_config_freezes_what_detr_freezes():
     assert composed.FREEZE == detr.FREEZE
+    assert coco.get_config().freeze == detr.FREEZE
+
+
+def test_coco_recipe_is_the_papers():
+    """500 epochs of 64 images, the lr dropped 10x after 400; the backbone at a tenth."""
+    c = config_lib.load_config(os.path.join(ROOT, "configs/detr/coco.py:init_from=runs/r50"))
+    assert (c.model.variant, c.data.name, c.train.batch_size) == ("r50", "coco_detection", 64)
+    assert c.train.num_steps == 500 * 1848 and c.optim.decay_steps == 400 * 1848
+    assert (c.optim.lr, c.optim.min_lr, c.optim.schedule) == (1e-4, 1e-5, "step")
+    assert (c.optim.weight_decay, c.optim.grad_clip) == (1e-4, 0.1)
+    assert c.optim.lr_mults == (("backbone/.*", 0.1),)
+    assert c.init_from.workdir == "runs/r50" and c.init_from.mapping == (("backbone", "backbone"),)
+    assert {(e.type, e.split) for e in c.evals.values()} == {("loss", "validation"),
+                                                              ("coco_ap", "validation")}
+    assert set(coco.VARIANTS) == set(detr.VARIANTS) - {"cpu"}
+    with pytest.raises(config_lib.ConfigError, match="unknown variant 'cpu'; available"):
+        config_lib.load_config(os.path.join(ROOT, "configs/detr/coco.py:variant=cpu"))
 
 
 def test_detections_take_the_best_real_class():
@@ -61,3 +80,24 @@ def test_detections_take_the_best_real_class():
     np.testing.assert_allclose(out["scores"], [0.3, 0.7], rtol=1e-6)
     np.testing.assert_array_equal(out["labels"], [1, 0])
     np.testing.assert_array_equal(out["boxes"], boxes)
+
+
+@pytest.mark.slow
+def test_detr_starts_from_a_trained_backbone_and_keeps_its_frozen_part(tmp_path):
+    """configs/detr/backbone.py trains a ResNet classifier; configs/detr/composed.py with
+    `backbone=` loads its `backbone` into the DETR and trains only DETR's unfrozen part."""
+    source, workdir = str(tmp_path / "backbone"), str(tmp_path / "detr")
+    trainer.train(config_lib.load_config(
+        f"{os.path.join(ROOT, 'configs/detr/backbone.py')}:runlocal"), source)
+    config = config_lib.load_config(f"{CONFIG}:runlocal,backbone={source}")
+    assert tuple(config.freeze) == detr.FREEZE
+    trainer.train(config, workdir)
+    loaded = transfer.flat_paths(jax.device_get(load_run(source).params))
+    trained = transfer.flat_paths(jax.device_get(load_run(workdir).params))
+    backbone = {p: v for p, v in loaded.items() if p.startswith("backbone/")}
+    assert backbone and set(backbone) == {p for p in trained if p.startswith("backbone/")}
+    labels = transfer.flat_paths(transfer.frozen_labels(load_run(workdir).params, detr.FREEZE))
+    frozen = [p for p in backbone if labels[p] == "frozen"]
+    assert frozen and all(np.array_equal(trained[p], backbone[p]) for p in frozen)
+    assert any(not np.array_equal(trained[p], backbone[p])
+               for p in backbone if p not in frozen)
