@@ -5,8 +5,9 @@ Args (`jaxformer reproduce experiments/carion2020 --scale=...`):
   scale=cpu    (default) the chain of configs/detr/composed.py on the composed canvases:
                first the ResNet backbone trained to classify the canvases' objects
                (`backbone`, configs/detr/backbone.py; DETR's ImageNet pretraining), then the
-               DETR that loads it (`detr`) and its ablations: `no-encoder` (the backbone's
-               features go straight to the decoder), `class+l1` (no GIoU term, in the loss or
+               DETR that loads it (`detr`, 2 encoder layers) and its ablations:
+               `no-encoder` (the backbone's features go straight to the decoder),
+               `encoder-4` (4 encoder layers), `class+l1` (no GIoU term, in the loss or
                in the matching cost) and `class+giou` (no L1 term).
   scale=paper  DETR-R50 and DETR-R101 on COCO (configs/detr/coco.py), for their parameter
                counts.
@@ -31,6 +32,7 @@ CPU_SIZES = dict(backbone="tiny", d_model=64, num_heads=4, num_encoder_layers=2,
 ABLATIONS = {
     "detr": {},
     "no-encoder": {"model": {"num_encoder_layers": 0}},
+    "encoder-4": {"model": {"num_encoder_layers": 4}},
     "class+l1": {"task": {"giou_weight": 0.0}},
     "class+giou": {"task": {"bbox_weight": 0.0}},
 }
