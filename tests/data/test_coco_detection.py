@@ -2,6 +2,7 @@
 prepared data dir holds it) and hand-written records, read through tfds: COCO category ids,
 crowd boxes and boxes of no area dropped, tfds boxes as relative cxcywh, config checks."""
 
+import contextlib
 import os
 import types
 
@@ -74,18 +75,25 @@ EXPECTED = [([[0.4, 0.3, 0.4, 0.4], [0.75, 0.5, 0.5, 0.5]], [1, 90]),
             (np.zeros((0, 4)), [])]
 
 
-@pytest.fixture
-def mock_coco(tmp_path):
-    write_metadata(tmp_path)
+@contextlib.contextmanager
+def mocked_coco(data_dir):
+    """`RECORDS` as every split of coco/2017 in `data_dir` (metadata written there)."""
+    write_metadata(data_dir)
 
     def as_data_source(builder, split, **kwargs):
         del kwargs
         assert builder.name == "coco" and builder.info.features["objects"]["label"].num_classes
         return RECORDS
 
-    with tfds.testing.mock_data(data_dir=str(tmp_path), policy=tfds.testing.MockPolicy.USE_FILES,
+    with tfds.testing.mock_data(data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES,
                                 as_data_source_fn=as_data_source):
-        yield tmp_path
+        yield data_dir
+
+
+@pytest.fixture
+def mock_coco(tmp_path):
+    with mocked_coco(tmp_path) as data_dir:
+        yield data_dir
 
 
 def config(data_dir, **overrides):

@@ -20,6 +20,7 @@ from jaxformer.train import parallel, trainer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
 from tests.data.test_coco_captions import write_metadata as write_coco_metadata
+from tests.data.test_coco_detection import mocked_coco
 from tests.helpers import CONFIGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -244,6 +245,10 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
         with tfds.testing.mock_data(num_examples=8, num_sub_examples=3,
                                     data_dir=str(tmp_path / "tfds"),
                                     policy=tfds.testing.MockPolicy.USE_FILES):
+            last = trainer.train(config, str(tmp_path / "run"))
+    elif config.data.name == "coco_detection":  # Hand-written records as every split.
+        with mocked_coco(tmp_path / "tfds") as coco_dir:
+            config.data.data_dir = str(coco_dir)
             last = trainer.train(config, str(tmp_path / "run"))
     else:
         last = trainer.train(config, str(tmp_path / "run"))
