@@ -9,15 +9,13 @@ import tensorflow_datasets as tfds
 from jaxformer import registry
 from jaxformer.data import coco_captions
 from jaxformer.data.image_text_pipeline import ImageTextSpec
+from tests.helpers import write_tfds_metadata
 
 SPLITS = ("train", "restval", "val", "test")
 
 
 def write_metadata(data_dir) -> None:
-    """`coco_captions/2014/1.1.0/{dataset_info,features}.json` with the data set's features
-    (those tfds's builder declares; its code needs TensorFlow) and splits."""
-    folder = data_dir / "coco_captions" / "2014" / "1.1.0"
-    folder.mkdir(parents=True)
+    """The metadata of a prepared `coco_captions/2014` (`tests.helpers.write_tfds_metadata`)."""
     features = tfds.features.FeaturesDict({
         "image": tfds.features.Image(encoding_format="jpeg"),
         "image/filename": tfds.features.Text(),
@@ -27,18 +25,8 @@ def write_metadata(data_dir) -> None:
             "label": tfds.features.ClassLabel(num_classes=80), "is_crowd": np.bool_}),
         "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64}),
     })
-    identity = tfds.core.DatasetIdentity(
-        name="coco_captions", version=tfds.core.Version("1.1.0"), config_name="2014",
-        data_dir=str(folder), module_name="tensorflow_datasets.object_detection.coco_captions")
-    info = tfds.core.DatasetInfo(builder=identity, features=features)
-    info.set_file_format("array_record")
-    info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
-        name=split, shard_lengths=[7], num_bytes=0,
-        filename_template=tfds.core.ShardedFileTemplate(
-            data_dir=str(folder), template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-            dataset_name="coco_captions", split=split, filetype_suffix="array_record"))
-        for split in SPLITS]))
-    info.write_to_directory(str(folder))
+    write_tfds_metadata(data_dir, "coco_captions", "2014", "object_detection.coco_captions",
+                        features, SPLITS, examples=7)
 
 
 @pytest.fixture

@@ -16,17 +16,14 @@ from jaxformer import registry
 from jaxformer.data import coco_detection
 from jaxformer.data.coco_detection import CLASS_NAMES, COCO_IDS
 from jaxformer.data.detection_pipeline import DetectionSpec
-from tests.helpers import ROOT
+from tests.helpers import ROOT, write_tfds_metadata
 
 SPLITS = ("train", "validation", "test")
 KEYS = ("image", "pixel_mask", "size", "boxes", "labels", "box_mask")
 
 
 def write_metadata(data_dir) -> None:
-    """`coco/2017/1.1.0/{dataset_info,features}.json` with the features tfds's builder declares
-    (its code needs TensorFlow) and the splits."""
-    folder = data_dir / "coco" / "2017" / "1.1.0"
-    folder.mkdir(parents=True)
+    """The metadata of a prepared `coco/2017` (`tests.helpers.write_tfds_metadata`)."""
     features = tfds.features.FeaturesDict({
         "image": tfds.features.Image(encoding_format="jpeg"),
         "image/filename": tfds.features.Text(),
@@ -35,18 +32,8 @@ def write_metadata(data_dir) -> None:
             "id": np.int64, "area": np.int64, "bbox": tfds.features.BBoxFeature(),
             "label": tfds.features.ClassLabel(num_classes=80), "is_crowd": np.bool_}),
     })
-    identity = tfds.core.DatasetIdentity(
-        name="coco", version=tfds.core.Version("1.1.0"), config_name="2017",
-        data_dir=str(folder), module_name="tensorflow_datasets.object_detection.coco")
-    info = tfds.core.DatasetInfo(builder=identity, features=features)
-    info.set_file_format("array_record")
-    info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
-        name=split, shard_lengths=[3], num_bytes=0,
-        filename_template=tfds.core.ShardedFileTemplate(
-            data_dir=str(folder), template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-            dataset_name="coco", split=split, filetype_suffix="array_record"))
-        for split in SPLITS]))
-    info.write_to_directory(str(folder))
+    write_tfds_metadata(data_dir, "coco", "2017", "object_detection.coco", features, SPLITS,
+                        examples=3)
 
 
 def record(height, width, boxes, labels, crowd):
