@@ -344,16 +344,22 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Detectio
     """
     del workdir
     check_config(config)
-    layout, objects = layout_from_config(config), load_objects(
-        _get(config, "fashion_mnist_source"), _get(config, "data_dir"))
-    seed = _get(config, "canvas_seed")
+    train, evaluation = split_sources(config, layout_from_config(config), ComposedSource)
+    return DetectionData(train_source=train, eval_sources=evaluation, class_names=CLASS_NAMES,
+                         preprocess=preprocess(config),
+                         read_threads=_get(config, "read_threads"))
+
+
+def split_sources(config: ml_collections.ConfigDict, layout: Layout,
+                  source_type: type[ComposedSource] = ComposedSource
+                  ) -> tuple[ComposedSource, dict[str, ComposedSource]]:
+    """The training source and the eval sources by split, of `source_type`, with the objects,
+    sizes and seed that `config` names."""
+    objects = load_objects(_get(config, "fashion_mnist_source"), _get(config, "data_dir"))
 
     def source(split: str, key: str) -> ComposedSource:
-        return ComposedSource(objects[split], layout, split=split, size=_get(config, key),
-                              seed=seed)
+        return source_type(objects[split], layout, split=split, size=_get(config, key),
+                           seed=_get(config, "canvas_seed"))
 
-    return DetectionData(
-        train_source=source("train", "train_examples"),
-        eval_sources={split: source(split, "eval_examples") for split in SPLITS[1:]},
-        class_names=CLASS_NAMES, preprocess=preprocess(config),
-        read_threads=_get(config, "read_threads"))
+    return (source("train", "train_examples"),
+            {split: source(split, "eval_examples") for split in SPLITS[1:]})

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxformer.data import common, composed_detection, image_pipeline
 from jaxformer.data.common import DataSpec
-from jaxformer.data.composed_detection import CHANNELS, CLASS_NAMES, SPLITS, ComposedSource
+from jaxformer.data.composed_detection import CHANNELS, CLASS_NAMES, ComposedSource
 from jaxformer.data.image_pipeline import ImageData
 from jaxformer.data.transforms import Features
 
@@ -81,16 +81,8 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
     del workdir
     check_config(config)
     layout = composed_detection.layout_from_config(_layout_config(config))
-    objects = composed_detection.load_objects(_get(config, "fashion_mnist_source"),
-                                              _get(config, "data_dir"))
-    seed = _get(config, "canvas_seed")
-
-    def source(split: str, key: str) -> ObjectSource:
-        return ObjectSource(objects[split], layout, split=split, size=_get(config, key),
-                            seed=seed)
-
-    return ImageData(
-        train_source=source("train", "train_examples"),
-        eval_sources={split: source(split, "eval_examples") for split in SPLITS[1:]},
-        class_names=CLASS_NAMES, preprocess=_preprocess(config),
-        read_threads=_get(config, "read_threads"))
+    # This module's defaults, for the keys `config` leaves out.
+    train, evaluation = composed_detection.split_sources(
+        ml_collections.ConfigDict({**DEFAULTS, **config}), layout, ObjectSource)
+    return ImageData(train_source=train, eval_sources=evaluation, class_names=CLASS_NAMES,
+                     preprocess=_preprocess(config), read_threads=_get(config, "read_threads"))
