@@ -29,6 +29,8 @@ COMMANDS = {
     "caption": "jaxformer.commands.caption",
     "detect": "jaxformer.commands.detect",
     "average": "jaxformer.commands.average",
+    "import-weights": "jaxformer.commands.import_weights",
+    "export-weights": "jaxformer.commands.export_weights",
     "bench": "jaxformer.commands.bench",
     "params": "jaxformer.commands.params",
     "baseline": "jaxformer.commands.baseline",

@@ -205,10 +205,12 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_iter: Any) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iter.get_state())),
-        ), force=True)
+        """Saves `state` and, unless `data_iter` is None (imported weights), the data position."""
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(
+                _FrozenIteratorState(data_iter.get_state()))
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, abstract_state: Any, data_iter: Any = None, *,
                 step: int | None = None) -> Any | None:
@@ -282,7 +284,11 @@ class Checkpointer:
     def _restore_step(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
         _check_shapes(self.manager, step, abstract_state.params)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
+        if data_iter is not None and not os.path.isdir(
+                os.path.join(self.directory, str(step), "data")):
+            log.warning("checkpoint step %d holds no data position (imported weights): the "
+                        "data starts from the beginning", step)
+        elif data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 

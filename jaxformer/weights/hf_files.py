@@ -1,0 +1,84 @@
+"""A Hugging Face model directory: `config.json` and safetensors weights (one file, or shards
+named by `model.safetensors.index.json`). Read and written with the `safetensors` package
+alone: no `transformers`, no `torch`, no network."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer.errors import UserError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def read_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isdir(directory):
+        raise UserError(f"--from {directory} is not a directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{directory} has no {CONFIG_NAME}: not a Hugging Face model "
+                        "directory") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return config
+
+
+def weight_files(directory: str) -> list[str]:
+    """The safetensors files of `directory`, in the order of its index if sharded."""
+    index = os.path.join(directory, INDEX_NAME)
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"cannot read {index}: {e}") from None
+        return [os.path.join(directory, name) for name in names]
+    single = os.path.join(directory, WEIGHTS_NAME)
+    if os.path.exists(single):
+        return [single]
+    if any(os.path.exists(os.path.join(directory, n))
+           for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+        raise UserError(f"{directory} holds no safetensors weights ({WEIGHTS_NAME}); convert "
+                        "them first, e.g. `model.save_pretrained(dir, safe_serialization=True)` "
+                        "with transformers")
+    raise UserError(f"{directory} has no {WEIGHTS_NAME} or {INDEX_NAME}")
+
+
+def read_tensors(directory: str) -> dict[str, np.ndarray]:
+    """Every tensor of the directory's weights; floating ones (float16, bfloat16...) as float32."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for path in weight_files(directory):
+        try:
+            part = load_file(path)
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+        for name, array in part.items():
+            floating = jnp.issubdtype(array.dtype, jnp.floating)  # bfloat16 included
+            tensors[name] = array.astype(np.float32) if floating else array
+    return tensors
+
+
+def write(directory: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
+    """`config.json` and one `model.safetensors` (contiguous float32 arrays) in `directory`."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()},
+              os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
