@@ -6,10 +6,12 @@ validation), dropout 0.1; accuracy and macro-F1 on the validation split every ep
 test split at the end.
 
 Variants (arg string):
-  init_from=DIR     a pretraining workdir (configs/bert/books_pretraining.py): its encoder and
-                    pooler are loaded and its vocabulary reused; the classifier is new. Without
-                    it the model trains from scratch, with a vocabulary of 8,192 trained on the
-                    training tweets.
+  init_from=DIR     a pretraining workdir (configs/bert/books_pretraining.py, or one written
+                    by `jaxformer import-weights --family=bert`): its encoder and pooler are
+                    loaded and its vocabulary reused; the classifier is new. The model's size
+                    and options and the vocabulary size are the run's (its config.json, once
+                    it has one). Without it the model trains from scratch, with a vocabulary
+                    of 8,192 trained on the training tweets.
   variant=X         the BERT size (default mini; that of the pretraining run).
   lr=F              peak learning rate (default 5e-5).
   epochs=N          training epochs (default 3).
@@ -24,15 +26,27 @@ Variants (arg string):
 """
 
 import math
+import os
 
 import ml_collections
 
 from configs import common
 from configs.bert import books_pretraining
-from jaxformer.config import parse_arg
+from jaxformer.config import parse_arg, read_workdir_config
 
 TRAIN_EXAMPLES = 29_749
 PAPER_LEARNING_RATES = (5e-5, 3e-5, 2e-5)
+# The model fields a fine-tuning run takes from the pretraining run it starts from.
+SOURCE_MODEL_KEYS = ("variant", "num_layers", "num_heads", "d_model", "mlp_dim", "max_position",
+                     "type_vocab", "layer_norm_epsilon", "activation", "causal")
+
+
+def source_run(init_from: str) -> ml_collections.ConfigDict | None:
+    """The config of the pretraining run in `init_from`, or None while it has none (a sweep
+    checks its points before the run they start from has begun)."""
+    if init_from and os.path.isfile(os.path.join(init_from, "config.json")):
+        return read_workdir_config(init_from)
+    return None
 
 
 def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
@@ -68,14 +82,21 @@ def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.Confi
     common.add_transfer(config)
     if arg.init_from:
         config.init_from.update(workdir=arg.init_from, mapping=(("encoder", "encoder"),))
+    source = source_run(arg.init_from)
+    if source is not None:
+        config.model.update({k: source.model[k] for k in SOURCE_MODEL_KEYS if k in source.model})
+        config.data.vocab_size = source.data.vocab_size
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=arg.lr, min_lr=0.0, schedule="linear",
         warmup_steps=num_steps // 10, decay_steps=num_steps, b1=0.9, b2=0.999, eps=1e-6,
         weight_decay=0.01, grad_clip=1.0))
 
     if arg.runlocal:
-        config.model.update(variant="tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
-        config.data.update(vocab_size=512, seq_length=32)
+        config.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
+        config.data.seq_length = 32
+        if source is None:
+            config.model.variant = "tiny"
+            config.data.vocab_size = 512
         config.train.update(batch_size=8, num_steps=4, checkpoint_every=2, log_every=1)
         for entry in config.evals.values():
             entry.update(every_steps=2 if entry.every_steps else 0, num_batches=2)

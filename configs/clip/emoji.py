@@ -22,6 +22,10 @@ Variants (arg string):
 
   jaxformer train --config=configs/clip/emoji.py --workdir=runs/clip_emoji
   jaxformer zero-shot --workdir=runs/clip_emoji --image=cat.png --labels="cat,dog,owl"
+
+A Hugging Face CLIP imported with `jaxformer import-weights --family=clip` starts from this
+config with the checkpoint's sizes, image size, vocabulary, context and OpenAI's pixel mean
+and std (jaxformer/weights/clip.py).
 """
 
 import ml_collections

@@ -22,6 +22,10 @@ pretrained backbone (`models.detr.FREEZE`: its BatchNorm, stem and first stage).
 `init_from` the frozen parts keep their initialisation (BatchNorm the identity). DETR-R50 has
 41,631,008 parameter values here, 41,302,368 of them trained (`jaxformer params`).
 
+`jaxformer import-weights --family=detr` starts from this config: a Hugging Face DETR
+(e.g. facebook/detr-resnet-50) becomes a workdir that `detect`, `evaluate` and `init_from`
+read; only training and evaluation need COCO on disk.
+
 Variants (arg string):
   variant=NAME   the backbone (`models.detr.VARIANTS`): `r50` (default), `r101`, `r18`, `r34`,
                  with the paper's transformer (6 + 6 layers of width 256, 100 queries).

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         name="vit", variant=arg.variant, patch_size=7, num_layers=6, num_heads=4, d_model=128,
         mlp_dim=256, pool_type="tok", representation_size=0, dropout_rate=0.0,
-        attention_dropout_rate=0.0))
+        attention_dropout_rate=0.0, layer_norm_epsilon=1e-6))
     config.task = ml_collections.ConfigDict(dict(name="classification", label_smoothing=0.0))
     # Training views are mirrored left-right half the time (the classes are symmetric). Random
     # shifts (crop="pad", crop_padding=2) slow learning too much for this budget: in 3-epoch

@@ -24,6 +24,10 @@ Recipes:
   Neither uses label smoothing (task.label_smoothing=0.1 gives DeiT's).
 
   jaxformer train --config=configs/vit/imagenet.py:variant=B/16 --workdir=DIR
+
+A Hugging Face ViT classifier imported with `jaxformer import-weights --family=vit` starts
+from this config, with the checkpoint's sizes, image size, LayerNorm epsilon and
+normalisation, no pre-logits layer, and the evaluation resizing straight to the image size.
 """
 
 import ml_collections
@@ -48,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         name="vit", variant=arg.variant, patch_size=16, num_layers=12, num_heads=12,
         d_model=768, mlp_dim=3072, pool_type="tok", representation_size=768, dropout_rate=0.0,
-        attention_dropout_rate=0.0))
+        attention_dropout_rate=0.0, layer_norm_epsilon=1e-6))
     size = arg.variant.partition("/")[0]
     if size in WIDTHS:  # The pre-logits layer is as wide as the model.
         config.model.representation_size = WIDTHS[size]

@@ -21,7 +21,9 @@ iterator resumes exactly from its saved step and processes share global batches 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
+from collections.abc import Callable
 
 import grain
 import numpy as np
@@ -33,7 +35,6 @@ from jaxformer.data.wordpiece import WordPiece
 SHORT_SEQ_PROB = 0.1
 MASK_PROB = 0.15
 EVAL_SEED = 0
-NUM_SPECIAL = 5  # Ids below this are special tokens, never drawn as random replacements.
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -74,12 +75,33 @@ class EncodedDocuments:
         return int(np.searchsorted(self.document_starts, s, side="right")) - 1
 
 
+class DeferredDocuments:
+    """`EncodedDocuments` encoded when first used: a command that builds a run's data for its
+    tokenizer alone (`jaxformer fill-mask`) encodes no corpus."""
+
+    def __init__(self, encode: Callable[[], EncodedDocuments]):
+        self._encode = encode
+
+    @functools.cached_property
+    def documents(self) -> EncodedDocuments:
+        return self._encode()
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.documents, name)
+
+
+def encoded(documents: EncodedDocuments | DeferredDocuments) -> EncodedDocuments:
+    return documents.documents if isinstance(documents, DeferredDocuments) else documents
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
     seq_length: int
     max_predictions: int
     whole_word_masking: bool = False
-    vocab_size: int = 0  # Random replacements are drawn from [NUM_SPECIAL, vocab_size).
+    vocab_size: int = 0  # Random replacements: the ids below it but the special tokens'.
     next_sentence: bool = True  # False: every B follows its A (no NotNext pairs).
 
 
@@ -88,10 +110,12 @@ class PretrainingExamples:
 
     def __init__(self, documents: EncodedDocuments, tokenizer: WordPiece, masking: MaskingConfig,
                  seed: int):
+        documents = encoded(documents)
         if documents.num_documents < 2:
             raise ValueError("next-sentence pairs need at least 2 documents, got "
                              f"{documents.num_documents}")
         self.docs, self.tokenizer, self.masking, self.seed = documents, tokenizer, masking, seed
+        self.replacements = np.setdiff1d(np.arange(masking.vocab_size), tokenizer.special_ids)
         # A chunk starts at a sentence with a successor in its document, so that every chunk
         # can be split into A and an IsNext B.
         last = documents.document_starts[1:] - 1
@@ -166,7 +190,8 @@ class PretrainingExamples:
         labels = tokens[positions]
         inputs = tokens.copy()
         draw = rng.random(len(positions))
-        replacements = rng.integers(NUM_SPECIAL, self.masking.vocab_size, size=len(positions))
+        replacements = self.replacements[rng.integers(len(self.replacements),
+                                                      size=len(positions))]
         inputs[positions[draw < 0.8]] = self.tokenizer.mask_id
         random = draw >= 0.9
         inputs[positions[random]] = replacements[random]
@@ -229,8 +254,8 @@ class PretrainingData:
     """
 
     tokenizer: WordPiece
-    train_documents: EncodedDocuments
-    eval_documents: EncodedDocuments
+    train_documents: EncodedDocuments | DeferredDocuments
+    eval_documents: EncodedDocuments | DeferredDocuments
     vocab_size: int
     seq_length: int
     max_predictions: int

@@ -13,7 +13,9 @@ array_record whose records have a `text` feature, one document each, with paragr
 separate lines), the first `max_documents` records of its train split are the documents.
 
 A WordPiece vocabulary of `vocab_size` is trained on the training documents and kept in the
-workdir's assets; examples and batches are made by `bert_pretraining_pipeline`.
+workdir's assets (or is there already: a run's, or one imported with its weights); the
+documents are encoded when first read. Examples and batches are made by
+`bert_pretraining_pipeline`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from collections.abc import Iterable
 import ml_collections
 
 from jaxformer.data import bible_enes, common, image_pipeline, shakespeare, wordpiece
-from jaxformer.data.bert_pretraining_pipeline import EncodedDocuments, PretrainingData
+from jaxformer.data.bert_pretraining_pipeline import (
+    DeferredDocuments,
+    EncodedDocuments,
+    PretrainingData,
+)
 from jaxformer.data.common import DataSpec, TokenizerSpec
 
 ASSETS = pathlib.Path(__file__).parent / "assets" / "books"
@@ -221,8 +227,10 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Pretrain
         common.assets_dir(workdir), lambda: (p for d in splits["train"] for p in d.paragraphs),
         config.vocab_size, source_workdir=_get(config, "tokenizer_workdir"))
     return PretrainingData(
-        tokenizer=tokenizer, train_documents=encode(tokenizer, splits["train"]),
-        eval_documents=encode(tokenizer, splits["validation"]), vocab_size=config.vocab_size,
+        tokenizer=tokenizer,
+        train_documents=DeferredDocuments(lambda: encode(tokenizer, splits["train"])),
+        eval_documents=DeferredDocuments(lambda: encode(tokenizer, splits["validation"])),
+        vocab_size=config.vocab_size,
         seq_length=_get(config, "seq_length"), max_predictions=_get(config, "max_predictions"),
         whole_word_masking=_get(config, "whole_word_masking"),
         next_sentence=_get(config, "next_sentence"), eval_examples=_get(config, "eval_examples"))

@@ -1,8 +1,11 @@
 """The captions' tokenizer: lowercased byte-level BPE (Hugging Face `tokenizers`), as CLIP's,
-trained on a data set's training captions and kept in the workdir's assets.
+trained on a data set's training captions and kept in the workdir's assets, or a pretrained
+CLIP's own (`clip_bpe`, carried over by `jaxformer import-weights`).
 
-Ids 0, 1, 2 are padding, start and end of text; a caption becomes the row
-`[start] tokens [end]`, its tokens cut so that the end-of-text token always fits, then zeros.
+The start and end of text are the vocabulary's `<|startoftext|>` and `<|endoftext|>`, padding
+its `<pad>` (0 when it has none, as OpenAI's CLIP pads); a trained vocabulary has them at ids
+0, 1, 2. A caption becomes the row `[start] tokens [end]`, its tokens cut so that the
+end-of-text token always fits, then padding.
 """
 
 from __future__ import annotations
@@ -14,35 +17,45 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import tokenizers
 from etils import epath
-from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from jaxformer.data import common
 from jaxformer.data.wordpiece import read_hf_tokenizer
 
-PAD_ID, BOS_ID, EOT_ID = 0, 1, 2
-SPECIAL_TOKENS = ("<pad>", "<|startoftext|>", "<|endoftext|>")  # ids 0, 1, 2
+PAD_ID, BOS_ID, EOT_ID = 0, 1, 2  # The ids of a trained vocabulary's special tokens.
+PAD_TOKEN, BOS_TOKEN, EOT_TOKEN = SPECIAL_TOKENS = ("<pad>", "<|startoftext|>", "<|endoftext|>")
 ASSET_NAME = "caption_bpe.json"
 MIN_VOCAB_SIZE = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS) + 1
+# OpenAI CLIP's pre-tokenisation (as Hugging Face's CLIPTokenizer): words, single digits and
+# runs of other symbols; BPE pieces end a word with "</w>".
+CLIP_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+                r"|[^\s\p{L}\p{N}]+")
+CLIP_WORD_SUFFIX = "</w>"
 
 
 class CaptionTokenizer:
-    """Lowercased byte-level BPE (as CLIP's); ids 0, 1, 2 are padding, start and end of text.
+    """Lowercased byte-level BPE (as CLIP's), with start and end of text (and padding) found
+    in its vocabulary by name.
 
-    The special tokens are plain vocabulary entries that no text encodes to (text that spells
-    "<|endoftext|>" is cut into its pieces), so a caption cannot end a row early.
+    A trained vocabulary's special tokens are plain entries that no text encodes to (text that
+    spells "<|endoftext|>" is cut into its pieces), so a caption cannot end a row early; a
+    pretrained CLIP's encode as its own tokenizer encodes them.
     """
-
-    pad_id, bos_id, eot_id = PAD_ID, BOS_ID, EOT_ID
-    eos_id = EOT_ID  # The name other tokenizers give it.
 
     def __init__(self, tokenizer: tokenizers.Tokenizer):
         vocab = tokenizer.get_vocab(with_added_tokens=True)
-        for index, name in enumerate(SPECIAL_TOKENS):
-            if vocab.get(name) != index:
-                raise ValueError(f"{name} has id {vocab.get(name)}, expected {index}")
+        missing = [name for name in (BOS_TOKEN, EOT_TOKEN) if name not in vocab]
+        if missing:
+            raise ValueError(f"the vocabulary has no {' or '.join(missing)} token")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise ValueError("the vocabulary ids are not 0..vocab_size-1")
         self._tokenizer = tokenizer
+        self.bos_id, self.eot_id = vocab[BOS_TOKEN], vocab[EOT_TOKEN]
+        self.pad_id = vocab.get(PAD_TOKEN, 0)
+        self.eos_id = self.eot_id  # The name other tokenizers give it.
+        # Left out of decoded text: the start, and padding when it is a token of its own.
+        self._hidden = {self.bos_id} | ({self.pad_id} if PAD_TOKEN in vocab else set())
+        self._word_suffix = getattr(tokenizer.model, "end_of_word_suffix", None) or ""
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> CaptionTokenizer:
@@ -82,11 +95,18 @@ class CaptionTokenizer:
         """The text of `ids` up to the first end of text, padding and start left out."""
         kept = []
         for i in map(int, ids):
-            if i == EOT_ID:
+            if i == self.eot_id:
                 break
-            if i not in (PAD_ID, BOS_ID):
+            if i not in self._hidden:
                 kept.append(i)
-        return self._tokenizer.decode(kept).strip()
+        text = self._tokenizer.decode(kept)
+        if self._word_suffix:
+            text = text.replace(self._word_suffix, " ")
+        return text.strip()
+
+    def to_json(self) -> str:
+        """The `tokenizers` JSON of this tokenizer (`tokenizer.json`)."""
+        return self._tokenizer.to_str()
 
     def save(self, path: str | os.PathLike) -> None:
         epath.Path(path).write_text(self._tokenizer.to_str(), encoding="utf-8")
@@ -95,6 +115,20 @@ class CaptionTokenizer:
     def load(cls, path: str | os.PathLike) -> CaptionTokenizer:
         return cls(read_hf_tokenizer(path, models.BPE, "caption tokenizer"))
 
+    @classmethod
+    def from_json(cls, text: str) -> CaptionTokenizer:
+        """A `tokenizers` JSON (a Hugging Face `tokenizer.json` of a BPE model), without the
+        padding and truncation it may be saved with (rows are laid out by `token_rows`)."""
+        try:
+            spec = json.loads(text)
+            spec.update(padding=None, truncation=None)
+            tokenizer = tokenizers.Tokenizer.from_str(json.dumps(spec))
+        except Exception as e:  # tokenizers raises plain Exceptions for malformed JSON.
+            raise ValueError(f"not a tokenizers JSON: {e}") from e
+        if not isinstance(tokenizer.model, models.BPE):
+            raise ValueError(f"a {type(tokenizer.model).__name__} model, not BPE")
+        return cls(tokenizer)
+
 
 def _byte_level(model: models.Model) -> tokenizers.Tokenizer:
     tokenizer = tokenizers.Tokenizer(model)
@@ -102,6 +136,28 @@ def _byte_level(model: models.Model) -> tokenizers.Tokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
+
+
+def clip_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """OpenAI CLIP's words (`CLIP_PATTERN`) as byte-level strings."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+
+
+def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> CaptionTokenizer:
+    """OpenAI CLIP's tokenizer of a vocabulary and its merges (`vocab.json`, `merges.txt`),
+    as Hugging Face's `CLIPTokenizer` builds it: NFC, whitespace runs as one space,
+    lowercase, CLIP's word pattern, byte-level pieces ending words with "</w>"."""
+    tokenizer = tokenizers.Tokenizer(models.BPE(
+        vocab=dict(vocab), merges=[tuple(m) for m in merges], continuing_subword_prefix="",
+        end_of_word_suffix=CLIP_WORD_SUFFIX, fuse_unk=False, unk_token=EOT_TOKEN))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = clip_pre_tokenizer()
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([BOS_TOKEN, EOT_TOKEN])
+    return CaptionTokenizer(tokenizer)
 
 
 def tokenizer_for_workdir(assets_dir: str | None, texts: Callable[[], Iterable[str]],
@@ -125,9 +181,9 @@ def tokenizer_for_workdir(assets_dir: str | None, texts: Callable[[], Iterable[s
 def token_rows(tokenizer: CaptionTokenizer, texts: Sequence[str],
                context_length: int) -> np.ndarray:
     """int32 `[len(texts), context_length]`: `[start] ids [end]` of each text, its ids cut so
-    that the end fits, then zeros."""
-    rows = np.zeros((len(texts), context_length), np.int32)
+    that the end fits, then padding."""
+    rows = np.full((len(texts), context_length), tokenizer.pad_id, np.int32)
     for row, ids in zip(rows, tokenizer.encode_batch(texts) if texts else [], strict=True):
-        ids = [BOS_ID, *ids[:context_length - 2], EOT_ID]
+        ids = [tokenizer.bos_id, *ids[:context_length - 2], tokenizer.eot_id]
         row[:len(ids)] = ids
     return rows

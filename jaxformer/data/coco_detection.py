@@ -17,10 +17,15 @@ without boxes are kept, as DETR trains on them.
 
 Training reads `train_split` (default "train"); evaluation reads `eval_split` (default
 "validation", 5,000 images) under the names "validation" and "test" (COCO's test images have
-no public boxes). The preprocessing defaults to DETR's (`PAPER_PREPROCESS`): a random shorter
-side of 480 to 800 pixels in steps of 32, the longer side at most 1,333, half the time after a
-random crop of 384 to 600 pixels a side (of the image as stored, about 480 pixels on its shorter
-side, where DETR first resizes it to 400, 500 or 600); a left-right flip; ImageNet's mean and
+no public boxes). A split's files are opened when it is first read, so that a trained model
+runs (`jaxformer detect`) from the preprocessing alone, without the data set on disk.
+`class_names` (default `CLASS_NAMES`) names the classifier's classes, as an imported
+checkpoint names them (`weights.detr`); reading COCO needs its 91.
+
+The preprocessing defaults to DETR's (`PAPER_PREPROCESS`): a random shorter side of 480 to
+800 pixels in steps of 32, the longer side at most 1,333, half the time after a random crop
+of 384 to 600 pixels a side (of the image as stored, about 480 pixels on its shorter side,
+where DETR first resizes it to 400, 500 or 600); a left-right flip; ImageNet's mean and
 std. Evaluation resizes to a shorter side of 800 (the longer at most 1,333); images are padded
 to 1,333 x 1,333.
 """
@@ -34,9 +39,10 @@ import numpy as np
 
 from jaxformer.data import common, image_pipeline
 from jaxformer.data import detection_pipeline as pipeline
-from jaxformer.data.detection_pipeline import DetectionData, DetectionSpec
+from jaxformer.data.detection_pipeline import DetectionData, DetectionSpec, LazySource
 from jaxformer.data.image_text_pipeline import MappedSource
 from jaxformer.data.transforms import Features, decode
+from jaxformer.errors import UserError
 
 NAME = "coco/2017:1.1.0"
 CHANNELS = 3
@@ -68,7 +74,7 @@ PAPER_PREPROCESS = {
 }
 EVAL_SPLITS = ("validation", "test")  # Both read `eval_split`.
 DEFAULTS = {"train_split": "train", "eval_split": "validation", "data_dir": "",
-            "read_threads": 0}
+            "read_threads": 0, "class_names": CLASS_NAMES}
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -91,13 +97,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if not isinstance(_get(config, key), str) or not _get(config, key):
             raise ValueError(f"data.{key} must be a tfds split name, got {_get(config, key)!r}")
     common.check_data_dir(_get(config, "data_dir"), default_must_exist=False)
+    class_names(config)
+
+
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`data.class_names` (default COCO's `CLASS_NAMES`), checked."""
+    names = _get(config, "class_names")
+    if (isinstance(names, str) or not names
+            or not all(isinstance(name, str) for name in names)):
+        raise ValueError(f"data.class_names must be a list of class names, got {names!r}")
+    return tuple(names)
 
 
 def spec(config: ml_collections.ConfigDict) -> DetectionSpec:
     """Class names, padded image shape and box slots, without reading any data."""
     check_config(config)
     result = preprocess(config)
-    return DetectionSpec(class_names=CLASS_NAMES, image_shape=result.shape,
+    return DetectionSpec(class_names=class_names(config), image_shape=result.shape,
                          max_boxes=result.max_boxes)
 
 
@@ -132,29 +148,40 @@ def check_labels(builder) -> None:
 
 
 def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> DetectionData:
-    """COCO 2017 as detection data.
+    """COCO 2017 as detection data, each split opened when first read.
 
     Args:
         config: the `data` part of the experiment config: `data_dir` (a tfds data dir; "":
             $TFDS_DATA_DIR or ~/tensorflow_datasets), `train_split`, `eval_split` (tfds split
-            strings, slices allowed), `read_threads`, and the preprocessing keys of
-            `detection_pipeline.preprocess_from_config` (defaults `PAPER_PREPROCESS`).
+            strings, slices allowed), `read_threads`, `class_names`, and the preprocessing
+            keys of `detection_pipeline.preprocess_from_config` (defaults `PAPER_PREPROCESS`).
         workdir: unused (nothing is derived from the data).
     """
     del workdir
     check_config(config)
     result = preprocess(config)
-    builder, (train, evaluation) = image_pipeline.tfds_sources(
-        NAME, data_dir=_get(config, "data_dir"),
-        splits=(_get(config, "train_split"), _get(config, "eval_split")))
-    check_labels(builder)
+    names = class_names(config)
 
     def convert(record: dict, index: int) -> Features:
         del index
         return example(record, result.max_boxes)
 
-    eval_source = MappedSource(evaluation, convert)
+    def opener(split: str):
+        def open_split() -> MappedSource:
+            if len(names) != NUM_CLASSES:
+                raise UserError(f"reading {NAME} needs its {NUM_CLASSES} classes; "
+                                f"data.class_names has {len(names)}")
+            try:
+                builder, (source,) = image_pipeline.tfds_sources(
+                    NAME, data_dir=_get(config, "data_dir"), splits=(split,))
+                check_labels(builder)
+            except ValueError as e:  # One line: the data set is absent or not COCO's.
+                raise UserError(" ".join(str(e).split())) from e
+            return MappedSource(source, convert)
+        return open_split
+
+    eval_source = LazySource(opener(_get(config, "eval_split")), "eval")
     return DetectionData(
-        train_source=MappedSource(train, convert),
+        train_source=LazySource(opener(_get(config, "train_split")), "train"),
         eval_sources=dict.fromkeys(EVAL_SPLITS, eval_source),
-        class_names=CLASS_NAMES, preprocess=result, read_threads=_get(config, "read_threads"))
+        class_names=names, preprocess=result, read_threads=_get(config, "read_threads"))

@@ -14,7 +14,7 @@ labelled -1. Each split also has every caption of each example (`captions`, for 
 and prompt templates (`templates`, for zero-shot classification).
 
 Texts become token rows with `caption_bpe` (byte-level BPE trained on the training captions
-and templates, kept in the workdir's assets).
+and templates, or a pretrained CLIP's, kept in the workdir's assets).
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ class ImageTextData:
     Attributes:
         train_source: training examples, feature dicts with `image`, `captions`, `wrap`.
         eval_sources: split name -> `EvalSplit`, the first split the default.
-        tokenizer: the captions' BPE (padding 0, start `bos_id`, end of text `eot_id`).
+        tokenizer: the captions' BPE (padding `pad_id`, start `bos_id`, end of text
+            `eot_id`).
         preprocess: how images become model inputs.
         context_length: tokens per text row.
         train_templates: prompt templates ("{}" for the caption) put around training
@@ -172,10 +173,6 @@ class ImageTextData:
     train_templates: tuple[str, ...] = ()
     template_probability: float = DEFAULTS["template_probability"]
     read_threads: int = 0
-
-    pad_id: ClassVar[int] = PAD_ID
-    bos_id: ClassVar[int] = BOS_ID
-    eot_id: ClassVar[int] = EOT_ID
 
     def __post_init__(self):
         if not self.eval_sources:
@@ -199,6 +196,18 @@ class ImageTextData:
         return self.tokenizer.vocab_size
 
     @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokenizer.bos_id
+
+    @property
+    def eot_id(self) -> int:
+        return self.tokenizer.eot_id
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.preprocess.shape
 
@@ -219,7 +228,7 @@ class ImageTextData:
         return self._split(split).templates
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
-        """int32 `[len(texts), context_length]`: `[start] ids [end]`, then zeros."""
+        """int32 `[len(texts), context_length]`: `[start] ids [end]`, then padding."""
         return token_rows(self.tokenizer, list(texts), self.context_length)
 
     def train_iter(
@@ -264,7 +273,9 @@ class ImageTextData:
 
 @dataclasses.dataclass(frozen=True)
 class ImageTextSpec(DataSpec):
-    """What a contrastive task reads of `ImageTextData`, from the config alone."""
+    """What a contrastive task reads of `ImageTextData`, from the config alone: the special
+    ids are a trained vocabulary's (a workdir's tokenizer, such as an imported CLIP's, may
+    have others; they do not change the parameters' shapes)."""
 
     context_length: int = DEFAULTS["context_length"]
     pad_id: int = PAD_ID

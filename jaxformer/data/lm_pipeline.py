@@ -28,7 +28,10 @@ from jaxformer.data.tokenizers import Tokenizer
 
 EVAL_SEED = 0
 EVAL_SPLITS = ("validation",)
-TOKENIZER_FILES = {"char": tokenizers.CHAR_FILENAME, "bpe": tokenizers.BPE_FILENAME}
+TOKENIZER_FILES = {"char": tokenizers.CHAR_FILENAME, "bpe": tokenizers.BPE_FILENAME,
+                   "byte_bpe": tokenizers.BYTE_BPE_FILENAME}
+TOKENIZER_CLASSES = {"char": tokenizers.CharTokenizer, "bpe": tokenizers.SentencePieceTokenizer,
+                     "byte_bpe": tokenizers.ByteLevelBPETokenizer}
 TOKENIZERS = tuple(TOKENIZER_FILES)
 
 
@@ -160,54 +163,90 @@ def cached_tokens(
 def check_lm_config(config: ml_collections.ConfigDict, *, kinds: Sequence[str] = TOKENIZERS,
                     default_kind: str | None = None, max_block_size: int | None = None) -> None:
     """Raises ValueError for a `tokenizer` not in `kinds` (absent: `default_kind`), a
-    `block_size` below 1 (or above `max_block_size`), or a `bpe` tokenizer's `vocab_size` too
-    small for any text."""
+    `block_size` below 1 (or above `max_block_size`), a `bpe` tokenizer's `vocab_size` too
+    small for any text, a `byte_bpe` one's below its bytes and end of text, or a
+    `tokenizer_workdir` that is not a directory."""
     kind = common.require_choice(config, "tokenizer", kinds, default=default_kind)
     block_size = common.require_int(config, "block_size", minimum=1)
     if max_block_size is not None and block_size > max_block_size:
         raise ValueError(f"data.block_size must be at most {max_block_size}, got {block_size}")
     if kind == "bpe":
         common.require_int(config, "vocab_size", minimum=tokenizers.min_bpe_vocab_size())
+    if kind == "byte_bpe":
+        common.require_int(config, "vocab_size", minimum=tokenizers.MIN_BYTE_BPE_VOCAB_SIZE)
+    source = config.get("tokenizer_workdir", "")
+    if not isinstance(source, str):
+        raise ValueError(f"data.tokenizer_workdir must be a path (or empty), got {source!r}")
+    if source and not epath.Path(source).is_dir():
+        raise ValueError(f"data.tokenizer_workdir {source} is not a directory")
 
 
 def tokenizer_for(
     kind: str, *, assets_dir: epath.PathLike | None, corpus: Callable[[], str],
     train_text: Callable[[], str], vocab_size: int, extra_symbols: Sequence[str] = (),
+    source: str = "",
 ) -> Tokenizer:
-    """The tokenizer saved in `assets_dir`, or a new one, saved there.
+    """The tokenizer saved in `assets_dir`, else `source`'s, else a new one; saved there.
 
     Args:
-        kind: "char" (every character of `corpus`) or "bpe" (SentencePiece BPE of
-            `vocab_size` pieces trained on `train_text`).
+        kind: "char" (every character of `corpus`), "bpe" (SentencePiece BPE of
+            `vocab_size` pieces trained on `train_text`) or "byte_bpe" (a byte-level BPE of
+            at most `vocab_size` tokens, GPT-2's kind: an imported model's, `source`'s, or
+            one trained on `train_text`).
         assets_dir: where the tokenizer is kept (`<workdir>/assets`); None keeps it
             in memory only.
         corpus: returns the whole corpus, train and validation.
         train_text: returns the training split.
-        vocab_size: the BPE vocabulary size; unused for "char".
+        vocab_size: the model's vocabulary: a BPE's size, a byte-level BPE's bound; unused
+            for "char".
         extra_symbols: strings a new BPE tokenizer keeps as pieces of their own (see
-            `SentencePieceTokenizer.train`); unused for "char".
+            `SentencePieceTokenizer.train`); for "bpe" only.
+        source: a workdir (or a folder) whose tokenizer a run without one copies (a
+            fine-tuning run, from the run it starts from); "" for none.
     """
     if kind not in TOKENIZER_FILES:
         raise ValueError(f"unknown tokenizer {kind!r}; available: {', '.join(TOKENIZERS)}")
     path = epath.Path(assets_dir) / TOKENIZER_FILES[kind] if assets_dir is not None else None
     if path is not None and path.exists():
-        tokenizer = tokenizers.load_tokenizer(path)
-        if kind == "bpe" and tokenizer.vocab_size != vocab_size:
-            raise ValueError(f"{path} has {tokenizer.vocab_size} pieces, the config asks for "
-                             f"{vocab_size}")
-        return tokenizer
+        return _checked(tokenizers.load_tokenizer(path), kind, vocab_size, path)
     if path is not None:
-        for other in TOKENIZER_FILES.values():
+        for other in set(TOKENIZER_FILES.values()) - {path.name}:
             if (path.parent / other).exists():
                 raise ValueError(f"{path.parent} holds {other}, not the {kind} tokenizer "
                                  "the config asks for")
-    if kind == "char":
+    if source:
+        try:
+            tokenizer = _checked(tokenizers.load_tokenizer(source), kind, vocab_size, source)
+        except ValueError as e:
+            raise ValueError(f"data.tokenizer_workdir: {e}") from e
+    elif kind == "char":
         tokenizer = tokenizers.CharTokenizer.from_text(corpus())
-    else:
+    elif kind == "bpe":
         tokenizer = tokenizers.SentencePieceTokenizer.train(train_text(), vocab_size,
                                                             extra_symbols=extra_symbols)
+    else:
+        tokenizer = tokenizers.ByteLevelBPETokenizer.train(train_text(), vocab_size)
     if path is not None:
         common.save_atomically(path, tokenizer.save)
+    return tokenizer
+
+
+def _checked(tokenizer: Tokenizer, kind: str, vocab_size: int, path: epath.PathLike
+             ) -> Tokenizer:
+    """`tokenizer` if it is of `kind` and fits a model of `vocab_size` ids (a byte-level BPE
+    is padded to it)."""
+    if not isinstance(tokenizer, TOKENIZER_CLASSES[kind]):
+        found = next(k for k, c in TOKENIZER_CLASSES.items() if isinstance(tokenizer, c))
+        raise ValueError(f"{path} holds a {found} tokenizer, not the {kind} tokenizer the "
+                         "config asks for")
+    if kind == "bpe" and tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"{path} has {tokenizer.vocab_size} pieces, the config asks for "
+                         f"{vocab_size}")
+    if kind == "byte_bpe":
+        if tokenizer.vocab_size > vocab_size:
+            raise ValueError(f"{path} has {tokenizer.vocab_size} tokens, more than the "
+                             f"config's data.vocab_size {vocab_size}")
+        tokenizer = tokenizer.with_vocab_size(vocab_size)
     return tokenizer
 
 

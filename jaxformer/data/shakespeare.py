@@ -133,7 +133,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def spec(config: ml_collections.ConfigDict) -> DataSpec:
     """The vocabulary `build` gives, without preparing the data or training a tokenizer: every
-    character of the embedded corpus, or `vocab_size` BPE pieces."""
+    character of the embedded corpus, or `vocab_size` (byte-level) BPE tokens."""
     check_config(config)
     if config.tokenizer == "char":
         tokenizer = tokenizers.CharTokenizer.from_text(read_corpus())
@@ -146,9 +146,10 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
     """Shakespeare as language-model data, tokenized as `config` says.
 
     Args:
-        config: the `data` part of the experiment config: `tokenizer` ("char" or
-            "bpe"), `vocab_size` (bpe only), `block_size` and `data_dir` (a tfds data
-            dir; "" means $TFDS_DATA_DIR or ~/tensorflow_datasets).
+        config: the `data` part of the experiment config: `tokenizer` ("char", "bpe" or
+            "byte_bpe", a pretrained model's), `vocab_size` (not for char), `block_size`,
+            `data_dir` (a tfds data dir; "" means $TFDS_DATA_DIR or ~/tensorflow_datasets)
+            and optionally `tokenizer_workdir` (a run whose tokenizer a new workdir copies).
         workdir: the experiment's directory; the tokenizer is kept in its `assets/`
             and reused from there. None builds the tokenizer afresh in memory.
     """
@@ -159,7 +160,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
         config.tokenizer, assets_dir=common.assets_dir(workdir),
         corpus=lambda: "".join(splits["train"] + splits["validation"]),
         train_text=lambda: "".join(splits["train"]),
-        vocab_size=config.get("vocab_size", 0),
+        vocab_size=config.get("vocab_size", 0), source=config.get("tokenizer_workdir", ""),
     )
     cache_dir = epath.Path(builder.data_dir) / "tokens" / tokenizers.fingerprint(tokenizer)
     tokens = {

@@ -1,10 +1,11 @@
-"""Tokenizers: characters and SentencePiece BPE.
+"""Tokenizers: characters, SentencePiece BPE and byte-level BPE (GPT-2's).
 
-Both kinds share the small `Tokenizer` interface and save to a single file:
+The kinds share the small `Tokenizer` interface and save to a single file:
 `tokenizer.json` for characters, `tokenizer.model` (a SentencePiece model proto)
-for BPE. `load_tokenizer` reads either back. A BPE model trained with
-`special_tokens=True` (for translation) also has padding (id 0), end- and
-begin-of-sequence ids.
+for BPE, `tokenizer.json` in Hugging Face's `tokenizers` format for byte-level BPE
+(a pretrained model's, carried over by `jaxformer import-weights`, or one learned here).
+`load_tokenizer` reads any of them back. A BPE model trained with `special_tokens=True`
+(for translation) also has padding (id 0), end- and begin-of-sequence ids.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import sentencepiece as spm
+import tokenizers as hf_tokenizers
 from etils import epath
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PathLike = str | os.PathLike
 
 CHAR_FILENAME = "tokenizer.json"
 BPE_FILENAME = "tokenizer.model"
+BYTE_BPE_FILENAME = "tokenizer.json"  # Told apart from the character kind by its contents.
+END_OF_TEXT = "<|endoftext|>"
+MIN_BYTE_BPE_VOCAB_SIZE = 257  # The bytes and the end of text.
 
 _NUM_BYTE_PIECES = 256
 # Ids of the special tokens of a model trained with `special_tokens=True`.
@@ -217,6 +223,84 @@ class SentencePieceTokenizer:
         return _parse_sentencepiece(_read_bytes(path), path)
 
 
+class ByteLevelBPETokenizer:
+    """A Hugging Face `tokenizers` byte-level BPE, as GPT-2's (a pretrained model's, or one
+    trained here): text is split into UTF-8 bytes before merging, so any text encodes and
+    `decode(encode(text)) == text`.
+
+    Special tokens written in the text (GPT-2's `<|endoftext|>`) encode to their own ids, as
+    in `transformers`; nothing is added around the text. A model whose vocabulary is padded
+    past the tokenizer's (`vocab_size`) decodes the ids past it to nothing.
+    """
+
+    def __init__(self, tokenizer: hf_tokenizers.Tokenizer, vocab_size: int | None = None):
+        if not isinstance(tokenizer.model, models.BPE):
+            raise ValueError(f"not a BPE model: {type(tokenizer.model).__name__}")
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if vocab_size is not None and vocab_size < size:
+            raise ValueError(f"the tokenizer has {size} tokens, more than the {vocab_size} "
+                             "asked for")
+        self._tokenizer = tokenizer
+        self._vocab_size = size if vocab_size is None else vocab_size
+
+    @classmethod
+    def from_vocab_merges(cls, vocab: PathLike, merges: PathLike, *,
+                          special_tokens: Sequence[str] = (END_OF_TEXT,),
+                          add_prefix_space: bool = False) -> ByteLevelBPETokenizer:
+        """GPT-2's tokenizer from its `vocab.json` and `merges.txt`; those of
+        `special_tokens` that are in the vocabulary match in text as a whole."""
+        try:
+            tokenizer = hf_tokenizers.Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as e:  # tokenizers raises plain Exceptions for malformed files.
+            raise ValueError(f"cannot read {vocab} and {merges}: {e}") from e
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+        tokenizer.decoder = decoders.ByteLevel()
+        known = tokenizer.get_vocab()
+        tokenizer.add_special_tokens([t for t in special_tokens if t in known])
+        return cls(tokenizer)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> ByteLevelBPETokenizer:
+        """GPT-2's kind of tokenizer learned from `text`: the 256 bytes, `<|endoftext|>`
+        (id 0) and merges up to `vocab_size` tokens (fewer if the text has no more pairs to
+        merge; the ids past them decode to nothing)."""
+        if vocab_size < MIN_BYTE_BPE_VOCAB_SIZE:
+            raise ValueError(f"a byte-level BPE needs vocab_size >= {MIN_BYTE_BPE_VOCAB_SIZE}, "
+                             f"got {vocab_size}")
+        tokenizer = hf_tokenizers.Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.train_from_iterator([text], trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        return cls(tokenizer, vocab_size)
+
+    def with_vocab_size(self, vocab_size: int) -> ByteLevelBPETokenizer:
+        """The same tokenizer for a model of `vocab_size` ids (at least the tokenizer's)."""
+        return type(self)(self._tokenizer, vocab_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def token_id(self, token: str) -> int | None:
+        """The id of `token` (e.g. "<|endoftext|>"), or None if it is not in the vocabulary."""
+        return self._tokenizer.token_to_id(token)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, path: PathLike) -> None:
+        epath.Path(path).write_text(self._tokenizer.to_str(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: PathLike) -> ByteLevelBPETokenizer:
+        return _parse_hf_json(_read_bytes(path), path)
+
+
 def min_bpe_vocab_size(num_chars: int = 1, *, special_tokens: bool = False,
                        extra_symbols: int = 0) -> int:
     """The smallest BPE vocabulary for text of `num_chars` distinct characters (newline aside):
@@ -233,7 +317,8 @@ def fingerprint(tokenizer: Tokenizer) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def load_tokenizer(path: PathLike) -> CharTokenizer | SentencePieceTokenizer:
+def load_tokenizer(path: PathLike
+                   ) -> CharTokenizer | SentencePieceTokenizer | ByteLevelBPETokenizer:
     """Loads a saved tokenizer, telling its kind from the file's contents.
 
     Args:
@@ -245,7 +330,7 @@ def load_tokenizer(path: PathLike) -> CharTokenizer | SentencePieceTokenizer:
         path = _find_tokenizer_file(path)
     data = _read_bytes(path)
     if data.lstrip().startswith(b"{"):
-        return _parse_char_json(data, path)
+        return _parse_json(data, path)
     return _parse_sentencepiece(data, path)
 
 
@@ -272,6 +357,24 @@ def _parse_char_json(data: bytes, path: PathLike) -> CharTokenizer:
         return CharTokenizer(spec["chars"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"malformed character tokenizer {path}: {e}") from e
+
+
+def _parse_json(data: bytes, path: PathLike) -> CharTokenizer | ByteLevelBPETokenizer:
+    """A `tokenizer.json` of either kind: Hugging Face's has a `model`."""
+    try:
+        spec = json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"malformed tokenizer {path}: {e}") from e
+    if isinstance(spec, dict) and "model" in spec:
+        return _parse_hf_json(data, path)
+    return _parse_char_json(data, path)
+
+
+def _parse_hf_json(data: bytes, path: PathLike) -> ByteLevelBPETokenizer:
+    try:
+        return ByteLevelBPETokenizer(hf_tokenizers.Tokenizer.from_str(data.decode("utf-8")))
+    except Exception as e:  # tokenizers raises plain Exceptions for malformed JSON.
+        raise ValueError(f"malformed byte-level BPE tokenizer {path}: {e}") from e
 
 
 def _optional_id(piece_id: int) -> int | None:

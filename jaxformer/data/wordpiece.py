@@ -1,9 +1,12 @@
-"""An uncased WordPiece vocabulary, as BERT's, on Hugging Face `tokenizers`.
+"""A WordPiece vocabulary, as BERT's, on Hugging Face `tokenizers`.
 
 Text is normalised as BERT's: control characters dropped, Chinese characters spaced, accents
-stripped and lowercased; it is split at whitespace and punctuation, and each word into the
-longest vocabulary pieces from its start, pieces after the first prefixed with "##". A word
-with no such split is `[UNK]`. The special tokens have fixed ids 0-4 (`SPECIAL_TOKENS`).
+stripped and lowercased (a vocabulary imported from a cased BERT keeps case and accents); it
+is split at whitespace and punctuation, and each word into the longest vocabulary pieces from
+its start, pieces after the first prefixed with "##". A word with no such split is `[UNK]`.
+A vocabulary trained here has the special tokens at ids 0-4 (`SPECIAL_TOKENS`); any other
+(e.g. Google's BERT vocabularies: [UNK], [CLS], [SEP], [MASK] at 100-103) has them where its
+vocabulary puts them, except [PAD], which is always 0, the id the models mask.
 The model saves to one JSON file (the `tokenizers` format), `ASSET_NAME` in a workdir's assets.
 """
 
@@ -21,7 +24,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from jaxformer.data import common
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0, 1, 2, 3, 4
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # Ids 0-4 when trained here.
 ASSET_NAME = "wordpiece.json"
 SUBWORD_PREFIX = "##"
 _MAX_WORD_CHARS = 100
@@ -29,7 +32,12 @@ _MIN_PAIR_COUNT = 2
 
 
 class WordPiece:
-    """Maps text to WordPiece ids and back; `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]` are 0-4."""
+    """Maps text to WordPiece ids and back.
+
+    An instance has the ids of its vocabulary's `[PAD]` (always 0), `[UNK]`, `[CLS]`, `[SEP]`
+    and `[MASK]`; the class attributes are those of a vocabulary trained here (0-4), and
+    `WordPiece.pad_id` is every vocabulary's.
+    """
 
     pad_id = 0
     unk_id = 1
@@ -39,11 +47,16 @@ class WordPiece:
 
     def __init__(self, tokenizer: tokenizers.Tokenizer):
         vocab = tokenizer.get_vocab(with_added_tokens=True)
-        for index, name in enumerate(SPECIAL_TOKENS):
-            if vocab.get(name) != index:
-                raise ValueError(f"{name} has id {vocab.get(name)}, expected {index}")
+        missing = [name for name in SPECIAL_TOKENS if name not in vocab]
+        if missing:
+            raise ValueError(f"the vocabulary has no {', '.join(missing)}")
+        if vocab["[PAD]"] != WordPiece.pad_id:
+            raise ValueError(f"[PAD] has id {vocab['[PAD]']}; it must be {WordPiece.pad_id}, "
+                             "the id the models mask")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise ValueError("the vocabulary ids are not 0..vocab_size-1")
+        self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            vocab[name] for name in SPECIAL_TOKENS[1:])
         self._tokenizer = tokenizer
         self._tokens = [""] * len(vocab)
         for name, index in vocab.items():
@@ -54,8 +67,18 @@ class WordPiece:
     def vocab_size(self) -> int:
         return len(self._tokens)
 
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """The ids of `SPECIAL_TOKENS`, in that order."""
+        return (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """Every token, by id."""
+        return tuple(self._tokens)
+
     def encode(self, text: str) -> list[int]:
-        """The ids of `text`, lowercased and without special tokens added."""
+        """The ids of `text`, normalised and without special tokens added."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -84,9 +107,31 @@ class WordPiece:
     def save(self, path: str | os.PathLike) -> None:
         epath.Path(path).write_text(self._tokenizer.to_str(), encoding="utf-8")
 
+    def to_str(self) -> str:
+        """The `tokenizers` JSON of the tokenizer (what `save` writes)."""
+        return self._tokenizer.to_str()
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> WordPiece:
         return cls(read_hf_tokenizer(path, models.WordPiece, "WordPiece model"))
+
+    @classmethod
+    def from_tokens(cls, tokens: Iterable[str], *, lowercase: bool = True,
+                    strip_accents: bool | None = None, chinese_chars: bool = True) -> WordPiece:
+        """BERT's tokenizer over `tokens` (id = position, as the lines of a `vocab.txt`), with
+        the options of the reference tokenizer: `lowercase`, `strip_accents` (None: as
+        `lowercase`) and `chinese_chars` (space Chinese characters). As there, the special
+        tokens written in a text are those tokens (a vocabulary trained here splits them)."""
+        vocab: dict[str, int] = {}
+        for token in tokens:
+            if token in vocab:
+                raise ValueError(f"the token {token!r} is in the vocabulary twice")
+            vocab[token] = len(vocab)
+        tokenizer = _bert_tokenizer(vocab, lowercase=lowercase, strip_accents=strip_accents,
+                                    chinese_chars=chinese_chars)
+        tokenizer.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                                      for t in SPECIAL_TOKENS if t in vocab])
+        return cls(tokenizer)
 
 
 def read_hf_tokenizer(path: str | os.PathLike, model_type: type,
@@ -102,14 +147,17 @@ def read_hf_tokenizer(path: str | os.PathLike, model_type: type,
     return tokenizer
 
 
-def _bert_tokenizer(vocab: dict[str, int] | None = None) -> tokenizers.Tokenizer:
+def _bert_tokenizer(vocab: dict[str, int] | None = None, *, lowercase: bool = True,
+                    strip_accents: bool | None = True,
+                    chinese_chars: bool = True) -> tokenizers.Tokenizer:
     """A tokenizer with BERT's normaliser, pre-tokeniser and decoder around a WordPiece model
     of `vocab` (None: empty, for training)."""
     tokenizer = tokenizers.Tokenizer(models.WordPiece(
         vocab, unk_token="[UNK]", continuing_subword_prefix=SUBWORD_PREFIX,
         max_input_chars_per_word=_MAX_WORD_CHARS))
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True)
+        clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=strip_accents,
+        lowercase=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix=SUBWORD_PREFIX, cleanup=True)
     return tokenizer

@@ -41,7 +41,7 @@ def detect(task: Any, data: Any, params: Any, pixels: np.ndarray, *,
     example = data.preprocess.eval_transforms()(empty, no_draws())
     batch = {key: np.asarray(example[key])[None] for key in
              ("image", "pixel_mask", "size", "boxes", "labels", "box_mask")}
-    out = jax.device_get(detections(**task.predict(params, batch)))
+    out = jax.device_get(detections(**jax.jit(task.predict)(params, batch)))
     height, width = pixels.shape[:2]
     boxes = np.clip(cxcywh_to_xyxy(out["boxes"][0], height, width), 0,
                     np.array([width, height, width, height], np.float32))

@@ -1,5 +1,6 @@
-"""Fill-mask with a BERT pretraining run (`jaxformer fill-mask`): the masked-LM head's most
-likely tokens at each `[MASK]` of a text.
+"""Fill-mask with a BERT pretraining run (`jaxformer fill-mask`), trained here or imported
+(`jaxformer import-weights --family=bert`): the masked-LM head's most likely tokens at each
+`[MASK]` of a text.
 
 The text is encoded as `[CLS] text [SEP]` (segment 0) and padded with [PAD] to the run's
 `data.seq_length`; a text longer than that is an error (nothing is cut off). Each literal
@@ -35,7 +36,8 @@ class MaskPrediction:
 @dataclasses.dataclass(frozen=True)
 class FillMaskResult:
     """The predictions at each `[MASK]`, in text order, and the text with each replaced by
-    its most likely token (normalised as the tokenizer does: uncased, "##" pieces joined)."""
+    its most likely token (normalised as the tokenizer does, e.g. lowercased; "##" pieces
+    joined)."""
 
     input_ids: tuple[int, ...]  # [CLS] text [SEP], without padding.
     predictions: tuple[MaskPrediction, ...]

@@ -4,7 +4,8 @@ The input is `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, padded with id 0 ([PAD]
 learned position and segment (token type) embeddings are summed, normalised (LayerNorm,
 epsilon 1e-12) and run through post-LN encoder blocks (exact GELU, biases everywhere; padded
 keys are masked out of attention, see `attention_mask`). A pooler (dense + tanh) reads the
-[CLS] token (position 0).
+[CLS] token (position 0). The LayerNorm epsilon and the activation (of the blocks and of the
+masked-LM head) are options, for checkpoints that differ (`jaxformer.weights.bert`).
 
 The embeddings, blocks and pooler live under one parameter subtree, `encoder`, so that a
 fine-tuning model starts from a pretraining run with `init_from.mapping =
@@ -38,6 +39,7 @@ from jaxformer.layers import (
     TokenEmbedding,
     TransformerStack,
     gelu_exact,
+    gelu_tanh,
     make_padding_mask,
 )
 
@@ -54,7 +56,8 @@ VARIANTS: dict[str, dict[str, int]] = {
 HEADS = ("pretraining", "sequence", "token")
 PAD_ID = 0
 LAYER_NORM_EPSILON = 1e-12
-
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": gelu_exact, "gelu_tanh": gelu_tanh, "relu": jax.nn.relu}
 
 
 def default_init() -> Callable[..., jax.Array]:
@@ -86,6 +89,8 @@ class _EncoderFields(nn.Module):
     remat: bool = False
     scan_layers: bool = False
     causal: bool = False
+    layer_norm_epsilon: float = LAYER_NORM_EPSILON
+    activation: Callable[[jax.Array], jax.Array] = gelu_exact
 
     def make_encoder(self) -> BertEncoder:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(_EncoderFields)
@@ -112,6 +117,8 @@ class BertEncoder(_EncoderFields):
       causal: left-to-right attention (the LTR ablation of the paper's Table 5): each token
         sees itself and the tokens before it, and the pooler reads the last real token, the
         only one that has seen the whole input.
+      layer_norm_epsilon: epsilon of every LayerNorm.
+      activation: the MLP non-linearity (and that of the masked-LM head).
     """
 
 
@@ -123,13 +130,13 @@ class BertEncoder(_EncoderFields):
             self.max_position, self.d_model, embedding_init=init, dtype=self.dtype)
         self.segment_embedding = TokenEmbedding(self.type_vocab, self.d_model,
                                                 embedding_init=init, dtype=self.dtype)
-        self.embedding_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)
+        self.embedding_norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)
         self.dropout = nn.Dropout(self.dropout_rate)
         self.transformer = TransformerStack(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            norm_first=False, causal=self.causal, activation=gelu_exact,
-            layer_norm_epsilon=LAYER_NORM_EPSILON, use_bias=True, kernel_init=init,
+            norm_first=False, causal=self.causal, activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon, use_bias=True, kernel_init=init,
             dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers)
         self.pooler = Dense(self.d_model, kernel_init=init, dtype=self.dtype)
 
@@ -184,17 +191,20 @@ tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 class MaskedLMHead(nn.Module):
-    """Hidden states `[..., d]` -> float32 vocabulary logits `[..., vocab]`: dense + GELU +
-    LayerNorm, then `x @ embedding.T + output_bias` with the (tied) `embedding` passed in."""
+    """Hidden states `[..., d]` -> float32 vocabulary logits `[..., vocab]`: dense + GELU (or
+    `activation`) + LayerNorm, then `x @ embedding.T + output_bias` with the (tied)
+    `embedding` passed in."""
 
     vocab_size: int
     dtype: Any = jnp.float32
+    layer_norm_epsilon: float = LAYER_NORM_EPSILON
+    activation: Callable[[jax.Array], jax.Array] = gelu_exact
 
     @nn.compact
     def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
         x = Dense(x.shape[-1], kernel_init=default_init(), dtype=self.dtype, name="transform")(x)
-        x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
-                         name="norm")(gelu_exact(x))
+        x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                         name="norm")(self.activation(x))
         bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,))
         lead = x.shape[:-1]
         logits = tied_logits(x.astype(self.dtype).reshape(-1, x.shape[-1]),
@@ -212,7 +222,9 @@ class BertForPreTraining(_EncoderFields):
 
     def setup(self):
         self.encoder = self.make_encoder()
-        self.mlm_head = MaskedLMHead(self.vocab_size, dtype=self.dtype)
+        self.mlm_head = MaskedLMHead(self.vocab_size, dtype=self.dtype,
+                                     layer_norm_epsilon=self.layer_norm_epsilon,
+                                     activation=self.activation)
         self.nsp_head = Dense(2, kernel_init=default_init(), dtype=self.dtype)
 
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, mlm_positions: jax.Array,
@@ -285,7 +297,8 @@ def build(
     Keys: `variant` (a name in `VARIANTS`, or "" to use the explicit size fields
     `num_layers`, `d_model`, `num_heads`, `mlp_dim`; a variant overrides them), and optionally
     `dropout_rate` (0.1), `attention_dropout_rate` (0.1), `max_position` (512), `type_vocab`
-    (2), `scan_layers` (false) and `causal` (false: see `BertEncoder`).
+    (2), `scan_layers` (false), `causal` (false: see `BertEncoder`), `layer_norm_epsilon`
+    (1e-12) and `activation` ("gelu", exact; "gelu_tanh" or "relu").
 
     Args:
       config: the `model` part of the experiment config.
@@ -298,12 +311,18 @@ def build(
     """
     if head not in HEADS:
         raise ValueError(f"unknown BERT head {head!r}; available: {', '.join(HEADS)}")
+    activation = config.get("activation", "gelu")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown model.activation {activation!r}; available: "
+                         f"{', '.join(ACTIVATIONS)}")
     fields = dict(
         vocab_size=vocab_size, max_position=config.get("max_position", 512),
         type_vocab=config.get("type_vocab", 2), dropout_rate=config.get("dropout_rate", 0.1),
         attention_dropout_rate=config.get("attention_dropout_rate", 0.1), dtype=dtype,
         remat=remat, scan_layers=config.get("scan_layers", False),
-        causal=config.get("causal", False), **sizes(config))
+        causal=config.get("causal", False),
+        layer_norm_epsilon=config.get("layer_norm_epsilon", LAYER_NORM_EPSILON),
+        activation=ACTIVATIONS[activation], **sizes(config))
     if head == "pretraining":
         return BertForPreTraining(**fields)
     if num_classes < 1:

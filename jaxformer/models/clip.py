@@ -3,14 +3,14 @@ Visual Models From Natural Language Supervision").
 
 Two towers map images and texts into one embedding space:
   * the image tower is a `ViTEncoder` with CLIP's options (no patch bias, a LayerNorm
-    `pre_norm` before the blocks, LayerNorm epsilon 1e-5); the pooled [class] token (or the
-    mean of the patch tokens with `pool_type="gap"`) after the stack's final LayerNorm (CLIP's
-    `ln_post`) is projected linearly, without bias, to `embed_dim`;
+    `pre_norm` before the blocks, LayerNorm epsilon 1e-5 by default); the pooled [class]
+    token (or the mean of the patch tokens with `pool_type="gap"`) after the stack's final
+    LayerNorm (CLIP's `ln_post`) is projected linearly, without bias, to `embed_dim`;
   * the text tower embeds tokens and learned positions, runs causal pre-LN blocks and a final
     LayerNorm, and projects (without bias) the features at the end-of-text token: the first
-    token equal to `eot_id` in each row (the last position when a row has none). With causal
-    attention that feature depends on the tokens up to the EOT only, so the padding after it
-    needs no mask.
+    token equal to `eot_id` in each row (the last position when a row has none), the
+    tokenizer's end of text. With causal attention that feature depends on the tokens up to
+    the EOT only, so the padding after it (whatever its id) needs no mask.
 Both embeddings are L2-normalised (float32). The logits of a pair are `logit_scale * x . y`
 with a learned temperature `logit_scale = exp(log_scale)`, initialised to 1 / 0.07 and never
 above 100 (the parameter is clipped at log(100) in the forward pass).
@@ -84,16 +84,16 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def image_tower(*, patch_size: int, width: int, num_layers: int, num_heads: int, mlp_dim: int,
                 pool_type: str = "tok", activation: Callable[[jax.Array], jax.Array] = quick_gelu,
-                **common: Any) -> ViTEncoder:
+                layer_norm_epsilon: float = 1e-5, **common: Any) -> ViTEncoder:
     """CLIP's image tower (unbound): a ViT encoder without patch bias, with `pre_norm`,
-    LayerNorm epsilon 1e-5 and OpenAI's initialisation; `common` holds the dropout rates,
-    dtype, remat and scan_layers. Other families load a trained CLIP's `image_encoder`
+    LayerNorm epsilon 1e-5 (OpenAI's) and OpenAI's initialisation; `common` holds the dropout
+    rates, dtype, remat and scan_layers. Other families load a trained CLIP's `image_encoder`
     parameters into it (`init_from`)."""
     std = width ** -0.5
     return ViTEncoder(
         patch_size=patch_size, num_layers=num_layers, num_heads=num_heads, d_model=width,
         mlp_dim=mlp_dim, pool_type=pool_type, patch_bias=False, pre_norm=True,
-        layer_norm_epsilon=1e-5, activation=activation,
+        layer_norm_epsilon=layer_norm_epsilon, activation=activation,
         cls_init=nn.initializers.normal(stddev=std), pos_init=nn.initializers.normal(stddev=std),
         **common)
 
@@ -128,6 +128,7 @@ class TextEncoder(nn.Module):
     num_heads: int
     mlp_dim: int
     activation: Callable[[jax.Array], jax.Array] = quick_gelu
+    layer_norm_epsilon: float = 1e-5
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     dtype: Any = jnp.float32
@@ -147,7 +148,8 @@ class TextEncoder(nn.Module):
         return TransformerStack(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            norm_first=True, causal=True, activation=self.activation, layer_norm_epsilon=1e-5,
+            norm_first=True, causal=True, activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_init=nn.initializers.normal(stddev=std),
             out_kernel_init=nn.initializers.normal(stddev=std / math.sqrt(2 * self.num_layers)),
             dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers,
@@ -165,6 +167,7 @@ class CLIP(nn.Module):
       context_length, text_width, text_layers, text_heads, text_mlp_dim: the text tower.
       pool_type: image pooling, "tok" ([class] token) or "gap" (mean of the patch tokens).
       activation: MLP non-linearity of both towers.
+      layer_norm_epsilon: epsilon of every LayerNorm of both towers.
       loss: "softmax" (CLIP) or "sigmoid" (SigLIP: another temperature init and a bias).
       dropout_rate, attention_dropout_rate: dropout of both towers (0 in CLIP).
       dtype: computation dtype (parameters and embeddings are float32).
@@ -187,6 +190,7 @@ class CLIP(nn.Module):
     context_length: int = 77
     pool_type: str = "tok"
     activation: Callable[[jax.Array], jax.Array] = quick_gelu
+    layer_norm_epsilon: float = 1e-5
     loss: str = "softmax"
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
@@ -198,6 +202,7 @@ class CLIP(nn.Module):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown CLIP loss {self.loss!r}; available: {', '.join(LOSSES)}")
         common = dict(dropout_rate=self.dropout_rate, activation=self.activation,
+                      layer_norm_epsilon=self.layer_norm_epsilon,
                       attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
                       remat=self.remat, scan_layers=self.scan_layers)
         self.image_encoder = image_tower(
@@ -263,6 +268,14 @@ def model_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
     return sizes
 
 
+def layer_norm_epsilon(config: ml_collections.ConfigDict) -> float:
+    """`layer_norm_epsilon` of a `config.model` subtree (default 1e-5), checked positive."""
+    epsilon = config.get("layer_norm_epsilon", 1e-5)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon <= 0:
+        raise ValueError(f"model.layer_norm_epsilon must be a positive number, got {epsilon!r}")
+    return float(epsilon)
+
+
 def image_tower_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`image_tower`'s arguments for the CLIP of a `config.model` subtree (a CLIP run's),
     for models that embed its image tower."""
@@ -274,7 +287,7 @@ def image_tower_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(patch_size=sizes["patch_size"], width=sizes["vision_width"],
                 num_layers=sizes["vision_layers"], num_heads=sizes["vision_heads"],
                 mlp_dim=sizes["vision_mlp_dim"], pool_type=config.get("pool_type", "tok"),
-                activation=ACTIVATIONS[activation])
+                activation=ACTIVATIONS[activation], layer_norm_epsilon=layer_norm_epsilon(config))
 
 
 def build(
@@ -287,8 +300,8 @@ def build(
     `embed_dim`, `patch_size`, `vision_layers`, `vision_width`, `vision_heads`,
     `vision_mlp_dim`, `text_layers`, `text_width`, `text_heads`, `text_mlp_dim`,
     `pool_type`, `dropout_rate`, `activation` ("quick_gelu" or "gelu"), `loss` ("softmax" or
-    "sigmoid"), and optionally `attention_dropout_rate` and `scan_layers`. A variant
-    overrides the size fields.
+    "sigmoid"), and optionally `layer_norm_epsilon` (1e-5), `attention_dropout_rate` and
+    `scan_layers`. A variant overrides the size fields.
     """
     sizes = model_sizes(config)
     for tower in ("vision", "text"):
@@ -315,7 +328,8 @@ def build(
         raise ValueError(f"eot_id {eot_id} is outside the vocabulary of {vocab_size} tokens")
     return CLIP(
         vocab_size=vocab_size, eot_id=eot_id, context_length=context_length,
-        pool_type=pool_type, activation=ACTIVATIONS[activation], loss=loss,
+        pool_type=pool_type, activation=ACTIVATIONS[activation],
+        layer_norm_epsilon=layer_norm_epsilon(config), loss=loss,
         dropout_rate=config.get("dropout_rate", 0.0),
         attention_dropout_rate=config.get("attention_dropout_rate", 0.0), dtype=dtype,
         remat=remat, scan_layers=config.get("scan_layers", False), **sizes)

@@ -43,6 +43,7 @@ class GPT(nn.Module):
       num_heads: attention heads per block.
       d_model: width of the residual stream.
       mlp_ratio: MLP hidden width / d_model.
+      layer_norm_epsilon: epsilon of every LayerNorm.
       dropout_rate: dropout on embeddings, residual branches and attention weights.
       dtype: computation dtype (parameters are float32; logits are always float32).
       remat: recompute each block's activations in the backward pass.
@@ -55,6 +56,7 @@ class GPT(nn.Module):
     num_heads: int
     d_model: int
     mlp_ratio: int = 4
+    layer_norm_epsilon: float = 1e-5
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     remat: bool = False
@@ -96,7 +98,7 @@ def block_fields(gpt: GPT) -> dict[str, Any]:
     return dict(
         num_heads=gpt.num_heads, mlp_dim=gpt.mlp_ratio * gpt.d_model,
         dropout_rate=gpt.dropout_rate, attention_dropout_rate=gpt.dropout_rate, norm_first=True,
-        causal=True, layer_norm_epsilon=1e-5, kernel_init=EMBEDDING_INIT,
+        causal=True, layer_norm_epsilon=gpt.layer_norm_epsilon, kernel_init=EMBEDDING_INIT,
         out_kernel_init=nn.initializers.normal(stddev=0.02 / math.sqrt(2 * gpt.num_layers)),
         dtype=gpt.dtype)
 
@@ -105,14 +107,21 @@ def build(
     config: ml_collections.ConfigDict, *, vocab_size: int, block_size: int, dtype: Any,
     remat: bool
 ) -> GPT:
-    """A `GPT` from the `config.model` subtree.
+    """A `GPT` from the `config.model` subtree, for windows of `block_size` tokens.
 
     Keys: `variant` (a name in `VARIANTS`, or "" to use the explicit size fields),
     `num_layers`, `num_heads`, `d_model`, `mlp_ratio`, `dropout_rate`, and optionally
-    `scan_layers`. A variant overrides the size fields.
+    `scan_layers`, `layer_norm_epsilon` (1e-5) and `max_positions` (the size of the position
+    table, at least `block_size`; 0 or absent: `block_size`, e.g. a pretrained model's
+    1024 positions read in shorter windows). A variant overrides the size fields.
     """
+    max_positions = config.get("max_positions", 0) or block_size
+    if max_positions < block_size:
+        raise ValueError(f"data.block_size {block_size} exceeds model.max_positions "
+                         f"{max_positions}")
     return GPT(
-        vocab_size=vocab_size, block_size=block_size, mlp_ratio=config.mlp_ratio,
+        vocab_size=vocab_size, block_size=max_positions, mlp_ratio=config.mlp_ratio,
+        layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
         dropout_rate=config.dropout_rate, dtype=dtype, remat=remat,
         scan_layers=config.get("scan_layers", False), **sizes(config))
 

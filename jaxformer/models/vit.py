@@ -4,8 +4,9 @@ An image `[batch, H, W, C]` is cut into non-overlapping `p x p` patches, each li
 embedded by a strided convolution (kernel `p x p`, stride `p`); the token of patch (i, j)
 sits at index `i * W / p + j` (row-major). A learnable [class] token is prepended, learned
 1-D position embeddings are added (one per token, the class token's included), and the
-sequence runs through pre-LN encoder blocks (exact GELU, LayerNorm epsilon 1e-6) that end
-in a LayerNorm. The image is then represented by the [class] token (`pool_type="tok"`) or,
+sequence runs through pre-LN encoder blocks (exact GELU, LayerNorm epsilon 1e-6 unless
+`layer_norm_epsilon` says otherwise: Hugging Face checkpoints use 1e-12) that end in a
+LayerNorm. The image is then represented by the [class] token (`pool_type="tok"`) or,
 without a class token, by the mean of the patch tokens (`pool_type="gap"`); the classifier
 is an optional tanh representation layer (the paper's pre-training MLP head) and a linear
 head.
@@ -193,6 +194,7 @@ class ViT(nn.Module):
         representation).
       representation_size: width of the tanh pre-logits layer; 0 means none (a linear head on
         the pooled token, as when fine-tuning).
+      layer_norm_epsilon: epsilon of every LayerNorm.
     """
 
     num_classes: int
@@ -208,13 +210,15 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    layer_norm_epsilon: float = 1e-6
 
     def setup(self):
         self.encoder = ViTEncoder(
             patch_size=self.patch_size, num_layers=self.num_layers, num_heads=self.num_heads,
             d_model=self.d_model, mlp_dim=self.mlp_dim, pool_type=self.pool_type,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers)
+            dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers,
+            layer_norm_epsilon=self.layer_norm_epsilon)
         if self.representation_size:
             self.pre_logits = Dense(self.representation_size, dtype=self.dtype)
         if self.num_classes:
@@ -308,7 +312,8 @@ def build(
     Keys: `variant` ("B/16"... see `VARIANTS`, or "" to use the explicit size fields),
     `patch_size`, `num_layers`, `num_heads`, `d_model`, `mlp_dim`, `pool_type`,
     `representation_size`, `dropout_rate`, `attention_dropout_rate`, and optionally
-    `scan_layers`. A variant overrides the size fields.
+    `scan_layers` and `layer_norm_epsilon` (default 1e-6). A variant overrides the size
+    fields.
     """
     sizes = dict(patch_size=config.patch_size, num_layers=config.num_layers,
                  num_heads=config.num_heads, d_model=config.d_model, mlp_dim=config.mlp_dim)
@@ -328,4 +333,5 @@ def build(
         num_classes=num_classes, pool_type=config.pool_type,
         representation_size=config.representation_size, dropout_rate=config.dropout_rate,
         attention_dropout_rate=config.get("attention_dropout_rate", 0.0), dtype=dtype,
-        remat=remat, scan_layers=config.get("scan_layers", False), **sizes)
+        remat=remat, scan_layers=config.get("scan_layers", False),
+        layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-6), **sizes)

@@ -73,7 +73,15 @@ class ClassificationTask(Task):
 
     def resize_param(self, path: str, value: Any, shape: tuple[int, ...]) -> Any:
         """Position embeddings are resampled to a new patch grid (fine-tuning at another
-        image size, as in the ViT paper)."""
+        image size, as in the ViT paper); a colour patch embedding is summed over its input
+        channels for grey images (the same outputs as the grey image repeated in each
+        channel)."""
+        source, shape = tuple(value.shape), tuple(shape)
+        grey_from_colour = (path.endswith("embedding/kernel") and len(shape) == 4
+                            and source[2] == 3 and shape[2] == 1
+                            and source[:2] + source[3:] == shape[:2] + shape[3:])
+        if grey_from_colour:
+            return value.sum(axis=2, keepdims=True)
         if path.endswith("pos_embedding"):
             prefix = 1 if self.model.pool_type == "tok" else 0
             height, width = self.image_shape[:2]

@@ -7,11 +7,14 @@ them. A family module provides:
 - `IGNORED`: regular expressions of tensors that hold no parameters (buffers);
 - `base_config(hf_config) -> str`: the jaxformer config (`FILE[:ARGS]`) an import starts from;
 - `configure(config, hf_config)`: sets the model (and tokenizer) fields to the checkpoint's;
+- `configure_from_dir(config, hf_dir)`: fields from the directory's other files
+  (an image processor's normalisation);
 - `hf_config(config) -> dict`: the reverse, the `config.json` of an export;
 - `MODEL_NAMES`: the `config.model.name` values it exports;
 - `rules(config) -> list[Rule]`: the tensor mapping;
 - `import_tokenizer(hf_dir, assets_dir) -> list[str]` and
-  `export_tokenizer(workdir, hf_dir) -> list[str]`: the tokenizer files carried over.
+  `export_tokenizer(workdir, hf_dir) -> list[str]`: the tokenizer files carried over;
+- `rename(tensors) -> tensors`: a checkpoint's older tensor names -> the rules'.
 """
 
 from __future__ import annotations

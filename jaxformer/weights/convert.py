@@ -82,7 +82,12 @@ def params_from_tensors(rules: Sequence[Rule], tensors: dict[str, np.ndarray],
     _check_covered(rules, shapes, tensors, ignored)
     params = {}
     for rule in rules:
-        outputs = rule.to_params(*(tensors[name] for name in rule.hf))
+        try:
+            outputs = rule.to_params(*(tensors[name] for name in rule.hf))
+        except ValueError as e:  # Tensors that cannot be combined (fused with other shapes).
+            raise UserError(f"{', '.join(rule.hf)} of shapes "
+                            f"{[tuple(tensors[h].shape) for h in rule.hf]} do not fit "
+                            f"{', '.join(rule.params)}: {e}") from None
         for name, array in zip(rule.params, outputs, strict=True):
             if tuple(array.shape) != tuple(shapes[name]):
                 raise UserError(f"{', '.join(rule.hf)} of shape "
@@ -125,6 +130,8 @@ def import_config(hf_dir: str, family: str, *, config_spec: str | None = None,
                                                         or module.base_config(hf_config)))
     with config.unlocked(), as_user_error(f"{hf_dir}/{hf_files.CONFIG_NAME}"):
         module.configure(config, hf_config)
+    with config.unlocked(), as_user_error(hf_dir):
+        module.configure_from_dir(config, hf_dir)
     config_lib.apply_overrides(config, overrides)
     return config, hf_config
 
@@ -152,6 +159,7 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
     shapes = abstract_params(config)
     rules = module.rules(config)
     tensors = hf_files.read_tensors(hf_dir)
+    tensors = module.rename(tensors)
     params = params_from_tensors(rules, tensors, shapes, module.IGNORED)
     if dry_run:
         for rule in rules:
@@ -209,7 +217,8 @@ def _write_checkpoint(config: ml_collections.ConfigDict, params: dict, workdir: 
 def export_weights(workdir: str, hf_dir: str, *, step: int = -1,
                    log: Callable[[str], None] = print) -> None:
     """Writes the parameters of `workdir` (newest checkpoint, or `step`) as a Hugging Face
-    directory that `from_pretrained` loads, with the tokenizer."""
+    directory that `from_pretrained` loads, with the tokenizer; a failed export leaves
+    nothing behind."""
     from jaxformer.train.checkpoint import Checkpointer
 
     config = config_lib.read_workdir_config(workdir)
@@ -220,7 +229,17 @@ def export_weights(workdir: str, hf_dir: str, *, step: int = -1,
     with as_user_error(f"{workdir}/config.json"):
         hf_config = module.hf_config(config)
     tensors = tensors_from_params(module.rules(config), _flatten(params))
-    hf_files.write(hf_dir, hf_config, tensors)
-    carried = module.export_tokenizer(workdir, hf_dir)
+    parent = os.path.dirname(os.path.abspath(hf_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        hf_files.write(staging, hf_config, tensors)
+        carried = module.export_tokenizer(workdir, staging)
+        if os.path.isdir(hf_dir):
+            os.rmdir(hf_dir)
+        os.rename(staging, hf_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     log(f"wrote {hf_dir}: {len(tensors)} tensors from step {step} of {workdir}"
         + (f", tokenizer {', '.join(carried)}" if carried else ""))

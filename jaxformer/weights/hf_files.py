@@ -80,5 +80,7 @@ def write(directory: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
     with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
-    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()},
+    # (`np.ascontiguousarray` alone would make a scalar, such as CLIP's `logit_scale`, [1].)
+    save_file({name: np.ascontiguousarray(array).reshape(np.shape(array))
+               for name, array in tensors.items()},
               os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})

@@ -16,6 +16,7 @@ from jaxformer import registry
 from jaxformer.data import coco_detection
 from jaxformer.data.coco_detection import CLASS_NAMES, COCO_IDS
 from jaxformer.data.detection_pipeline import DetectionSpec
+from jaxformer.errors import UserError
 from tests.helpers import ROOT, write_tfds_metadata
 
 SPLITS = ("train", "validation", "test")
@@ -160,8 +161,17 @@ def test_paper_preprocessing_by_default(tmp_path):
 
 
 def test_not_prepared(tmp_path):
-    with pytest.raises(ValueError, match="cannot read coco/2017.*tfds build coco/2017"):
-        coco_detection.build(config(tmp_path), workdir=None)
+    data = coco_detection.build(config(tmp_path), workdir=None)  # Opens nothing yet.
+    assert data.num_classes == 91 and not any(tmp_path.iterdir())
+    with pytest.raises(UserError, match="cannot read coco/2017.*tfds build coco/2017"):
+        data.train_iter(batch_size=1, seed=0)
+
+
+def test_class_names_of_another_classifier(tmp_path):
+    data = coco_detection.build(config(tmp_path, class_names=("a", "b")), workdir=None)
+    assert data.class_names == ("a", "b")
+    with pytest.raises(UserError, match="needs its 91 classes; data.class_names has 2"):
+        data.eval_iter(batch_size=1, num_batches=1)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -96,3 +96,19 @@ def test_position_embeddings_are_resized_for_a_new_image_size(subset):
     np.testing.assert_allclose(np.diff(new, axis=1), 3 / 7, atol=1e-5)
     with pytest.raises(ValueError, match="head/kernel"):
         task.resize_param("head/kernel", np.zeros((16, 10)), (16, 5))
+
+
+def test_a_colour_patch_embedding_sees_grey_images_as_grey_repeated_in_each_channel(subset):
+    task = ClassificationTask(task_config(), subset)
+    colour = np.random.default_rng(0).standard_normal((7, 7, 3, 16)).astype(np.float32)
+    grey = task.resize_param("encoder/embedding/kernel", colour, (7, 7, 1, 16))
+    image = np.random.default_rng(1).standard_normal((1, 28, 28, 1)).astype(np.float32)
+
+    def patches(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (7, 7), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_allclose(patches(image, grey), patches(np.repeat(image, 3, -1), colour),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="embedding/kernel"):
+        task.resize_param("encoder/embedding/kernel", colour, (7, 7, 2, 16))

@@ -1,0 +1,281 @@
+"""BERT (`model_type` "bert"): Hugging Face `BertForPreTraining` <-> `jaxformer.models.bert`.
+
+An import needs the whole pretraining model: the encoder, the pooler, the masked-LM head and
+the next-sentence head (`BertForPreTraining`; Google's checkpoints, e.g. bert-base-uncased,
+hold all of them whatever their `architectures` says). A checkpoint without a head or the
+pooler (`BertModel`, `BertForMaskedLM`) is an error naming the tensors it lacks: the workdir
+is a pretraining run, which `fill-mask` and `init_from` read whole. The masked-LM decoder is
+the token embedding (tied); its copies in a checkpoint (`cls.predictions.decoder.*`) are
+ignored, as are the position and token type buffers. Older names are read too: LayerNorm
+`gamma`/`beta`, and a `BertModel`'s tensors without the `bert.` prefix.
+
+The vocabulary (`tokenizer.json`, or `vocab.txt` alone) becomes the workdir's
+`assets/wordpiece.json`, with BERT's text pipeline and the casing options of
+`tokenizer_config.json` (`do_lower_case`, `strip_accents`, `tokenize_chinese_chars`), as
+`transformers`' `BertTokenizer` builds it. An export writes `vocab.txt`, `tokenizer.json` and
+`tokenizer_config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import ml_collections
+import numpy as np
+
+from jaxformer.errors import UserError
+from jaxformer.weights import rules as maps
+from jaxformer.weights.rules import Rule
+
+MODEL_TYPES = ("bert",)
+MODEL_NAMES = ("bert",)
+IGNORED = (
+    r"bert\.embeddings\.position_ids",
+    r"bert\.embeddings\.token_type_ids",
+    r"cls\.predictions\.decoder\.weight",  # The token embedding (tied).
+    r"cls\.predictions\.decoder\.bias",  # `cls.predictions.bias` (tied).
+)
+# `hidden_act` -> `model.activation`.
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "relu": "relu"}
+# BertConfig's defaults (those of bert-base-uncased), for keys a config.json leaves out.
+DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+                attention_probs_dropout_prob=0.1, max_position_embeddings=512,
+                type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0)
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+VOCAB_TXT = "vocab.txt"
+
+
+def base_config(hf_config: dict) -> str:
+    return "configs/bert/books_pretraining.py"
+
+
+def _get(hf_config: dict, key: str):
+    return hf_config.get(key, DEFAULTS[key])
+
+
+def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
+    """The model (size, dropout, LayerNorm epsilon, activation) and vocabulary size of the
+    checkpoint; sequences are cut to `max_position_embeddings` at most."""
+    position = hf_config.get("position_embedding_type", "absolute")
+    if position != "absolute":
+        raise ValueError(f"position_embedding_type {position!r} is not supported (absolute "
+                         "positions only)")
+    if hf_config.get("is_decoder") or hf_config.get("add_cross_attention"):
+        raise ValueError("a BERT decoder (is_decoder, add_cross_attention) is not supported")
+    if not hf_config.get("tie_word_embeddings", True):
+        raise ValueError("tie_word_embeddings is false: jaxformer's masked-LM decoder is the "
+                         "token embedding")
+    if _get(hf_config, "pad_token_id") not in (0, None):
+        raise ValueError(f"pad_token_id is {hf_config['pad_token_id']}; jaxformer's BERT "
+                         "masks id 0")
+    act = _get(hf_config, "hidden_act")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} is not supported; supported: "
+                         f"{', '.join(ACTIVATIONS)}")
+    max_position = _get(hf_config, "max_position_embeddings")
+    config.model.update(
+        name="bert", variant="", num_layers=_get(hf_config, "num_hidden_layers"),
+        d_model=_get(hf_config, "hidden_size"), num_heads=_get(hf_config, "num_attention_heads"),
+        mlp_dim=_get(hf_config, "intermediate_size"), max_position=max_position,
+        type_vocab=_get(hf_config, "type_vocab_size"),
+        dropout_rate=_get(hf_config, "hidden_dropout_prob"),
+        attention_dropout_rate=_get(hf_config, "attention_probs_dropout_prob"),
+        layer_norm_epsilon=_get(hf_config, "layer_norm_eps"), activation=ACTIVATIONS[act],
+        causal=False, scan_layers=False)
+    config.data.update(vocab_size=_get(hf_config, "vocab_size"), tokenizer_workdir="",
+                       seq_length=min(config.data.seq_length, max_position))
+    config.data.max_predictions = min(config.data.max_predictions, config.data.seq_length)
+
+
+def hf_config(config: ml_collections.ConfigDict) -> dict:
+    """The `config.json` of a `BertForPreTraining` with `config`'s model."""
+    from jaxformer.models import bert
+
+    model = config.model
+    if config.task.name != "bert_pretraining":
+        raise ValueError(f"task {config.task.name!r}: only BERT pretraining runs (task "
+                         "'bert_pretraining') export")
+    if model.get("causal", False):
+        raise ValueError("a left-to-right BERT (model.causal) has no Hugging Face counterpart")
+    sizes = bert.sizes(model)
+    activation = model.get("activation", "gelu")
+    hidden_act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[activation]
+    return dict(
+        architectures=["BertForPreTraining"], model_type="bert",
+        vocab_size=int(config.data.vocab_size), hidden_size=sizes["d_model"],
+        num_hidden_layers=sizes["num_layers"], num_attention_heads=sizes["num_heads"],
+        intermediate_size=sizes["mlp_dim"], hidden_act=hidden_act,
+        hidden_dropout_prob=model.get("dropout_rate", 0.1),
+        attention_probs_dropout_prob=model.get("attention_dropout_rate", 0.1),
+        max_position_embeddings=model.get("max_position", 512),
+        type_vocab_size=model.get("type_vocab", 2), initializer_range=0.02,
+        layer_norm_eps=model.get("layer_norm_epsilon", bert.LAYER_NORM_EPSILON), pad_token_id=0,
+        position_embedding_type="absolute", tie_word_embeddings=True, dtype="float32")
+
+
+def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
+    """Nothing beyond config.json is read for this family."""
+    del config, hf_dir
+
+
+def rules(config: ml_collections.ConfigDict) -> list[Rule]:
+    """`BertForPreTraining`'s tensors -> `BertForPreTraining`'s parameters."""
+    if config.task.name != "bert_pretraining":
+        raise UserError(f"task {config.task.name!r}: only BERT pretraining runs (task "
+                        "'bert_pretraining') map to Hugging Face's BertForPreTraining")
+    from jaxformer.models import bert
+
+    mapping = [
+        maps.embedding("bert.embeddings.word_embeddings", "encoder/token_embedding"),
+        maps.embedding("bert.embeddings.position_embeddings", "encoder/position_embedding"),
+        maps.embedding("bert.embeddings.token_type_embeddings", "encoder/segment_embedding"),
+        *maps.layer_norm("bert.embeddings.LayerNorm", "encoder/embedding_norm"),
+    ]
+    for i in range(bert.sizes(config.model)["num_layers"]):
+        hf, block = f"bert.encoder.layer.{i}", f"encoder/transformer/block_{i}"
+        mapping += [
+            *maps.fused_linear([f"{hf}.attention.self.{n}" for n in ("query", "key", "value")],
+                            f"{block}/attention/qkv"),
+            *maps.linear(f"{hf}.attention.output.dense", f"{block}/attention/out"),
+            *maps.layer_norm(f"{hf}.attention.output.LayerNorm", f"{block}/attention_norm"),
+            *maps.linear(f"{hf}.intermediate.dense", f"{block}/mlp/fc"),
+            *maps.linear(f"{hf}.output.dense", f"{block}/mlp/proj"),
+            *maps.layer_norm(f"{hf}.output.LayerNorm", f"{block}/mlp_norm"),
+        ]
+    return mapping + [
+        *maps.linear("bert.pooler.dense", "encoder/pooler"),
+        *maps.linear("cls.predictions.transform.dense", "mlm_head/transform"),
+        *maps.layer_norm("cls.predictions.transform.LayerNorm", "mlm_head/norm"),
+        maps.copy("cls.predictions.bias", "mlm_head/output_bias"),
+        *maps.linear("cls.seq_relationship", "nsp_head"),
+    ]
+
+
+_LEGACY_NORM = re.compile(r"(LayerNorm)\.(gamma|beta)$")
+_BARE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+
+
+def rename(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Older tensor names -> current ones: LayerNorm `gamma`/`beta` -> `weight`/`bias`, and
+    a `BertModel`'s bare names (`embeddings.*`) -> `bert.embeddings.*`."""
+    bare = not any(name.startswith("bert.") for name in tensors)
+    renamed = {}
+    for name, array in tensors.items():
+        new = _LEGACY_NORM.sub(lambda m: f"{m[1]}.{'weight' if m[2] == 'gamma' else 'bias'}",
+                               name)
+        if bare and new.startswith(_BARE_PREFIXES):
+            new = "bert." + new
+        if new in renamed:
+            raise UserError(f"the checkpoint holds both {name} and {new}")
+        renamed[new] = array
+    return renamed
+
+
+# --- Tokenizer -----------------------------------------------------------------------------
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return value
+
+
+def _vocabulary(hf_dir: str) -> tuple[list[str], dict, list[str]]:
+    """The tokens by id, the options of the tokenizer's normaliser (if it has BERT's) and the
+    files read."""
+    json_path, txt_path = (os.path.join(hf_dir, n) for n in (TOKENIZER_JSON, VOCAB_TXT))
+    if os.path.exists(json_path):
+        tokenizer = _read_json(json_path)
+        model = tokenizer.get("model") or {}
+        if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+            raise UserError(f"{json_path} is not a WordPiece tokenizer (model type "
+                            f"{model.get('type')!r})")
+        vocab = dict(model["vocab"])
+        for added in tokenizer.get("added_tokens") or ():
+            vocab.setdefault(added["content"], added["id"])
+        normalizer = tokenizer.get("normalizer") or {}
+        options = normalizer if normalizer.get("type") == "BertNormalizer" else {}
+        files = [TOKENIZER_JSON]
+    elif os.path.exists(txt_path):
+        try:
+            with open(txt_path, encoding="utf-8") as f:
+                lines = [line.rstrip("\n") for line in f]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {txt_path}: {e}") from None
+        vocab = {token: i for i, token in enumerate(lines)}  # The last of a repeated token.
+        options, files = {}, [VOCAB_TXT]
+    else:
+        raise UserError(f"{hf_dir} has no {TOKENIZER_JSON} or {VOCAB_TXT}: BERT's inputs are "
+                        "ids of its vocabulary; add the checkpoint's tokenizer files")
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise UserError(f"{files[0]}: the vocabulary ids are not 0..{len(vocab) - 1} (a token "
+                        "given twice?)")
+    return tokens, options, files
+
+
+def import_tokenizer(hf_dir: str, assets_dir: str) -> list[str]:
+    """The checkpoint's vocabulary as `assets/wordpiece.json` (see the module docstring)."""
+    from jaxformer.data import wordpiece
+
+    tokens, options, files = _vocabulary(hf_dir)
+    config_path = os.path.join(hf_dir, TOKENIZER_CONFIG)
+    if os.path.exists(config_path):
+        options = {**options, **_read_json(config_path)}
+        files.append(TOKENIZER_CONFIG)
+    lowercase = options.get("do_lower_case", options.get("lowercase", True))
+    try:
+        tokenizer = wordpiece.WordPiece.from_tokens(
+            tokens, lowercase=bool(lowercase), strip_accents=options.get("strip_accents"),
+            chinese_chars=bool(options.get("tokenize_chinese_chars",
+                                           options.get("handle_chinese_chars", True))))
+    except ValueError as e:
+        raise UserError(f"{os.path.join(hf_dir, files[0])}: {e}") from None
+    tokenizer.save(os.path.join(assets_dir, wordpiece.ASSET_NAME))
+    return files
+
+
+def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
+    """`vocab.txt`, `tokenizer.json` and `tokenizer_config.json` of the run's vocabulary."""
+    import tokenizers
+    from tokenizers import processors
+
+    from jaxformer.config import read_workdir_config
+    from jaxformer.data import wordpiece
+
+    path = wordpiece.saved_vocabulary(workdir)
+    if not path.exists():
+        return []
+    max_length = read_workdir_config(workdir).model.get("max_position", 512)
+    try:
+        vocabulary = wordpiece.WordPiece.load(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with open(os.path.join(hf_dir, VOCAB_TXT), "w", encoding="utf-8") as f:
+        f.writelines(f"{token}\n" for token in vocabulary.tokens)
+    tokenizer = tokenizers.Tokenizer.from_str(vocabulary.to_str())
+    cls, sep = vocabulary.cls_id, vocabulary.sep_id
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer.save(os.path.join(hf_dir, TOKENIZER_JSON))
+    normalizer = json.loads(vocabulary.to_str()).get("normalizer") or {}
+    config = dict(
+        tokenizer_class="BertTokenizer", do_lower_case=normalizer.get("lowercase", True),
+        strip_accents=normalizer.get("strip_accents"),
+        tokenize_chinese_chars=normalizer.get("handle_chinese_chars", True),
+        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]", model_max_length=max_length)
+    with open(os.path.join(hf_dir, TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return [VOCAB_TXT, TOKENIZER_JSON, TOKENIZER_CONFIG]

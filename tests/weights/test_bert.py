@@ -1,0 +1,265 @@
+"""BERT weights in and out: a random `transformers` BertForPreTraining (with Google's special
+token ids) imported through the command line computes the same masked-LM and next-sentence
+logits, exports back to the same model, and its tokenizer, `fill-mask` and the fine-tuning
+configs work on the imported workdir."""
+
+import json
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxformer import cli, registry
+from jaxformer import config as config_lib
+from jaxformer.data import wordpiece
+from jaxformer.errors import UserError
+from jaxformer.models import bert as bert_model
+from jaxformer.train import transfer
+from jaxformer.train.checkpoint import Checkpointer
+from jaxformer.weights import bert, convert, hf_files
+
+WORDS = ("the king queen of an and is was to in it he she his her my lord god said unto "
+         "thou thy thee shall not be with for this that house son people day").split()
+# As Google's vocabularies: [PAD] 0, [unused*], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103.
+CHARS = "abcdefghijklmnopqrstuvwxyzé"
+VOCAB = (["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+         + list(CHARS + ".,;:!?'\"-()") + [f"##{c}" for c in CHARS] + WORDS
+         + ["##ed", "##ing", "##eth", "##est", "##ly", "##er", "caf", "Lord"])
+SMALL = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+TEXTS = ["The King said unto her, Thou shalt not!", "the Lord's house [SEP] café CAFÉ",
+         "Queenly sons walketh; zzzzqx € 42 (people)", "  tabs\tand\nnewlines  "]
+SEQ = 16
+
+
+def _reference(seed: int = 0, **overrides) -> transformers.BertForPreTraining:
+    """A BertForPreTraining of `SMALL` (+ `overrides`) with every parameter random, LayerNorm
+    scales around 1."""
+    torch.manual_seed(seed)
+    model = transformers.BertForPreTraining(transformers.BertConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def _inputs() -> tuple[np.ndarray, np.ndarray]:
+    """Ids `[3, SEQ]` of two segments, two rows padded with [PAD] 0, and their segment ids."""
+    rng = np.random.default_rng(0)
+    ids, segments = np.zeros((3, SEQ), np.int64), np.zeros((3, SEQ), np.int64)
+    for row, (a, b) in enumerate([(5, 4), (3, 2), (7, 6)]):
+        first = [101, *rng.integers(104, len(VOCAB), a), 102]
+        second = [*rng.integers(104, len(VOCAB), b), 102]
+        ids[row, :a + b + 3] = first + second
+        segments[row, len(first):a + b + 3] = 1
+    return ids, segments
+
+
+def _torch_logits(model, ids, segments) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(segments),
+                    attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
+    return out.prediction_logits.numpy(), out.seq_relationship_logits.numpy()
+
+
+def _our_logits(config, params, ids, segments) -> tuple[np.ndarray, np.ndarray]:
+    model = bert_model.build(config.model, vocab_size=config.data.vocab_size)
+    positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+    mlm, nsp = model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
+                           jnp.asarray(segments, jnp.int32), jnp.asarray(positions, jnp.int32))
+    return np.asarray(mlm), np.asarray(nsp)
+
+
+def _save(model, directory) -> str:
+    model.save_pretrained(directory)
+    transformers.BertTokenizer(vocab={t: i for i, t in enumerate(VOCAB)}).save_pretrained(
+        directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """The reference model, its directory and the workdir `jaxformer import-weights` made."""
+    root = tmp_path_factory.mktemp("bert")
+    model = _reference()
+    hf_dir = _save(model, root / "hf")
+    workdir = str(root / "workdir")
+    assert cli.main(["import-weights", f"--from={hf_dir}", "--family=bert",
+                     f"--workdir={workdir}"]) == 0
+    return types.SimpleNamespace(model=model, hf_dir=hf_dir, workdir=workdir, root=root)
+
+
+def test_logits_match_transformers_with_padding_and_two_segments(imported):
+    config = config_lib.read_workdir_config(imported.workdir)
+    params, step = Checkpointer.read_params(imported.workdir, -1)
+    assert step == 0 and config.model.variant == "" and config.data.vocab_size == len(VOCAB)
+    ids, segments = _inputs()
+    mlm, nsp = _our_logits(config, params, ids, segments)
+    ref_mlm, ref_nsp = _torch_logits(imported.model, ids, segments)
+    assert np.abs(mlm - ref_mlm).max() < 1e-4 and np.abs(nsp - ref_nsp).max() < 1e-4
+    assert np.abs(ref_mlm).max() > 1 and np.abs(ref_nsp).max() > 0.1  # Not a trivial output.
+
+
+@pytest.mark.parametrize("hidden_act, eps", [("gelu_new", 1e-3), ("relu", 1e-5)])
+def test_activation_and_layer_norm_epsilon_follow_the_checkpoint(tmp_path, hidden_act, eps):
+    model = _reference(1, hidden_act=hidden_act, layer_norm_eps=eps, num_hidden_layers=1)
+    hf_dir = _save(model, tmp_path)
+    config, _ = convert.import_config(hf_dir, "bert")
+    params = convert.params_from_tensors(bert.rules(config), hf_files.read_tensors(hf_dir),
+                                         convert.abstract_params(config), bert.IGNORED)
+    ids, segments = _inputs()
+    mlm, nsp = _our_logits(config, convert._unflatten(params), ids, segments)
+    ref_mlm, ref_nsp = _torch_logits(model, ids, segments)
+    assert np.abs(mlm - ref_mlm).max() < 1e-4 and np.abs(nsp - ref_nsp).max() < 1e-4
+
+
+def test_export_loads_in_transformers_with_the_same_outputs(imported):
+    out = str(imported.root / "exported")
+    assert cli.main(["export-weights", f"--workdir={imported.workdir}", f"--to={out}"]) == 0
+    model, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids, segments = _inputs()
+    for ours, reference in zip(_torch_logits(model.eval(), ids, segments),
+                               _torch_logits(imported.model, ids, segments), strict=True):
+        np.testing.assert_array_equal(ours, reference)
+    original = transformers.BertTokenizerFast.from_pretrained(imported.hf_dir)
+    exported = transformers.BertTokenizerFast.from_pretrained(out)
+    for text in TEXTS:
+        assert exported(text).input_ids == original(text).input_ids
+    with open(os.path.join(out, "vocab.txt"), encoding="utf-8") as f:
+        assert f.read().splitlines() == VOCAB
+
+
+def test_tokenizer_ids_equal_transformers(imported):
+    ours = wordpiece.WordPiece.load(wordpiece.saved_vocabulary(imported.workdir))
+    theirs = transformers.BertTokenizerFast.from_pretrained(imported.hf_dir)
+    assert ours.special_ids == (0, 100, 101, 102, 103)
+    for text in TEXTS:
+        assert ours.encode(text) == theirs(text, add_special_tokens=False).input_ids, text
+    assert ours.decode(ours.encode(TEXTS[0])) == theirs.decode(
+        theirs(TEXTS[0], add_special_tokens=False).input_ids)
+
+
+def test_vocab_txt_alone_with_a_cased_tokenizer_config(tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    assert bert.import_tokenizer(str(tmp_path), str(assets)) == ["vocab.txt",
+                                                                  "tokenizer_config.json"]
+    ours = wordpiece.WordPiece.load(assets / wordpiece.ASSET_NAME)
+    theirs = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    assert not theirs.do_lower_case
+    for text in TEXTS:
+        assert ours.encode(text) == theirs(text, add_special_tokens=False).input_ids, text
+    assert ours.encode("Lord") != ours.encode("lord")
+
+
+def test_fill_mask_on_the_imported_workdir(imported, capsys):
+    text = "the king [MASK] unto her"
+    assert cli.main(["fill-mask", f"--workdir={imported.workdir}", f"--text={text}",
+                     "--top_k=3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(imported.hf_dir)
+    ids = tokenizer(text, return_tensors="np").input_ids
+    with torch.no_grad():
+        logits = imported.model(input_ids=torch.from_numpy(ids)).prediction_logits[0].numpy()
+    best = int(logits[int(np.flatnonzero(ids[0] == 103)[0])].argmax())
+    assert printed[0].startswith(f"[MASK] 1: {VOCAB[best]} ")
+    assert printed[1] == tokenizer.decode([best if i == 103 else i for i in ids[0][1:-1]])
+
+
+def test_fine_tuning_config_starts_from_the_imported_workdir(imported, tmp_path):
+    """What `jaxformer train --config=configs/bert/tweet_sentiment.py:init_from=DIR` loads: the
+    model and vocabulary of the imported run, its encoder and pooler, its tokenizer."""
+    config = config_lib.load_config(
+        f"configs/bert/tweet_sentiment.py:runlocal,init_from={imported.workdir}")
+    assert (config.model.d_model, config.model.num_layers, config.data.vocab_size) == (
+        SMALL["hidden_size"], SMALL["num_hidden_layers"], len(VOCAB))
+    spec = registry.lookup("data", config.data.name).spec(config.data)
+    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    loaded = transfer.init_from(config, task, jax.eval_shape(task.init, jax.random.key(0)))
+    source, _ = Checkpointer.read_params(imported.workdir, -1)
+    expected = {k: v for k, v in transfer.flat_paths(source).items() if k.startswith("encoder")}
+    assert loaded.keys() == expected.keys()
+    for path, value in expected.items():
+        np.testing.assert_array_equal(loaded[path], value)
+    tokenizer = wordpiece.for_workdir(str(tmp_path), list, config.data.vocab_size,
+                                      source_workdir=config.data.tokenizer_workdir)
+    assert tokenizer.special_ids == (0, 100, 101, 102, 103)
+
+
+@pytest.mark.parametrize("size, hf_sizes, count", [
+    ("base", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072), 110_106_428),
+    ("large", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                   intermediate_size=4096), 336_226_108),
+])
+def test_full_size_parameter_counts(tmp_path, size, hf_sizes, count):
+    hf_config = dict(model_type="bert", architectures=["BertForMaskedLM"], vocab_size=30522,
+                     max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
+                     layer_norm_eps=1e-12, pad_token_id=0, **hf_sizes)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    config, _ = convert.import_config(str(tmp_path), "bert")
+    ours = sum(int(np.prod(s)) for s in convert.abstract_params(config).values())
+    with torch.device("meta"):
+        reference = transformers.BertForPreTraining(transformers.BertConfig(**hf_config))
+    assert ours == sum(p.numel() for p in reference.parameters()) == count, size
+
+
+def _mutated(imported, tmp_path, change) -> str:
+    tensors = hf_files.read_tensors(imported.hf_dir)
+    change(tensors)
+    with open(os.path.join(imported.hf_dir, "config.json")) as f:
+        hf_files.write(str(tmp_path), json.load(f), tensors)
+    return str(tmp_path)
+
+
+def _legacy(tensors):
+    """Google's names: LayerNorm gamma/beta, the tied decoder stored, position ids."""
+    for name in [n for n in tensors if n.endswith(("LayerNorm.weight", "LayerNorm.bias"))]:
+        tensors[name.replace(".weight", ".gamma").replace(".bias", ".beta")] = tensors.pop(name)
+    tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
+    tensors["bert.embeddings.position_ids"] = np.arange(64)[None]
+
+
+def test_dry_run_reads_legacy_names_and_lists_the_mapping(imported, tmp_path):
+    lines = []
+    convert.import_weights(_mutated(imported, tmp_path, _legacy), "bert",
+                           str(tmp_path / "none"), dry_run=True, log=lines.append)
+    assert ("bert.encoder.layer.1.attention.self.query.weight, "
+            "bert.encoder.layer.1.attention.self.key.weight, "
+            "bert.encoder.layer.1.attention.self.value.weight  ->  "
+            "encoder/transformer/block_1/attention/qkv/kernel  (concatenate, transpose)") in lines
+    assert "nothing written" in lines[-1] and not os.path.exists(tmp_path / "none")
+
+
+def _bare(tensors):
+    """A `BertModel` checkpoint: no `bert.` prefix and no heads."""
+    for name in list(tensors):
+        value = tensors.pop(name)
+        if name.startswith("bert."):
+            tensors[name.removeprefix("bert.")] = value
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("bert.encoder.layer.1.output.dense.bias"),
+     "lacks 1 tensor.*bert.encoder.layer.1.output.dense.bias"),
+    (lambda t: t.update({"cls.predictions.extra": np.zeros(3, np.float32)}),
+     "no place for: cls.predictions.extra"),
+    (lambda t: t.update({"cls.seq_relationship.weight": np.zeros((3, 32), np.float32)}),
+     r"cls.seq_relationship.weight of shape \[\(3, 32\)\] gives nsp_head/kernel"),
+    (_bare, "lacks 7 tensor.*cls.predictions.transform.dense.weight.*cls.seq_relationship"),
+])
+def test_errors_name_the_tensor(imported, tmp_path, change, message):
+    with pytest.raises(UserError, match=message):
+        convert.import_weights(_mutated(imported, tmp_path, change), "bert",
+                               str(tmp_path / "none"), dry_run=True, log=lambda _: None)
