@@ -27,6 +27,7 @@ import numpy as np
 from jaxformer.data import caption_bpe
 from jaxformer.errors import UserError
 from jaxformer.models import clip as clip_model
+from jaxformer.weights import hf_files
 from jaxformer.weights.rules import Rule, conv, copy, embedding, fused_linear, layer_norm, linear
 
 MODEL_TYPES = ("clip",)
@@ -38,7 +39,6 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE = "tokenizer.json", "vocab.json", "merges.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-PROCESSOR_FILE = "preprocessor_config.json"
 
 # `CLIPTextConfig` / `CLIPVisionConfig` defaults (transformers), for fields a config.json omits.
 TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
@@ -114,26 +114,13 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
 
 
 def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
-    """The normalisation and evaluation resize of the image processor
-    (`preprocessor_config.json`), if the directory has one: Hugging Face computes
-    `(pixel * rescale_factor - mean) / std`, jaxformer `(pixel / 255 - mean') / std'`, the same
-    with `mean' = mean / (255 rescale_factor)`."""
-    path = os.path.join(hf_dir, PROCESSOR_FILE)
-    if not os.path.exists(path):
+    """The normalisation and evaluation resize of the image processor, if the directory has
+    one."""
+    processor = hf_files.read_image_processor(hf_dir)
+    if processor is None:
         return
-    try:
-        with open(path, encoding="utf-8") as f:
-            processor = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    scale = 255 * (processor.get("rescale_factor", 1 / 255)
-                   if processor.get("do_rescale", True) else 1.0)
-    mean, std = (0.0,), (1.0,)
-    if processor.get("do_normalize", True):
-        mean = processor.get("image_mean", OPENAI_MEAN)
-        std = processor.get("image_std", OPENAI_STD)
-    config.data.update(mean=tuple(float(m) / scale for m in np.atleast_1d(mean)),
-                       std=tuple(float(s) / scale for s in np.atleast_1d(std)))
+    mean, std = hf_files.image_normalisation(processor, OPENAI_MEAN, OPENAI_STD)
+    config.data.update(mean=mean, std=std)
     size = processor.get("size")
     if (isinstance(size, dict) and "shortest_edge" in size
             and processor.get("do_center_crop", True)):

@@ -10,11 +10,12 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -109,6 +110,29 @@ def tensors_from_params(rules: Sequence[Rule], params: dict[str, np.ndarray]
     return tensors
 
 
+def _check_new(path: str, flag: str) -> None:
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"{flag} {path} exists and is not empty; give a new directory")
+
+
+@contextlib.contextmanager
+def _new_directory(path: str, flag: str) -> Iterator[str]:
+    """A staging directory beside `path`, renamed to `path` when the block completes and
+    removed if it fails, so that nothing half-written is left."""
+    _check_new(path, flag)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}-", dir=parent)
+    try:
+        yield staging
+        if os.path.isdir(path):
+            os.rmdir(path)
+        os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def resolve_config_spec(spec: str) -> str:
     """`FILE[:ARGS]` with FILE found relative to the working directory or the project root."""
     path, sep, arg = spec.partition(":")
@@ -155,11 +179,12 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
     """Writes `workdir` from the Hugging Face model in `hf_dir` (see the module docstring);
     with `dry_run`, only prints the mapping and checks it against the checkpoint."""
     module = family_module(family)
+    if not dry_run:
+        _check_new(workdir, "--workdir")
     config, _ = import_config(hf_dir, family, config_spec=config_spec, overrides=overrides)
     shapes = abstract_params(config)
     rules = module.rules(config)
-    tensors = hf_files.read_tensors(hf_dir)
-    tensors = module.rename(tensors)
+    tensors = module.rename(hf_files.read_tensors(hf_dir))
     params = params_from_tensors(rules, tensors, shapes, module.IGNORED)
     if dry_run:
         for rule in rules:
@@ -167,27 +192,16 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
         log(f"{len(tensors)} tensors -> {len(params)} parameters "
             f"({sum(int(np.prod(s)) for s in shapes.values()):,} values); nothing written")
         return config
-    if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-        raise UserError(f"--workdir {workdir} exists and is not empty; give a new directory")
-    parent = os.path.dirname(os.path.abspath(workdir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".import-", dir=parent)
-    try:
+    from jaxformer.train.trainer import save_config
+
+    with _new_directory(workdir, "--workdir") as staging:
         assets = os.path.join(staging, "assets")
         os.makedirs(assets)
         carried = module.import_tokenizer(hf_dir, assets)
         if not carried:
             os.rmdir(assets)
         _write_checkpoint(config, _unflatten(params), staging)
-        from jaxformer.train.trainer import save_config
-
         save_config(config, staging)
-        if os.path.isdir(workdir):
-            os.rmdir(workdir)
-        os.rename(staging, workdir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log(f"wrote {workdir}: {len(params)} parameters from {hf_dir}"
         + (f", tokenizer {', '.join(carried)}" if carried else ""))
     return config
@@ -223,23 +237,13 @@ def export_weights(workdir: str, hf_dir: str, *, step: int = -1,
 
     config = config_lib.read_workdir_config(workdir)
     module = family_module(family_of_model(config.model.name))
-    if os.path.exists(hf_dir) and (not os.path.isdir(hf_dir) or os.listdir(hf_dir)):
-        raise UserError(f"--to {hf_dir} exists and is not empty; give a new directory")
+    _check_new(hf_dir, "--to")
     params, step = Checkpointer.read_params(workdir, step)
     with as_user_error(f"{workdir}/config.json"):
         hf_config = module.hf_config(config)
     tensors = tensors_from_params(module.rules(config), _flatten(params))
-    parent = os.path.dirname(os.path.abspath(hf_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with _new_directory(hf_dir, "--to") as staging:
         hf_files.write(staging, hf_config, tensors)
         carried = module.export_tokenizer(workdir, staging)
-        if os.path.isdir(hf_dir):
-            os.rmdir(hf_dir)
-        os.rename(staging, hf_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log(f"wrote {hf_dir}: {len(tensors)} tensors from step {step} of {workdir}"
         + (f", tokenizer {', '.join(carried)}" if carried else ""))

@@ -37,12 +37,12 @@ import numpy as np
 from jaxformer.data import coco_detection
 from jaxformer.errors import UserError
 from jaxformer.models import detr, resnet
+from jaxformer.weights import hf_files
 from jaxformer.weights import rules as maps
 
 MODEL_TYPES = ("detr",)
 MODEL_NAMES = ("detr",)
 IGNORED = (r".*\.num_batches_tracked",)
-PREPROCESSOR = "preprocessor_config.json"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _BACKBONE = "model.backbone.conv_encoder.model"
@@ -277,28 +277,14 @@ def rules(config: ml_collections.ConfigDict) -> list[maps.Rule]:
 
 
 def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
-    """The normalisation and evaluation size of the image processor's config, if any.
-
-    Hugging Face computes `(pixel * rescale_factor - mean) / std`, jaxformer
-    `(pixel / 255 - mean') / std'`: the same with `mean' = mean / (255 rescale_factor)`. The
-    processor's `shortest_edge` becomes the largest of `data.scales` (the evaluation view),
-    its `longest_edge` `data.max_size`.
-    """
-    path = os.path.join(hf_dir, PREPROCESSOR)
-    if not os.path.exists(path):
+    """The normalisation and evaluation size of the image processor's config, if any: its
+    `shortest_edge` becomes the largest of `data.scales` (the evaluation view), its
+    `longest_edge` `data.max_size`."""
+    processor = hf_files.read_image_processor(hf_dir)
+    if processor is None:
         return
-    with open(path, encoding="utf-8") as f:
-        try:
-            processor = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"cannot read {path}: {e}") from None
-    scale = 255 * (processor.get("rescale_factor", 1 / 255)
-                   if processor.get("do_rescale", True) else 1.0)
-    mean, std = ((processor.get("image_mean", IMAGENET_MEAN), processor.get("image_std",
-                                                                           IMAGENET_STD))
-                 if processor.get("do_normalize", True) else ((0.0,), (1.0,)))
-    config.data.update(mean=tuple(float(m) / scale for m in np.atleast_1d(mean)),
-                       std=tuple(float(s) / scale for s in np.atleast_1d(std)))
+    mean, std = hf_files.image_normalisation(processor, IMAGENET_MEAN, IMAGENET_STD)
+    config.data.update(mean=mean, std=std)
     size = processor.get("size") or {}
     if (processor.get("do_resize", True) and isinstance(size, dict)
             and {"shortest_edge", "longest_edge"} <= set(size)):
@@ -330,7 +316,7 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
         image_mean=[float(m) for m in np.broadcast_to(view.mean, view.channels)],
         image_std=[float(s) for s in np.broadcast_to(view.std, view.channels)], do_pad=True)
-    with open(os.path.join(hf_dir, PREPROCESSOR), "w", encoding="utf-8") as f:
+    with open(os.path.join(hf_dir, hf_files.PROCESSOR_NAME), "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=2)
         f.write("\n")
-    return [PREPROCESSOR]
+    return [hf_files.PROCESSOR_NAME]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ from jaxformer.errors import UserError
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+PROCESSOR_NAME = "preprocessor_config.json"
 
 
 def read_config(directory: str) -> dict:
@@ -84,3 +86,32 @@ def write(directory: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
     save_file({name: np.ascontiguousarray(array).reshape(np.shape(array))
                for name, array in tensors.items()},
               os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def read_image_processor(directory: str) -> dict | None:
+    """The image processor's settings (`preprocessor_config.json`); None without one."""
+    path = os.path.join(directory, PROCESSOR_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            processor = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(processor, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return processor
+
+
+def image_normalisation(processor: dict, mean: Sequence[float], std: Sequence[float]
+                        ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """jaxformer's `data.mean` and `data.std` (of pixels / 255) for an image processor's
+    `(pixel * rescale_factor - mean) / std`, the same with `mean / (255 rescale_factor)` and
+    `std / (255 rescale_factor)`; `mean` and `std` are the processor class's defaults."""
+    rescale = processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1
+    if processor.get("do_normalize", True):
+        mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
+    else:
+        mean, std = (0.0,), (1.0,)
+    scaled = lambda values: tuple(float(v) / (255 * rescale) for v in np.atleast_1d(values))  # noqa: E731
+    return scaled(mean), scaled(std)

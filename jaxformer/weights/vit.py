@@ -19,13 +19,13 @@ import os
 import ml_collections
 import numpy as np
 
+from jaxformer.weights import hf_files
 from jaxformer.weights import rules as maps
 
 MODEL_TYPES = ("vit",)
 MODEL_NAMES = ("vit",)
 IGNORED = ()
 ARCHITECTURE = "ViTForImageClassification"
-PREPROCESSOR_NAME = "preprocessor_config.json"
 BASE_CONFIG = "configs/vit/imagenet.py"
 
 
@@ -89,30 +89,12 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
 
 
 def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
-    """The normalisation (and evaluation resize) of the image processor's config, if any.
-
-    Hugging Face computes `(pixel * rescale_factor - mean) / std`, jaxformer
-    `(pixel / 255 - mean') / std'`: the same with `mean' = mean / (255 rescale_factor)`.
-    """
-    path = os.path.join(hf_dir, PREPROCESSOR_NAME)
-    if not os.path.exists(path):
+    """The normalisation (and evaluation resize) of the image processor's config, if any."""
+    processor = hf_files.read_image_processor(hf_dir)
+    if processor is None:
         return
-    with open(path, encoding="utf-8") as f:
-        try:
-            processor = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"cannot read {path}: {e}") from None
-    scale = 255 * (processor.get("rescale_factor", 1 / 255)
-                   if processor.get("do_rescale", True) else 1.0)
-    normalize = processor.get("do_normalize", True)
-
-    def values(key: str, default: float) -> tuple[float, ...]:
-        value = processor.get(key, default) if normalize else default
-        value = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(float(v) / scale for v in value)
-
-    config.data.update(mean=values("image_mean", 0.5 if normalize else 0.0),
-                       std=values("image_std", 0.5 if normalize else 1.0))
+    mean, std = hf_files.image_normalisation(processor, (0.5,), (0.5,))  # ViTImageProcessor's
+    config.data.update(mean=mean, std=std)
     size = processor.get("size") or {}
     if (isinstance(size, dict) and "shortest_edge" in size
             and processor.get("do_center_crop", False)):
@@ -223,7 +205,7 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
         "image_mean": per_channel(data.get("mean", (0.5,))),
         "image_std": per_channel(data.get("std", (0.5,))),
     }
-    with open(os.path.join(hf_dir, PREPROCESSOR_NAME), "w", encoding="utf-8") as f:
+    with open(os.path.join(hf_dir, hf_files.PROCESSOR_NAME), "w", encoding="utf-8") as f:
         json.dump(processor, f, indent=2)
         f.write("\n")
-    return [PREPROCESSOR_NAME]
+    return [hf_files.PROCESSOR_NAME]

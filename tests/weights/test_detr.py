@@ -18,7 +18,7 @@ from jaxformer import cli
 from jaxformer.data.coco_detection import CLASS_NAMES
 from jaxformer.errors import UserError
 from jaxformer.inference.workdir import load_run
-from jaxformer.weights import convert
+from jaxformer.weights import convert, hf_files
 from jaxformer.weights import detr as detr_weights
 
 NAMES = ["cat", "dog", "kite", "boat", "tie"]
@@ -61,7 +61,7 @@ def imported(tmp_path_factory):
     processor = {"image_processor_type": "DetrImageProcessor", "do_rescale": True,
                  "rescale_factor": 1 / 255, "image_mean": MEAN, "image_std": STD,
                  "size": {"shortest_edge": SIZE, "longest_edge": SIZE}}
-    (root / "hf" / detr_weights.PREPROCESSOR).write_text(json.dumps(processor))
+    (root / "hf" / hf_files.PROCESSOR_NAME).write_text(json.dumps(processor))
     assert cli.main(["import-weights", f"--from={root / 'hf'}", "--family=detr",
                      f"--workdir={root / 'run'}"]) == 0
     return root, model

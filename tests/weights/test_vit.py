@@ -208,8 +208,8 @@ def test_evaluate_an_imported_workdir(fashion, capsys):
                                  abs=1e-4)
 
 
-def test_fine_tune_from_an_imported_workdir(fashion, tmp_path):
-    source = fashion[1]
+def test_fine_tune_from_an_imported_workdir(imagenet, tmp_path):
+    source = imagenet[2]  # RGB ImageNet classes -> grey Fashion-MNIST, a new head.
     config = config_lib.load_config(f"{TRANSFER}:runlocal,source=subset,init_from={source}")
     # The source's architecture, not fashion_mnist.py:runlocal's (2 heads, epsilon 1e-6).
     assert config.model.layer_norm_epsilon == 1e-12 and config.model.num_heads == 4
@@ -219,17 +219,22 @@ def test_fine_tune_from_an_imported_workdir(fashion, tmp_path):
     assert np.isfinite(last["train/loss"])
     trained = transfer.flat_paths(jax.device_get(load_run(str(tmp_path / "probe")).params))
     src = transfer.flat_paths(Checkpointer.read_params(source)[0])
-    # The 2 x 2 position grid of the 14 x 14 import, resized to 28 x 28's 4 x 4.
+    # The 3 x 3 position grid of the 24 x 24 import, resized to 32 x 32's 4 x 4.
     np.testing.assert_allclose(trained["encoder/pos_embedding"],
                                resize_position_embedding(src["encoder/pos_embedding"], (4, 4)),
                                rtol=1e-6)
+    # The colour patch kernel seen by grey images: summed over its input channels.
+    np.testing.assert_allclose(trained["encoder/embedding/kernel"],
+                               src["encoder/embedding/kernel"].sum(axis=2, keepdims=True),
+                               rtol=1e-6)
     for path in src:
-        if path.startswith("encoder/") and path != "encoder/pos_embedding":
+        if path.startswith("encoder/") and path not in ("encoder/pos_embedding",
+                                                        "encoder/embedding/kernel"):
             np.testing.assert_array_equal(trained[path], src[path])
-    assert not np.array_equal(trained["head/kernel"], src["head/kernel"])
+    assert trained["head/kernel"].shape == (32, 10)
     # And back to Hugging Face: the fine-tuned model computes the same there.
     convert.export_weights(str(tmp_path / "probe"), str(tmp_path / "hf"), log=lambda _: None)
     exported = ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
-    images = np.random.default_rng(3).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    images = np.random.default_rng(3).standard_normal((2, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(_logits(str(tmp_path / "probe"), images),
                                _hf_logits(exported, images), rtol=1e-4, atol=1e-4)
