@@ -1,7 +1,10 @@
-"""Paths the tests share."""
+"""Paths, files and trained workdirs the tests share."""
 
+import fcntl
 import glob
 import os
+import pathlib
+import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,3 +36,29 @@ def write_tfds_metadata(data_dir, name: str, config: str, module: str, features,
             dataset_name=name, split=split, filetype_suffix="array_record"))
         for split in splits]))
     info.write_to_directory(str(folder))
+
+
+def flamingo_chain(tmp_path_factory) -> pathlib.Path:
+    """A directory with the runlocal CLIP (`clip`), GPT (`lm`) and Flamingo (`flamingo`) runs,
+    trained once per test session: the worker processes share it, one building it while the
+    others wait on a lock. Tests read these workdirs and copy them to change them."""
+    from jaxformer import config as config_lib
+    from jaxformer.train import trainer
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    chain = shared / "flamingo_chain"
+    with open(shared / "flamingo_chain.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (chain / "complete").exists():
+            shutil.rmtree(chain, ignore_errors=True)
+            configs = os.path.join(ROOT, "configs")
+            trainer.train(config_lib.load_config(f"{configs}/clip/emoji.py:runlocal"),
+                          str(chain / "clip"))
+            trainer.train(config_lib.load_config(f"{configs}/flamingo/lm.py:runlocal"),
+                          str(chain / "lm"))
+            trainer.train(config_lib.load_config(
+                f"{configs}/flamingo/emoji.py:runlocal,clip={chain / 'clip'},lm={chain / 'lm'}"),
+                str(chain / "flamingo"))
+            (chain / "complete").touch()
+    return chain

@@ -21,6 +21,7 @@ from jaxformer.evaluators.base import Context
 from jaxformer.inference import captioning
 from jaxformer.inference.workdir import load_run
 from jaxformer.train import parallel
+from tests.helpers import flamingo_chain
 from tests.models import test_flamingo as tiny
 from tests.test_cli import records, run_cli
 
@@ -92,16 +93,8 @@ def test_prompts_and_captions_are_cut_at_the_chunk_end():
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """The runlocal CLIP, GPT and Flamingo runs (4 steps each), trained through the CLI."""
-    root = tmp_path_factory.mktemp("chain")
-    for name, config in (("clip", "configs/clip/emoji.py:runlocal"),
-                         ("lm", "configs/flamingo/lm.py:runlocal"),
-                         ("flamingo", f"configs/flamingo/emoji.py:runlocal,clip={root / 'clip'},"
-                                      f"lm={root / 'lm'}")):
-        result = run_cli("train", f"--config={config}", f"--workdir={root / name}",
-                         timeout=900)
-        assert result.returncode == 0, result.stderr
-    return root
+    """The runlocal CLIP, GPT and Flamingo runs (4 steps each)."""
+    return flamingo_chain(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,12 @@ from configs.flamingo import emoji as flamingo_config
 from jaxformer import config as config_lib
 from jaxformer.inference.workdir import load_run
 from jaxformer.registry import build_data_and_task
-from jaxformer.train import trainer, transfer
+from jaxformer.train import transfer
 from jaxformer.train.checkpoint import Checkpointer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import abstract_state, create_state, make_train_step
-from tests.helpers import ROOT
+from tests.helpers import ROOT, flamingo_chain
 
-CLIP = os.path.join(ROOT, "configs/clip/emoji.py")
-LM = os.path.join(ROOT, "configs/flamingo/lm.py")
 FLAMINGO = os.path.join(ROOT, "configs/flamingo/emoji.py")
 FROZEN_PREFIXES = ("vision_encoder/", "lm/token_embedding/", "lm/position_embedding/",
                    "lm/transformer/")
@@ -35,13 +33,9 @@ def flamingo(arg=""):
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """(clip workdir, GPT workdir, Flamingo workdir, the Flamingo config), all trained."""
-    root = tmp_path_factory.mktemp("chain")
+    root = flamingo_chain(tmp_path_factory)
     clip_dir, lm_dir, run_dir = (str(root / name) for name in ("clip", "lm", "flamingo"))
-    trainer.train(config_lib.load_config(f"{CLIP}:runlocal"), clip_dir)
-    trainer.train(config_lib.load_config(f"{LM}:runlocal"), lm_dir)
-    config = flamingo(f"clip={clip_dir},lm={lm_dir}")
-    trainer.train(config, run_dir)
-    return clip_dir, lm_dir, run_dir, config
+    return clip_dir, lm_dir, run_dir, flamingo(f"clip={clip_dir},lm={lm_dir}")
 
 
 @pytest.fixture(scope="module")
