@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.errors import UserError
+from jaxformer.weights import hf_files
 from jaxformer.weights import rules as maps
 from jaxformer.weights.rules import Rule
 
@@ -178,23 +179,12 @@ def rename(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 # --- Tokenizer -----------------------------------------------------------------------------
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return value
-
-
 def _vocabulary(hf_dir: str) -> tuple[list[str], dict, list[str]]:
     """The tokens by id, the options of the tokenizer's normaliser (if it has BERT's) and the
     files read."""
     json_path, txt_path = (os.path.join(hf_dir, n) for n in (TOKENIZER_JSON, VOCAB_TXT))
     if os.path.exists(json_path):
-        tokenizer = _read_json(json_path)
+        tokenizer = hf_files.read_json(json_path)
         model = tokenizer.get("model") or {}
         if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
             raise UserError(f"{json_path} is not a WordPiece tokenizer (model type "
@@ -230,7 +220,7 @@ def import_tokenizer(hf_dir: str, assets_dir: str) -> list[str]:
     tokens, options, files = _vocabulary(hf_dir)
     config_path = os.path.join(hf_dir, TOKENIZER_CONFIG)
     if os.path.exists(config_path):
-        options = {**options, **_read_json(config_path)}
+        options = {**options, **hf_files.read_json(config_path)}
         files.append(TOKENIZER_CONFIG)
     lowercase = options.get("do_lower_case", options.get("lowercase", True))
     try:

@@ -203,11 +203,5 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
 
 
 def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    return value if isinstance(value, dict) else {}
+    """The JSON object in `path`; {} if there is no such file."""
+    return hf_files.read_json(path) if os.path.isfile(path) else {}

@@ -19,22 +19,25 @@ INDEX_NAME = "model.safetensors.index.json"
 PROCESSOR_NAME = "preprocessor_config.json"
 
 
-def read_config(directory: str) -> dict:
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isdir(directory):
-        raise UserError(f"--from {directory} is not a directory")
+def read_json(path: str) -> dict:
+    """A JSON object file; UserError naming it if it cannot be read or is not an object."""
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{directory} has no {CONFIG_NAME}: not a Hugging Face model "
-                        "directory") from None
+            value = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(config, dict):
+    if not isinstance(value, dict):
         raise UserError(f"{path} is not a JSON object")
-    return config
+    return value
 
+
+def read_config(directory: str) -> dict:
+    if not os.path.isdir(directory):
+        raise UserError(f"--from {directory} is not a directory")
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.exists(path):
+        raise UserError(f"{directory} has no {CONFIG_NAME}: not a Hugging Face model directory")
+    return read_json(path)
 
 def weight_files(directory: str) -> list[str]:
     """The safetensors files of `directory`, in the order of its index if sharded."""
@@ -91,17 +94,7 @@ def write(directory: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
 def read_image_processor(directory: str) -> dict | None:
     """The image processor's settings (`preprocessor_config.json`); None without one."""
     path = os.path.join(directory, PROCESSOR_NAME)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            processor = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(processor, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return processor
-
+    return read_json(path) if os.path.exists(path) else None
 
 def image_normalisation(processor: dict, mean: Sequence[float], std: Sequence[float]
                         ) -> tuple[tuple[float, ...], tuple[float, ...]]:
