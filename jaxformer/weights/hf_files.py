@@ -106,5 +106,6 @@ def image_normalisation(processor: dict, mean: Sequence[float], std: Sequence[fl
         mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
     else:
         mean, std = (0.0,), (1.0,)
-    scaled = lambda values: tuple(float(v) / (255 * rescale) for v in np.atleast_1d(values))  # noqa: E731
-    return scaled(mean), scaled(std)
+    scale = 255 * rescale
+    return (tuple(float(m) / scale for m in np.atleast_1d(mean)),
+            tuple(float(s) / scale for s in np.atleast_1d(std)))
