@@ -49,7 +49,7 @@ class LMBlocks(nn.Module):
     def setup(self):
         for i in range(self.spec.num_layers):
             setattr(self, f"block_{i}", TransformerBlock(**gpt.block_fields(self.spec)))
-        self.final_norm = nn.LayerNorm(epsilon=1e-5, dtype=self.spec.dtype)
+        self.final_norm = nn.LayerNorm(epsilon=self.spec.layer_norm_epsilon, dtype=self.spec.dtype)
 
     def block(self, i: int, x: jax.Array, *, train: bool, decode: bool) -> jax.Array:
         return getattr(self, f"block_{i}")(x, train=train, decode=decode)
@@ -188,12 +188,15 @@ def build(config: ml_collections.ConfigDict, *, vocab_size: int, block_size: int
     """A `Flamingo` from the `config.model` subtree.
 
     Keys: `lm` (the frozen GPT's `model` block, as in its run's config: `variant` or
-    `num_layers`, `num_heads`, `d_model`; `mlp_ratio`), `vision` (the CLIP run's `model`
+    `num_layers`, `num_heads`, `d_model`; `mlp_ratio`; `layer_norm_epsilon` and
+    `max_positions` where set), `vision` (the CLIP run's `model`
     block, whose image tower is used), `connector`, `num_latents`, `resampler_depth`,
     `max_num_media`, `num_heads`, `head_dim`, `mlp_ratio`, `cross_attention_every`, `gated`,
     `dropout_rate` (the language model's; 0 in Flamingo).
     """
-    lm = gpt.GPT(vocab_size=vocab_size, block_size=block_size, mlp_ratio=config.lm.mlp_ratio,
+    lm = gpt.GPT(vocab_size=vocab_size, block_size=gpt.max_positions(config.lm, block_size),
+                 mlp_ratio=config.lm.mlp_ratio,
+                 layer_norm_epsilon=config.lm.get("layer_norm_epsilon", 1e-5),
                  dropout_rate=config.get("dropout_rate", 0.0), dtype=dtype, remat=remat,
                  parent=None, **gpt.sizes(config.lm))
     vision = clip.image_tower_fields(config.vision)

@@ -115,15 +115,21 @@ def build(
     table, at least `block_size`; 0 or absent: `block_size`, e.g. a pretrained model's
     1024 positions read in shorter windows). A variant overrides the size fields.
     """
-    max_positions = config.get("max_positions", 0) or block_size
-    if max_positions < block_size:
-        raise ValueError(f"data.block_size {block_size} exceeds model.max_positions "
-                         f"{max_positions}")
     return GPT(
-        vocab_size=vocab_size, block_size=max_positions, mlp_ratio=config.mlp_ratio,
+        vocab_size=vocab_size, block_size=max_positions(config, block_size),
+        mlp_ratio=config.mlp_ratio,
         layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
         dropout_rate=config.dropout_rate, dtype=dtype, remat=remat,
         scan_layers=config.get("scan_layers", False), **sizes(config))
+
+
+def max_positions(config: ml_collections.ConfigDict, block_size: int) -> int:
+    """The size of the position table: `max_positions` where set, else `block_size`."""
+    positions = config.get("max_positions", 0) or block_size
+    if positions < block_size:
+        raise ValueError(f"data.block_size {block_size} exceeds model.max_positions "
+                         f"{positions}")
+    return positions
 
 
 def sizes(config: ml_collections.ConfigDict) -> dict[str, int]:

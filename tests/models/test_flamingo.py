@@ -69,6 +69,21 @@ def test_untrained_model_is_the_frozen_language_model(model_and_params):
     assert np.abs(opened - expected).max() > 1e-3
 
 
+def test_language_model_options_carry_over():
+    """A GPT with its own LayerNorm epsilon and a longer position table (an imported GPT-2's
+    1,024 positions) is the same frozen model inside Flamingo."""
+    options = dict(LM, layer_norm_epsilon=1e-2, max_positions=2 * BLOCK)
+    model = build(lm=options)
+    images, tokens = inputs()
+    params = model.init(jax.random.key(0), images, tokens)["params"]
+    lm = gpt.build(ml_collections.ConfigDict(dict(options, dropout_rate=0.0)),
+                   vocab_size=VOCAB, block_size=BLOCK, dtype=jnp.float32, remat=False)
+    lm_params = lm.init(jax.random.key(1), tokens)["params"]
+    params = with_source(params, lm_params, flamingo_config.LM_MAPPING)
+    np.testing.assert_allclose(model.apply({"params": params}, images, tokens),
+                               lm.apply({"params": lm_params}, tokens), atol=1e-6, rtol=0)
+
+
 def test_frozen_parts_load_from_clip_and_gpt_runs(model_and_params):
     model, params, _, lm_params = model_and_params
     clip_model = clip.CLIP(vocab_size=VOCAB, eot_id=2, context_length=8, **CLIP_MODEL)
