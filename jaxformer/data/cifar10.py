@@ -2,7 +2,8 @@
 
 Reads the tfds `cifar10` data set prepared as array_record in `data_dir` (see
 `image_pipeline.tfds_sources`): the train split (50,000) for training, the test split
-(10,000) for evaluation, unless `train_split` / `eval_split` say otherwise.
+(10,000) for evaluation, unless `train_split` / `eval_split` say otherwise. A split's files
+are opened when it is first read.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
     del workdir
     check_config(config)
     eval_split = config.get("eval_split", "test")
-    _, (train, evaluation) = image_pipeline.tfds_sources(
+    train, evaluation = image_pipeline.lazy_tfds_sources(
         "cifar10", data_dir=config.get("data_dir", ""),
         splits=(config.get("train_split", "train"), eval_split))
     preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,

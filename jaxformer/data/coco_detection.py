@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxformer.data import common, image_pipeline
 from jaxformer.data import detection_pipeline as pipeline
-from jaxformer.data.detection_pipeline import DetectionData, DetectionSpec, LazySource
+from jaxformer.data.detection_pipeline import DetectionData, DetectionSpec
 from jaxformer.data.image_text_pipeline import MappedSource
 from jaxformer.data.transforms import Features, decode
 from jaxformer.errors import UserError
@@ -166,22 +166,19 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Detectio
         del index
         return example(record, result.max_boxes)
 
-    def opener(split: str):
-        def open_split() -> MappedSource:
-            if len(names) != NUM_CLASSES:
-                raise UserError(f"reading {NAME} needs its {NUM_CLASSES} classes; "
-                                f"data.class_names has {len(names)}")
-            try:
-                builder, (source,) = image_pipeline.tfds_sources(
-                    NAME, data_dir=_get(config, "data_dir"), splits=(split,))
-                check_labels(builder)
-            except ValueError as e:  # One line: the data set is absent or not COCO's.
-                raise UserError(" ".join(str(e).split())) from e
-            return MappedSource(source, convert)
-        return open_split
+    def readable() -> None:
+        if len(names) != NUM_CLASSES:
+            raise UserError(f"reading {NAME} needs its {NUM_CLASSES} classes; "
+                            f"data.class_names has {len(names)}")
 
-    eval_source = LazySource(opener(_get(config, "eval_split")), "eval")
+    def prepare(builder, source) -> MappedSource:
+        check_labels(builder)
+        return MappedSource(source, convert)
+
+    train, evaluation = image_pipeline.lazy_tfds_sources(
+        NAME, data_dir=_get(config, "data_dir"),
+        splits=(_get(config, "train_split"), _get(config, "eval_split")), prepare=prepare,
+        readable=readable)
     return DetectionData(
-        train_source=LazySource(opener(_get(config, "train_split")), "train"),
-        eval_sources=dict.fromkeys(EVAL_SPLITS, eval_source),
+        train_source=train, eval_sources=dict.fromkeys(EVAL_SPLITS, evaluation),
         class_names=names, preprocess=result, read_threads=_get(config, "read_threads"))

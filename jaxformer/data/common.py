@@ -1,6 +1,6 @@
 """What the data modules share: process shards of global batches, eval splits, grain read
-options, tfds data directories, the workdir folder they write to, config checks, and the
-`DataSpec` each module's `spec(config)` returns.
+options, tfds data directories, splits opened on first use, the workdir folder they write to,
+config checks, and the `DataSpec` each module's `spec(config)` returns.
 
 A global batch does not depend on how many processes share it: process `p` of `P` takes its
 `p`-th block of `batch_size` rows, so resuming on another number of processes (with the same
@@ -14,7 +14,7 @@ import numbers
 import os
 import threading
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -131,6 +131,45 @@ def save_atomically(path: epath.Path, save: Callable[[epath.Path], None]) -> Non
     finally:
         if partial.exists():
             partial.unlink()
+
+
+class LazySource:
+    """The source `opener()` returns, called on first use (`len` or indexing): data whose
+    files only training and evaluation read builds without them, so that a trained or
+    imported model runs from the preprocessing alone. The source must not be empty."""
+
+    def __init__(self, opener: Callable[[], Sequence], name: str):
+        self._open, self.name, self._source = opener, name, None
+
+    @property
+    def opened(self) -> bool:
+        return self._source is not None
+
+    def source(self) -> Sequence:
+        if self._source is None:
+            source = self._open()
+            if len(source) == 0:
+                raise ValueError(f"the {self.name} split is empty")
+            self._source = source
+        return self._source
+
+    def __len__(self) -> int:
+        return len(self.source())
+
+    def __getitem__(self, index: int):
+        return self.source()[index]
+
+
+def open_lazy_sources(data: Any) -> None:
+    """Opens every `LazySource` among the fields of `data` (a dataclass; a mapping of splits
+    included), so that a run finds an absent or damaged data set before it writes anything."""
+    if not dataclasses.is_dataclass(data):
+        return
+    for field in dataclasses.fields(data):
+        value = getattr(data, field.name)
+        for source in value.values() if isinstance(value, Mapping) else (value,):
+            if isinstance(source, LazySource):
+                source.source()
 
 
 def default_data_dir(data_dir: str) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import ml_collections
@@ -166,33 +165,6 @@ class CheckLabels:
         return {**features, "labels": labels}
 
 
-class LazySource:
-    """The source `opener()` returns, called on first use (`len` or indexing): data whose
-    files only training and evaluation read builds without them, so that a trained model
-    runs from the preprocessing alone. The source must not be empty."""
-
-    def __init__(self, opener: Callable[[], Sequence], name: str):
-        self._open, self.name, self._source = opener, name, None
-
-    @property
-    def opened(self) -> bool:
-        return self._source is not None
-
-    def source(self) -> Sequence:
-        if self._source is None:
-            source = self._open()
-            if len(source) == 0:
-                raise ValueError(f"the {self.name} split is empty")
-            self._source = source
-        return self._source
-
-    def __len__(self) -> int:
-        return len(self.source())
-
-    def __getitem__(self, index: int) -> Features:
-        return self.source()[index]
-
-
 @dataclasses.dataclass(frozen=True)
 class DetectionSpec(DataSpec):
     """What a detection task reads of `DetectionData`, from the config alone."""
@@ -215,14 +187,6 @@ class DetectionData(ImageData):
     """
 
     features: tuple[str, ...] = FEATURES
-
-    def __post_init__(self):
-        """`ImageData`'s checks, but for sources not opened yet (`LazySource`)."""
-        if not self.eval_sources:
-            raise ValueError("no eval split")
-        for name, source in {"train": self.train_source, **self.eval_sources}.items():
-            if not (isinstance(source, LazySource) and not source.opened) and not len(source):
-                raise ValueError(f"the {name} split is empty")
 
     @property
     def max_boxes(self) -> int:

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data import common
-from jaxformer.data.common import Batch, EpochOrders, Shard
+from jaxformer.data.common import Batch, EpochOrders, LazySource, Shard
 from jaxformer.data.transforms import (
     CenterCrop,
     ClassLabel,
@@ -47,6 +47,7 @@ from jaxformer.data.transforms import (
     no_draws,
     normalize,
 )
+from jaxformer.errors import UserError
 
 PAD_LABEL = -1
 TRAIN_CROPS = ("inception", "pad", "none")
@@ -239,7 +240,7 @@ class ImageData:
         if not self.eval_sources:
             raise ValueError("no eval split")
         for name, source in {"train": self.train_source, **self.eval_sources}.items():
-            if len(source) == 0:
+            if not (isinstance(source, LazySource) and not source.opened) and not len(source):
                 raise ValueError(f"the {name} split is empty")
 
     @property
@@ -310,3 +311,24 @@ def tfds_sources(name: str, *, data_dir: str, splits: Sequence[str]) -> tuple[An
             f"--data_dir={data_dir} --file_format=array_record` (data prepared as tfrecord: "
             f"`tfds convert_format`)") from e
     return builder, sources
+
+
+def lazy_tfds_sources(name: str, *, data_dir: str, splits: Sequence[str],
+                      prepare: Callable[[Any, Sequence], Sequence] | None = None,
+                      readable: Callable[[], None] | None = None) -> list[LazySource]:
+    """One `LazySource` per split of `tfds_sources`, opened when first read, so that a model
+    runs on single inputs without the data set. `readable()` raises where the config can
+    never read the data set (checked first); `prepare(builder, source)` checks the data set
+    and may wrap the source. An absent or damaged data set is one line (`UserError`)."""
+    def opener(split: str) -> Callable[[], Sequence]:
+        def open_split() -> Sequence:
+            try:
+                if readable:
+                    readable()
+                builder, (source,) = tfds_sources(name, data_dir=data_dir, splits=(split,))
+                return prepare(builder, source) if prepare else source
+            except ValueError as e:
+                raise UserError(" ".join(str(e).split())) from e
+        return open_split
+
+    return [LazySource(opener(split), split) for split in splits]

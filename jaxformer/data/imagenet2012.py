@@ -5,7 +5,8 @@ ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in its manual download direc
 prepare it; see `image_pipeline.tfds_sources`). The train split is for training and the
 validation split for evaluation, unless `train_split` / `eval_split` say otherwise
 (big_vision holds out `train[99%:]` as "minival"). Classes are named by their WordNet synset
-ids (`n01440764`...), in the order of the data set's labels.
+ids (`n01440764`...), in the order of the data set's labels. A split's files are opened when
+it is first read, so that a trained or imported model classifies images without ImageNet.
 """
 
 from __future__ import annotations
@@ -57,15 +58,20 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
     del workdir
     check_config(config)
     eval_split = config.get("eval_split", "validation")
-    builder, (train, evaluation) = image_pipeline.tfds_sources(
+    names = class_names()
+
+    def prepare(builder, source):
+        found = len(builder.info.features["label"].names)
+        if found != NUM_CLASSES:
+            raise ValueError(f"imagenet2012 in {builder.data_dir} has {found} classes, "
+                             f"expected {NUM_CLASSES}")
+        return source
+
+    train, evaluation = image_pipeline.lazy_tfds_sources(
         "imagenet2012", data_dir=config.get("data_dir", ""),
-        splits=(config.get("train_split", "train"), eval_split))
-    class_names = tuple(builder.info.features["label"].names)
-    if len(class_names) != NUM_CLASSES:
-        raise ValueError(f"imagenet2012 in {builder.data_dir} has {len(class_names)} classes, "
-                         f"expected {NUM_CLASSES}")
+        splits=(config.get("train_split", "train"), eval_split), prepare=prepare)
     preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
                                                        image_size=IMAGE_SIZE)
     return ImageData(train_source=train, eval_sources={eval_split: evaluation},
-                     class_names=class_names, preprocess=preprocess,
+                     class_names=names, preprocess=preprocess,
                      read_threads=config.get("read_threads", 0))

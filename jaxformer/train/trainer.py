@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from jaxformer import config as config_lib
 from jaxformer import registry
 from jaxformer.console import log
+from jaxformer.data import common as data_common
 from jaxformer.errors import UserError, as_user_error
 from jaxformer.evaluators.base import Context, build_evaluators
 from jaxformer.registry import build_data_and_task
@@ -131,6 +132,7 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resu
     with as_user_error("config"):
         strategy = parallel.make_strategy(config.train.strategy)
         data, task = build_data_and_task(config, assets_workdir)
+        data_common.open_lazy_sources(data)
         freeze = tuple(config.get("freeze", ()))
         tx = make_optimizer(config.optim, freeze)
         abstract = abstract_state(config, task, _state_sharding(strategy))

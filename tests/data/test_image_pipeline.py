@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxformer.data import cifar10, imagenet2012, transforms
+from jaxformer.data import cifar10, common, imagenet2012, transforms
 from jaxformer.data.image_pipeline import ArraySource, ImageData, Preprocess
 from jaxformer.data.transforms import Draws
+from jaxformer.errors import UserError
 
 
 def take(iterator, n):
@@ -278,9 +279,18 @@ def test_tfds_data_sets_on_mock_examples(module, classes, size, first_name, eval
         np.testing.assert_array_equal(evaluation[-1]["label"][1:], [-1, -1])
 
 
-def test_tfds_data_sets_not_prepared(tmp_path):
-    with pytest.raises(ValueError, match="cannot read cifar10.*tfds build cifar10"):
-        cifar10.build(tfds_config(data_dir=str(tmp_path)), workdir=None)
+@pytest.mark.parametrize("module,name", [(cifar10, "cifar10"), (imagenet2012, "imagenet2012")])
+def test_tfds_data_sets_not_prepared_build_and_fail_when_read(tmp_path, module, name):
+    """Built without the files (a model then classifies single images); reading a split is
+    one line, as is the trainer's opening of every split before it writes anything."""
+    data = module.build(tfds_config(data_dir=str(tmp_path)), workdir=None)
+    assert data.num_classes in (10, 1000) and not any(tmp_path.iterdir())
+    for read in (lambda: data.train_iter(batch_size=1, seed=0),
+                 lambda: data.eval_iter(batch_size=1, num_batches=1),
+                 lambda: common.open_lazy_sources(data)):
+        with pytest.raises(UserError, match=f"cannot read {name}.*tfds build {name}") as error:
+            read()
+        assert "\n" not in str(error.value)
 
 
 def test_tfds_eval_split_is_the_configured_one():

@@ -15,7 +15,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from jaxformer import cli, registry
 from jaxformer import config as config_lib
-from jaxformer.data import image_pipeline
+from jaxformer.data import image_pipeline, imagenet2012
 from jaxformer.errors import UserError
 from jaxformer.inference.workdir import load_run
 from jaxformer.models.vit import resize_position_embedding
@@ -191,6 +191,27 @@ def test_evaluate_without_imagenet_is_one_line(imagenet, tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxformer evaluate: error:") and "imagenet2012" in err
     assert "\n" not in err
+
+
+def test_attention_map_of_an_import_needs_no_imagenet(imagenet, tmp_path, monkeypatch,
+                                                     capsys):
+    """The ImageNet data builds without its files: the command predicts what the Hugging Face
+    model predicts for the same pixels."""
+    from PIL import Image
+
+    model, hf_dir, workdir = imagenet
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    image = np.random.default_rng(3).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    out = tmp_path / "map.png"
+    assert cli.main(["attention-map", f"--workdir={workdir}", f"--image={tmp_path / 'image.png'}",
+                     f"--out={out}"]) == 0
+    pixels = ViTImageProcessor.from_pretrained(hf_dir)(images=image, return_tensors="np")
+    logits = _hf_logits(model, pixels["pixel_values"].transpose(0, 2, 3, 1))
+    expected = imagenet2012.class_names()[int(logits.argmax())]
+    assert f"predicted {expected} " in capsys.readouterr().out
+    assert Image.open(out).size[0] > 0 and not any(
+        p.name not in ("image.png", "map.png") for p in tmp_path.iterdir())
 
 
 def test_evaluate_an_imported_workdir(fashion, capsys):
