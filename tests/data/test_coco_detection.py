@@ -17,6 +17,7 @@ from jaxformer.data import coco_detection
 from jaxformer.data.coco_detection import CLASS_NAMES, COCO_IDS
 from jaxformer.data.detection_pipeline import DetectionSpec
 from jaxformer.errors import UserError
+from jaxformer.train import trainer
 from tests.helpers import ROOT, write_tfds_metadata
 
 SPLITS = ("train", "validation", "test")
@@ -165,6 +166,16 @@ def test_not_prepared(tmp_path):
     assert data.num_classes == 91 and not any(tmp_path.iterdir())
     with pytest.raises(UserError, match="cannot read coco/2017.*tfds build coco/2017"):
         data.train_iter(batch_size=1, seed=0)
+
+
+def test_training_without_the_data_writes_nothing(tmp_path):
+    """The trainer opens every split before it touches the workdir."""
+    config = config_lib.load_config(os.path.join(ROOT, "configs/detr/coco.py:runlocal"))
+    config.unlock().data.data_dir = str(tmp_path)
+    workdir = tmp_path / "run"
+    with pytest.raises(UserError, match="cannot read coco/2017.*tfds build coco/2017"):
+        trainer.train(config, str(workdir))
+    assert not workdir.exists()
 
 
 def test_class_names_of_another_classifier(tmp_path):
