@@ -18,7 +18,8 @@ length penalty 0.6, BLEU on the test books.
 Arg string:
   scale=cpu     (default) the Bible recipe of configs/translation/bible_enes.py shrunk to
                 train the table on a 2-core CPU: N=3, d_model 128, d_ff 512, h=8 (d_k 16),
-                8k BPE, batches of 32 pairs, 800 steps (warmup 400; big: 2400).
+                8k BPE, the recipe's batches of 64 pairs and warmup of 800 steps, 1,500 steps
+                (big: 4,500).
   scale=paper   the paper's base model: N=6, d_model 512, d_ff 2048, h=8, a shared BPE
                 vocabulary of 37000, warmup 4000, 100k steps (big: 300k); the recipe's
                 batches of 64 pairs.
@@ -36,7 +37,7 @@ from configs.translation import bible_enes
 
 # The base model of each scale: layers, width, heads, feed-forward width and steps.
 BASES = {
-    "cpu": dict(num_layers=3, d_model=128, num_heads=8, mlp_dim=512, num_steps=800),
+    "cpu": dict(num_layers=3, d_model=128, num_heads=8, mlp_dim=512, num_steps=1500),
     "paper": dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, num_steps=100_000),
 }
 RUNLOCAL = dict(num_layers=3, d_model=32, num_heads=8, mlp_dim=64, num_steps=2)
@@ -66,9 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evals = common.translation_evals(loss_every=5000, bleu_every=10_000,
                                                 bleu_examples=-1)
     else:
-        config.optim.warmup_steps = 400
-        config.train.update(batch_size=32, checkpoint_every=steps // 4, keep_checkpoints=2)
-        config.evals.val.every_steps = steps // 2
+        config.train.update(checkpoint_every=steps // 6, keep_checkpoints=2)
+        config.evals.val.every_steps = steps // 3
         del config.evals["val_bleu"]  # Decoding is the slow part: test BLEU at the end only.
     return config
 
