@@ -3,12 +3,14 @@ boxes, and the same as pipeline steps (see `transforms` for `Draws` and step bud
 
 Before `BoxesToCxcywh`, an example holds `image` uint8 `[H, W, C]`, `boxes` float32 `[n, 4]`
 in absolute pixel `(x0, y0, x1, y1)` (pixel column `j` spans `[j, j + 1)`, so a box of the
-whole image is `(0, 0, W, H)`) and `labels` int32 `[n]`. Geometric steps move the boxes with
-the pixels; a crop drops the boxes it empties, with their labels. `BoxesToCxcywh` makes the
-boxes `(cx, cy, w, h)` relative to the image, in [0, 1], as DETR predicts them; `PadBoxes`
-gives every example the same shapes, with masks of the real pixels and boxes. The multi-scale
-recipe follows DETR's (Carion et al., 2020): a random shorter side with a cap on the longer
-one, and a random choice between that and resize-crop-resize.
+whole image is `(0, 0, W, H)`), `labels` int32 `[n]` and optionally `crowd` bool `[n]` (COCO's
+crowd regions: kept for evaluation, where detections on them are ignored, but not trained
+on). Geometric steps move the boxes with the pixels; a crop drops the boxes it empties, with
+their labels. `BoxesToCxcywh` makes the boxes `(cx, cy, w, h)` relative to the image, in
+[0, 1], as DETR predicts them; `PadBoxes` gives every example the same shapes, with masks of
+the real pixels and boxes (`box_mask` leaves crowd regions out; `crowd_mask` marks them).
+The multi-scale recipe follows DETR's (Carion et al., 2020): a random shorter side with a cap
+on the longer one, and a random choice between that and resize-crop-resize.
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def crop_with_boxes(features: Features, top: int, left: int, height: int,
     boxes = _boxes(features) - np.array([left, top, left, top], np.float32)
     boxes = np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return {**features, "image": image[top:top + height, left:left + width],
-            "boxes": boxes[keep], "labels": np.asarray(features["labels"], np.int32)[keep]}
+    cropped = {**features, "image": image[top:top + height, left:left + width],
+               "boxes": boxes[keep], "labels": np.asarray(features["labels"], np.int32)[keep]}
+    if "crowd" in features:
+        cropped["crowd"] = np.asarray(features["crowd"], bool)[keep]
+    return cropped
 
 
 def flip_with_boxes(features: Features) -> Features:
@@ -91,8 +96,9 @@ def cxcywh_to_xyxy(boxes: np.ndarray, height: float, width: float) -> np.ndarray
 def pad_example(features: Features, height: int, width: int, max_boxes: int) -> Features:
     """Fixed shapes: the image zero-padded at the bottom and right to `[height, width, C]`,
     and boxes and labels zero-padded to `max_boxes` rows. Adds `pixel_mask` bool
-    `[height, width]` and `box_mask` bool `[max_boxes]` (true for the real ones) and `size`
-    int32 `[2]`, the image's `(height, width)` before padding."""
+    `[height, width]`, `box_mask` bool `[max_boxes]` (true for the real ones) and `size`
+    int32 `[2]`, the image's `(height, width)` before padding. Where the example has `crowd`
+    flags, they become `crowd_mask` `[max_boxes]`, and `box_mask` leaves those boxes out."""
     image, boxes = features["image"], _boxes(features)
     real_height, real_width = image.shape[:2]
     if real_height > height or real_width > width:
@@ -109,9 +115,15 @@ def pad_example(features: Features, height: int, width: int, max_boxes: int) -> 
     padded_boxes[:n] = boxes
     labels = np.zeros(max_boxes, np.int32)
     labels[:n] = np.asarray(features["labels"], np.int32)
-    return {**features, "image": padded, "pixel_mask": pixel_mask, "boxes": padded_boxes,
-            "labels": labels, "box_mask": np.arange(max_boxes) < n,
-            "size": np.array([real_height, real_width], np.int32)}
+    padded_features = {**features, "image": padded, "pixel_mask": pixel_mask,
+                       "boxes": padded_boxes, "labels": labels,
+                       "box_mask": np.arange(max_boxes) < n,
+                       "size": np.array([real_height, real_width], np.int32)}
+    if "crowd" in features:
+        crowd = np.zeros(max_boxes, bool)
+        crowd[:n] = np.asarray(padded_features.pop("crowd"), bool)
+        padded_features.update(box_mask=padded_features["box_mask"] & ~crowd, crowd_mask=crowd)
+    return padded_features
 
 
 # ---------------------------------------------------------------------------------------

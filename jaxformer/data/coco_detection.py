@@ -8,10 +8,11 @@ boxes as relative `(ymin, xmin, ymax, xmax)` and labels 0-79, the categories in 
 their COCO ids. Here the boxes become pixel `(x0, y0, x1, y1)` for the detection pipeline
 (which makes them relative cxcywh) and the labels COCO's category ids 1-90 (`COCO_IDS`), the
 91 classes of DETR's classifier (`CLASS_NAMES`: "N/A" for id 0 and the 10 ids COCO leaves
-unused). As in DETR's `ConvertCocoPolysToMask`, crowd boxes (`is_crowd`) and boxes without
-area are dropped in every split, so the AP evaluator counts a detection of a crowd region as
-a false positive where COCOeval with the official annotations would ignore it. An image keeps
-at most `max_boxes` boxes, the first in the data set's order (COCO's annotation ids); the
+unused). Boxes without area are dropped. Crowd regions (`is_crowd`) travel with their flag:
+training leaves them out of the targets, as DETR's `ConvertCocoPolysToMask` drops them, and
+the AP evaluator passes them to COCOeval as crowd annotations, which ignore the detections
+they cover, as with the official annotations. An image keeps at most `max_boxes` boxes,
+crowd regions included, the first in the data set's order (COCO's annotation ids); the
 default, 100 (DETR's number of queries), is more than any COCO 2017 image holds. Images
 without boxes are kept, as DETR trains on them.
 
@@ -118,8 +119,8 @@ def spec(config: ml_collections.ConfigDict) -> DetectionSpec:
 
 
 def example(record: dict, max_boxes: int) -> Features:
-    """A tfds record as the pipeline's `image`, `boxes` (pixel xyxy) and `labels` (COCO
-    ids), without crowd boxes or boxes of no area, at most `max_boxes` of them."""
+    """A tfds record as the pipeline's `image`, `boxes` (pixel xyxy), `labels` (COCO ids)
+    and `crowd` flags, without boxes of no area, at most `max_boxes` of them."""
     image = record["image"]
     if not isinstance(image, np.ndarray):
         image = decode(image, CHANNELS)
@@ -128,10 +129,10 @@ def example(record: dict, max_boxes: int) -> Features:
     ymin, xmin, ymax, xmax = np.asarray(objects["bbox"], np.float32).reshape(-1, 4).T
     boxes = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=-1)
     labels = COCO_IDS[np.asarray(objects["label"], np.int64).reshape(-1)]
-    keep = ~np.asarray(objects["is_crowd"], bool).reshape(-1)
-    keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    crowd = np.asarray(objects["is_crowd"], bool).reshape(-1)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     kept = np.flatnonzero(keep)[:max_boxes]
-    return {"image": image, "boxes": boxes[kept], "labels": labels[kept]}
+    return {"image": image, "boxes": boxes[kept], "labels": labels[kept], "crowd": crowd[kept]}
 
 
 def check_labels(builder) -> None:
@@ -181,4 +182,5 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Detectio
         readable=readable)
     return DetectionData(
         train_source=train, eval_sources=dict.fromkeys(EVAL_SPLITS, evaluation),
-        class_names=names, preprocess=result, read_threads=_get(config, "read_threads"))
+        class_names=names, preprocess=result, features=(*pipeline.FEATURES, "crowd"),
+        read_threads=_get(config, "read_threads"))

@@ -11,7 +11,8 @@ shapes. A batch of `B` examples:
     size       int32   [B, 2]        (height, width) of the image before padding
     boxes      float32 [B, M, 4]     (cx, cy, w, h) relative to `size`, in [0, 1]
     labels     int32   [B, M]        class ids; 0 in padding slots
-    box_mask   bool    [B, M]        true for real boxes
+    box_mask   bool    [B, M]        true for real boxes (the training targets)
+    crowd_mask bool    [B, M]        true for crowd regions (data with `crowd` flags: COCO)
 
 with `S` the preprocessing's `max_size` and `M` its `max_boxes`. Training batches and their
 random draws depend only on the seed and the step, as in `image_pipeline` (whose batch makers

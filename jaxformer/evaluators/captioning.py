@@ -40,6 +40,7 @@ from jaxformer.console import log
 from jaxformer.evaluators.base import Context, Evaluator
 from jaxformer.evaluators.few_shot import subset
 from jaxformer.inference import captioning
+from jaxformer.tasks.captioning import CaptioningTask
 
 
 def normalize(text: str) -> str:
@@ -117,7 +118,7 @@ def predictions(context: Context, params: Any, *, split: str | None = None,
 class CaptioningEvaluator(Evaluator):
     def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
         super().__init__(name, config, context)
-        if not hasattr(context.task, "end_of_chunk_id"):
+        if not isinstance(context.task, CaptioningTask):
             raise ValueError(f"evals.{name}: captioning needs a captioning task (an "
                              "interleaved image-text model)")
         self.split = config.get("split", "") or None

@@ -4,7 +4,9 @@ Every query of the last decoder layer is a detection, with its best class other 
 object" and that class's probability as the score (DETR's post-processing,
 `tasks.detection.detections`); COCOeval keeps the 100 best per image. Boxes, predicted and
 true, are taken in the pixels of the evaluation view (the `size` of each example, before
-padding), where the area ranges of APs/APm/APl (32^2 and 96^2 pixels) apply.
+padding), where the area ranges of APs/APm/APl (32^2 and 96^2 pixels) apply. Crowd regions
+(the data's `crowd_mask`: COCO's `iscrowd` annotations) are crowd annotations to COCOeval:
+the detections they cover are neither hits nor false positives.
 
 Options: `split` (default the data's first eval split), `num_batches` (-1: the whole
 split). Reports `AP` (mean over IoU 0.50:0.95), `AP50`, `AP75`, `APs`, `APm`, `APl`, on
@@ -23,8 +25,9 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data.box_transforms import cxcywh_to_xyxy
+from jaxformer.data.detection_pipeline import DetectionData
 from jaxformer.evaluators.base import Context, Evaluator
-from jaxformer.tasks.detection import detections
+from jaxformer.tasks.detection import DetectionTask, detections
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -39,9 +42,9 @@ def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],
                       num_classes: int) -> dict[str, float]:
     """COCO box AP of `predictions` against `ground_truth`.
 
-    `ground_truth`: one dict per image, `boxes` `[n, 4]` (x, y, w, h pixels), `labels` `[n]`;
-    `predictions`: one dict per image (the same order), `boxes` `[m, 4]`, `labels` `[m]`,
-    `scores` `[m]`.
+    `ground_truth`: one dict per image, `boxes` `[n, 4]` (x, y, w, h pixels), `labels` `[n]`
+    and optionally `crowd` `[n]` (crowd regions); `predictions`: one dict per image (the
+    same order), `boxes` `[m, 4]`, `labels` `[m]`, `scores` `[m]`.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -49,10 +52,11 @@ def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],
     images, annotations, results = [], [], []
     for image_id, (truth, predicted) in enumerate(zip(ground_truth, predictions, strict=True)):
         images.append({"id": image_id})
-        for box, label in zip(truth["boxes"], truth["labels"], strict=True):
+        crowd = truth.get("crowd", np.zeros(len(truth["labels"]), bool))
+        for box, label, is_crowd in zip(truth["boxes"], truth["labels"], crowd, strict=True):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": int(label), "bbox": [float(v) for v in box],
-                                "area": float(box[2] * box[3]), "iscrowd": 0})
+                                "area": float(box[2] * box[3]), "iscrowd": int(is_crowd)})
         for box, label, score in zip(predicted["boxes"], predicted["labels"],
                                      predicted["scores"], strict=True):
             results.append({"image_id": image_id, "category_id": int(label),
@@ -76,7 +80,8 @@ def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],
 class CocoApEvaluator(Evaluator):
     def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
         super().__init__(name, config, context)
-        if not hasattr(context.task, "num_classes") or not hasattr(context.data, "max_boxes"):
+        if not (isinstance(context.task, DetectionTask)
+                and isinstance(context.data, DetectionData)):
             raise ValueError(f"evals.{name}: coco_ap needs a detection task and data")
         self.split = config.get("split", "") or None
         self.num_batches = config.get("num_batches", -1)
@@ -91,10 +96,12 @@ class CocoApEvaluator(Evaluator):
                 split=self.split, process_index=0, process_count=1):
             batch = {k: np.asarray(v) for k, v in batch.items()}
             out = jax.device_get(self._predict(params, batch))
+            crowds = batch.get("crowd_mask", np.zeros_like(batch["box_mask"]))
             for i in np.flatnonzero(batch["pixel_mask"].any(axis=(1, 2))):
-                real = batch["box_mask"][i]
+                real = batch["box_mask"][i] | crowds[i]
                 truths.append({"boxes": to_pixels(batch["boxes"][i][real], batch["size"][i]),
-                               "labels": batch["labels"][i][real]})
+                               "labels": batch["labels"][i][real],
+                               "crowd": crowds[i][real]})
                 predictions.append({"boxes": to_pixels(out["boxes"][i], batch["size"][i]),
                                     "labels": out["labels"][i], "scores": out["scores"][i]})
         return average_precision(truths, predictions, self.context.task.num_classes)

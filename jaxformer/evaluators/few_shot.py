@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data.common import Shard
+from jaxformer.data.interleaved_pipeline import InterleavedData
 from jaxformer.evaluators.base import Context, Evaluator, sum_over_batches
 
 PAD_ID = 0
@@ -107,7 +108,7 @@ class FewShotEvaluator(Evaluator):
     def __init__(self, name: str, config: ml_collections.ConfigDict, context: Context):
         super().__init__(name, config, context)
         data = context.data
-        if not hasattr(data, "few_shot"):
+        if not isinstance(data, InterleavedData):
             raise ValueError(f"evals.{name}: the data ({type(data).__name__}) has no few-shot "
                              "splits; few_shot needs interleaved image-text data")
         self.split = data.few_shot(config.get("split", "") or None)

@@ -62,6 +62,18 @@ def test_crop_clips_one_box_and_drops_another():
         box_transforms.crop_with_boxes(features, top=5, left=0, height=6, width=6)
 
 
+def test_crop_and_padding_carry_crowd_flags_out_of_the_targets():
+    features = {**example(10, 10, [[2, 2, 6, 6], [8, 8, 10, 10], [0, 0, 3, 3]], [5, 7, 9]),
+                "crowd": np.array([False, True, True])}
+    cropped = box_transforms.crop_with_boxes(features, top=1, left=1, height=6, width=6)
+    assert cropped["crowd"].tolist() == [False, True]  # The box of label 7 left the crop.
+    padded = PadBoxes(height=6, width=6, max_boxes=4)(cropped, no_draws())
+    assert "crowd" not in padded
+    np.testing.assert_array_equal(padded["box_mask"], [True, False, False, False])
+    np.testing.assert_array_equal(padded["crowd_mask"], [False, True, False, False])
+    np.testing.assert_array_equal(padded["labels"], [5, 9, 0, 0])
+
+
 def test_resize_scales_boxes_with_the_image():
     features = example(20, 40, [[4, 2, 20, 10]])
     resized = FitShorterSide(10)(features, no_draws())

@@ -1,6 +1,7 @@
 """COCO 2017 detection through tfds, on mock data: the data set's metadata (written here, as a
 prepared data dir holds it) and hand-written records, read through tfds: COCO category ids,
-crowd boxes and boxes of no area dropped, tfds boxes as relative cxcywh, config checks."""
+crowd regions flagged and out of the targets, boxes of no area dropped, tfds boxes as relative
+cxcywh, config checks."""
 
 import contextlib
 import os
@@ -99,13 +100,16 @@ def test_category_ids_and_names():
         0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
 
 
-def test_examples_carry_coco_ids_and_pixel_boxes_without_crowds():
+def test_examples_carry_coco_ids_pixel_boxes_and_crowd_flags():
     first = coco_detection.example(RECORDS[0], max_boxes=100)
     assert first["image"].shape == (40, 60, 3)
-    np.testing.assert_allclose(first["boxes"], [[12, 4, 36, 20], [30, 10, 60, 30]], rtol=1e-6)
-    assert first["labels"].tolist() == [1, 90] and first["labels"].dtype == np.int32
+    np.testing.assert_allclose(first["boxes"], [[12, 4, 36, 20], [0, 0, 60, 40],
+                                                [30, 10, 60, 30]], rtol=1e-6)
+    assert first["labels"].tolist() == [1, 13, 90] and first["labels"].dtype == np.int32
+    assert first["crowd"].tolist() == [False, True, False]
     empty = coco_detection.example(RECORDS[2], max_boxes=100)
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
+    assert empty["crowd"].shape == (0,)
 
 
 def test_at_most_max_boxes_the_first_in_order():
@@ -125,6 +129,10 @@ def test_eval_batches_hold_relative_cxcywh(mock_coco):
         np.testing.assert_allclose(batch["boxes"][row][real], boxes, atol=1e-6)
         assert batch["labels"][row][real].tolist() == labels
     assert batch["box_mask"].sum() == 3
+    # The crowd of stop signs covers the first image, flagged and out of the targets.
+    assert batch["crowd_mask"].tolist() == [[False, True, False, False]] + [[False] * 4] * 3
+    np.testing.assert_allclose(batch["boxes"][0][1], [0.5, 0.5, 1, 1], atol=1e-6)
+    assert batch["labels"][0][1] == 13
 
 
 def test_train_batches(mock_coco):
@@ -144,7 +152,7 @@ def test_runlocal_config_builds_on_it(mock_coco):
     assert task.num_classes == 91 and task.model.num_queries == 10
     batch = next(data.train_iter(batch_size=8, seed=0))
     assert batch["image"].shape == (8, 64, 64, 3) and batch["labels"].shape == (8, 100)
-    assert task.dummy_batch(8).keys() == batch.keys()
+    assert batch.keys() == {*task.dummy_batch(8), "crowd_mask"}
 
 
 def test_spec_without_data(tmp_path):

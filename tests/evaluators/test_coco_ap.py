@@ -1,10 +1,17 @@
 """The COCO AP evaluator on hand-made detections whose AP is known by hand (COCO's
-101-point interpolated precision, IoU thresholds 0.50:0.05:0.95)."""
+101-point interpolated precision, IoU thresholds 0.50:0.05:0.95), crowd regions included."""
 
+import ml_collections
 import numpy as np
 import pytest
 
+from jaxformer import config as config_lib
+from jaxformer.evaluators.base import Context, build_evaluators
 from jaxformer.evaluators.coco_ap import average_precision, to_pixels
+from jaxformer.registry import build_data_and_task
+from jaxformer.train import parallel
+from tests.data.test_coco_detection import mocked_coco
+from tests.helpers import ROOT
 
 
 def image(boxes, labels, scores=None):
@@ -50,3 +57,42 @@ def test_the_wrong_class_is_no_hit():
 def test_relative_cxcywh_to_coco_pixels():
     boxes = np.asarray([[0.5, 0.25, 0.5, 0.5]])
     np.testing.assert_allclose(to_pixels(boxes, np.asarray([40, 80])), [[20, 0, 40, 20]])
+
+
+def test_detections_on_a_crowd_region_are_ignored():
+    """A hit ranked below a detection inside a crowd region: counted as a false positive the
+    hit's precision is 1/2 (AP 0.5); the crowd region makes COCOeval ignore it (AP 1). A crowd
+    region is no box to find, so recall is 1 with one hit."""
+    hit, in_crowd = [0, 0, 10, 10], [60, 60, 8, 8]
+    predicted = [image([in_crowd, hit], [0, 0], [0.9, 0.8])]
+    without = average_precision([image([hit], [0])], predicted, num_classes=1)
+    assert without["AP"] == pytest.approx(0.5)
+    crowd = dict(image([hit, [50, 50, 30, 30]], [0, 0]), crowd=np.array([False, True]))
+    metrics = average_precision([crowd], predicted, num_classes=1)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+
+
+def test_evaluator_passes_coco_crowd_regions(tmp_path):
+    """On mocked COCO (tests/data/test_coco_detection.py: a crowd of stop signs covers the
+    first image, a stop sign the second): every true box found exactly, and a confident stop
+    sign inside the crowd. Counted as a false positive it would halve the stop signs' AP."""
+    with mocked_coco(tmp_path) as data_dir:
+        config = config_lib.load_config(f"{ROOT}/configs/detr/coco.py:runlocal")
+        with config.unlocked():
+            config.data.data_dir = str(data_dir)
+            config.evals = ml_collections.ConfigDict({"ap": {"type": "coco_ap", "split": "test"}})
+        data, task = build_data_and_task(config, None)
+        (evaluator,) = build_evaluators(config, Context(task, data, parallel.Sharded(),
+                                                        8)).values()
+
+        def predict(params, batch):
+            del params
+            scores = np.where(batch["box_mask"], 0.5, 0.0).astype(np.float32)
+            labels = np.where(batch["box_mask"], batch["labels"], 2)  # 2: no true bicycles.
+            boxes = np.array(batch["boxes"])
+            boxes[0, -1], labels[0, -1], scores[0, -1] = [0.2, 0.2, 0.1, 0.1], 13, 0.9
+            return {"boxes": boxes, "labels": labels, "scores": scores}
+
+        evaluator._predict = predict
+        metrics = evaluator.run({})
+    assert metrics["AP"] == pytest.approx(1.0)

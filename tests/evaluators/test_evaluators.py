@@ -80,3 +80,17 @@ def test_unknown_evaluator_type_lists_the_types():
                                                "coco_ap, few_shot, linear_probe, loss, "
                                                "retrieval, zero_shot$"):
         run_evaluators(config, data, task, params, batch_size=8)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("coco_ap", "coco_ap needs a detection task and data"),
+    ("few_shot", "no few-shot splits"),
+    ("captioning", "captioning needs a captioning task"),
+])
+def test_evaluators_of_other_families_refuse_a_language_model(kind, message):
+    config = config_lib.load_config(os.path.join(ROOT, "configs/gpt/gpt2.py:runlocal"))
+    with config.unlocked():
+        config.evals = {"other": {"type": kind}}
+    data, task = build_data_and_task(config, None)
+    with pytest.raises(ValueError, match=message):
+        build_evaluators(config, Context(task, data, parallel.Sharded(), 8))
