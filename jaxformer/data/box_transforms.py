@@ -3,10 +3,12 @@ boxes, and the same as pipeline steps (see `transforms` for `Draws` and step bud
 
 Before `BoxesToCxcywh`, an example holds `image` uint8 `[H, W, C]`, `boxes` float32 `[n, 4]`
 in absolute pixel `(x0, y0, x1, y1)` (pixel column `j` spans `[j, j + 1)`, so a box of the
-whole image is `(0, 0, W, H)`), `labels` int32 `[n]` and optionally `crowd` bool `[n]` (COCO's
-crowd regions: kept for evaluation, where detections on them are ignored, but not trained
-on). Geometric steps move the boxes with the pixels; a crop drops the boxes it empties, with
-their labels. `BoxesToCxcywh` makes the boxes `(cx, cy, w, h)` relative to the image, in
+whole image is `(0, 0, W, H)`), `labels` int32 `[n]`, and optionally `crowd` bool `[n]`
+(COCO's crowd regions: kept for evaluation, where detections on them are ignored, but not
+trained on) and `area` float32 `[n]` (the objects' own areas in pixels, COCO's segment
+areas, for the area ranges of the AP evaluator). Geometric steps move the boxes with the
+pixels (a resize scales the areas); a crop drops the boxes it empties, with their labels,
+flags and areas. `BoxesToCxcywh` makes the boxes `(cx, cy, w, h)` relative to the image, in
 [0, 1], as DETR predicts them; `PadBoxes` gives every example the same shapes, with masks of
 the real pixels and boxes (`box_mask` leaves crowd regions out; `crowd_mask` marks them).
 The multi-scale recipe follows DETR's (Carion et al., 2020): a random shorter side with a cap
@@ -22,9 +24,18 @@ import numpy as np
 
 from jaxformer.data.transforms import Draws, Features, Transform, resize
 
+# Features with one entry per box, and their dtypes.
+PER_BOX = {"labels": np.int32, "crowd": bool, "area": np.float32}
+
 
 def _boxes(features: Features) -> np.ndarray:
     return np.asarray(features["boxes"], np.float32).reshape(-1, 4)
+
+
+def _per_box(features: Features) -> dict[str, np.ndarray]:
+    """The example's per-box features (`PER_BOX`) as arrays of their dtypes."""
+    return {key: np.asarray(features[key], dtype) for key, dtype in PER_BOX.items()
+            if key in features}
 
 
 def shorter_side_shape(height: int, width: int, size: int,
@@ -43,16 +54,22 @@ def shorter_side_shape(height: int, width: int, size: int,
 
 
 def resize_with_boxes(features: Features, height: int, width: int) -> Features:
-    """The image resized (bilinear) to `height x width`, its boxes scaled with it."""
+    """The image resized (bilinear) to `height x width`, its boxes (and areas) scaled with
+    it."""
     image = features["image"]
     scale = np.array([width / image.shape[1], height / image.shape[0]] * 2, np.float32)
-    return {**features, "image": resize(image, height, width), "boxes": _boxes(features) * scale}
+    resized = {**features, "image": resize(image, height, width),
+               "boxes": _boxes(features) * scale}
+    if "area" in features:
+        resized["area"] = np.asarray(features["area"], np.float32) * scale[0] * scale[1]
+    return resized
 
 
 def crop_with_boxes(features: Features, top: int, left: int, height: int,
                     width: int) -> Features:
     """The `height x width` window at `(top, left)` of the image. Boxes are moved into it and
-    clipped to it; those left with no area are dropped, and their labels with them."""
+    clipped to it; those left with no area are dropped, and their per-box features with
+    them (the areas of clipped objects are kept: a crop is a training step)."""
     image = features["image"]
     if top < 0 or left < 0 or top + height > image.shape[0] or left + width > image.shape[1]:
         raise ValueError(f"the crop ({top}, {left}, {height}, {width}) leaves the "
@@ -60,11 +77,8 @@ def crop_with_boxes(features: Features, top: int, left: int, height: int,
     boxes = _boxes(features) - np.array([left, top, left, top], np.float32)
     boxes = np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    cropped = {**features, "image": image[top:top + height, left:left + width],
-               "boxes": boxes[keep], "labels": np.asarray(features["labels"], np.int32)[keep]}
-    if "crowd" in features:
-        cropped["crowd"] = np.asarray(features["crowd"], bool)[keep]
-    return cropped
+    return {**features, "image": image[top:top + height, left:left + width],
+            "boxes": boxes[keep], **{k: v[keep] for k, v in _per_box(features).items()}}
 
 
 def flip_with_boxes(features: Features) -> Features:
@@ -95,7 +109,7 @@ def cxcywh_to_xyxy(boxes: np.ndarray, height: float, width: float) -> np.ndarray
 
 def pad_example(features: Features, height: int, width: int, max_boxes: int) -> Features:
     """Fixed shapes: the image zero-padded at the bottom and right to `[height, width, C]`,
-    and boxes and labels zero-padded to `max_boxes` rows. Adds `pixel_mask` bool
+    and boxes and per-box features zero-padded to `max_boxes` rows. Adds `pixel_mask` bool
     `[height, width]`, `box_mask` bool `[max_boxes]` (true for the real ones) and `size`
     int32 `[2]`, the image's `(height, width)` before padding. Where the example has `crowd`
     flags, they become `crowd_mask` `[max_boxes]`, and `box_mask` leaves those boxes out."""
@@ -113,17 +127,18 @@ def pad_example(features: Features, height: int, width: int, max_boxes: int) -> 
     n = len(boxes)
     padded_boxes = np.zeros((max_boxes, 4), np.float32)
     padded_boxes[:n] = boxes
-    labels = np.zeros(max_boxes, np.int32)
-    labels[:n] = np.asarray(features["labels"], np.int32)
-    padded_features = {**features, "image": padded, "pixel_mask": pixel_mask,
-                       "boxes": padded_boxes, "labels": labels,
-                       "box_mask": np.arange(max_boxes) < n,
-                       "size": np.array([real_height, real_width], np.int32)}
-    if "crowd" in features:
-        crowd = np.zeros(max_boxes, bool)
-        crowd[:n] = np.asarray(padded_features.pop("crowd"), bool)
-        padded_features.update(box_mask=padded_features["box_mask"] & ~crowd, crowd_mask=crowd)
-    return padded_features
+    per_box = {}
+    for key, values in _per_box(features).items():
+        per_box[key] = np.zeros(max_boxes, values.dtype)
+        per_box[key][:n] = values
+    box_mask = np.arange(max_boxes) < n
+    if "crowd" in per_box:
+        crowd = per_box.pop("crowd")
+        box_mask, per_box["crowd_mask"] = box_mask & ~crowd, crowd
+    padded_features = {key: value for key, value in features.items() if key != "crowd"}
+    return {**padded_features, "image": padded, "pixel_mask": pixel_mask,
+            "boxes": padded_boxes, **per_box, "box_mask": box_mask,
+            "size": np.array([real_height, real_width], np.int32)}
 
 
 # ---------------------------------------------------------------------------------------

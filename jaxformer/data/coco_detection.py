@@ -11,7 +11,9 @@ their COCO ids. Here the boxes become pixel `(x0, y0, x1, y1)` for the detection
 unused). Boxes without area are dropped. Crowd regions (`is_crowd`) travel with their flag:
 training leaves them out of the targets, as DETR's `ConvertCocoPolysToMask` drops them, and
 the AP evaluator passes them to COCOeval as crowd annotations, which ignore the detections
-they cover, as with the official annotations. An image keeps at most `max_boxes` boxes,
+they cover, as with the official annotations. Each object's `area` (of its segment, scaled
+with the image) places it in COCOeval's small / medium / large ranges, as the official
+annotations' areas do. An image keeps at most `max_boxes` boxes,
 crowd regions included, the first in the data set's order (COCO's annotation ids); the
 default, 100 (DETR's number of queries), is more than any COCO 2017 image holds. Images
 without boxes are kept, as DETR trains on them.
@@ -119,8 +121,9 @@ def spec(config: ml_collections.ConfigDict) -> DetectionSpec:
 
 
 def example(record: dict, max_boxes: int) -> Features:
-    """A tfds record as the pipeline's `image`, `boxes` (pixel xyxy), `labels` (COCO ids)
-    and `crowd` flags, without boxes of no area, at most `max_boxes` of them."""
+    """A tfds record as the pipeline's `image`, `boxes` (pixel xyxy), `labels` (COCO ids),
+    `crowd` flags and `area`s (of the objects' segments, in pixels), without boxes of no
+    area, at most `max_boxes` of them."""
     image = record["image"]
     if not isinstance(image, np.ndarray):
         image = decode(image, CHANNELS)
@@ -130,9 +133,11 @@ def example(record: dict, max_boxes: int) -> Features:
     boxes = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=-1)
     labels = COCO_IDS[np.asarray(objects["label"], np.int64).reshape(-1)]
     crowd = np.asarray(objects["is_crowd"], bool).reshape(-1)
+    area = np.asarray(objects["area"], np.float32).reshape(-1)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     kept = np.flatnonzero(keep)[:max_boxes]
-    return {"image": image, "boxes": boxes[kept], "labels": labels[kept], "crowd": crowd[kept]}
+    return {"image": image, "boxes": boxes[kept], "labels": labels[kept], "crowd": crowd[kept],
+            "area": area[kept]}
 
 
 def check_labels(builder) -> None:
@@ -182,5 +187,5 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Detectio
         readable=readable)
     return DetectionData(
         train_source=train, eval_sources=dict.fromkeys(EVAL_SPLITS, evaluation),
-        class_names=names, preprocess=result, features=(*pipeline.FEATURES, "crowd"),
+        class_names=names, preprocess=result, features=(*pipeline.FEATURES, "crowd", "area"),
         read_threads=_get(config, "read_threads"))

@@ -13,6 +13,7 @@ shapes. A batch of `B` examples:
     labels     int32   [B, M]        class ids; 0 in padding slots
     box_mask   bool    [B, M]        true for real boxes (the training targets)
     crowd_mask bool    [B, M]        true for crowd regions (data with `crowd` flags: COCO)
+    area       float32 [B, M]        the objects' areas in pixels of `size` (data with `area`)
 
 with `S` the preprocessing's `max_size` and `M` its `max_boxes`. Training batches and their
 random draws depend only on the seed and the step, as in `image_pipeline` (whose batch makers

@@ -4,7 +4,8 @@ Every query of the last decoder layer is a detection, with its best class other 
 object" and that class's probability as the score (DETR's post-processing,
 `tasks.detection.detections`); COCOeval keeps the 100 best per image. Boxes, predicted and
 true, are taken in the pixels of the evaluation view (the `size` of each example, before
-padding), where the area ranges of APs/APm/APl (32^2 and 96^2 pixels) apply. Crowd regions
+padding), where the area ranges of APs/APm/APl (32^2 and 96^2 pixels) apply to the true
+objects' `area` where the data has one (COCO's segment areas), else to their boxes'. Crowd regions
 (the data's `crowd_mask`: COCO's `iscrowd` annotations) are crowd annotations to COCOeval:
 the detections they cover are neither hits nor false positives.
 
@@ -43,7 +44,8 @@ def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],
     """COCO box AP of `predictions` against `ground_truth`.
 
     `ground_truth`: one dict per image, `boxes` `[n, 4]` (x, y, w, h pixels), `labels` `[n]`
-    and optionally `crowd` `[n]` (crowd regions); `predictions`: one dict per image (the
+    and optionally `crowd` `[n]` (crowd regions) and `area` `[n]` (default: the boxes');
+    `predictions`: one dict per image (the
     same order), `boxes` `[m, 4]`, `labels` `[m]`, `scores` `[m]`.
     """
     from pycocotools.coco import COCO
@@ -52,11 +54,13 @@ def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],
     images, annotations, results = [], [], []
     for image_id, (truth, predicted) in enumerate(zip(ground_truth, predictions, strict=True)):
         images.append({"id": image_id})
-        crowd = truth.get("crowd", np.zeros(len(truth["labels"]), bool))
-        for box, label, is_crowd in zip(truth["boxes"], truth["labels"], crowd, strict=True):
+        boxes = np.asarray(truth["boxes"], np.float32).reshape(-1, 4)
+        crowd = truth.get("crowd", np.zeros(len(boxes), bool))
+        area = truth.get("area", boxes[:, 2] * boxes[:, 3])
+        for box, label, is_crowd, a in zip(boxes, truth["labels"], crowd, area, strict=True):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": int(label), "bbox": [float(v) for v in box],
-                                "area": float(box[2] * box[3]), "iscrowd": int(is_crowd)})
+                                "area": float(a), "iscrowd": int(is_crowd)})
         for box, label, score in zip(predicted["boxes"], predicted["labels"],
                                      predicted["scores"], strict=True):
             results.append({"image_id": image_id, "category_id": int(label),
@@ -99,9 +103,11 @@ class CocoApEvaluator(Evaluator):
             crowds = batch.get("crowd_mask", np.zeros_like(batch["box_mask"]))
             for i in np.flatnonzero(batch["pixel_mask"].any(axis=(1, 2))):
                 real = batch["box_mask"][i] | crowds[i]
-                truths.append({"boxes": to_pixels(batch["boxes"][i][real], batch["size"][i]),
-                               "labels": batch["labels"][i][real],
-                               "crowd": crowds[i][real]})
+                truth = {"boxes": to_pixels(batch["boxes"][i][real], batch["size"][i]),
+                         "labels": batch["labels"][i][real], "crowd": crowds[i][real]}
+                if "area" in batch:
+                    truth["area"] = batch["area"][i][real]
+                truths.append(truth)
                 predictions.append({"boxes": to_pixels(out["boxes"][i], batch["size"][i]),
                                     "labels": out["labels"][i], "scores": out["scores"][i]})
         return average_precision(truths, predictions, self.context.task.num_classes)

@@ -62,16 +62,23 @@ def test_crop_clips_one_box_and_drops_another():
         box_transforms.crop_with_boxes(features, top=5, left=0, height=6, width=6)
 
 
-def test_crop_and_padding_carry_crowd_flags_out_of_the_targets():
+def test_crowd_flags_and_areas_follow_their_boxes():
     features = {**example(10, 10, [[2, 2, 6, 6], [8, 8, 10, 10], [0, 0, 3, 3]], [5, 7, 9]),
-                "crowd": np.array([False, True, True])}
+                "crowd": np.array([False, True, True]), "area": np.array([12.0, 3.0, 6.0])}
     cropped = box_transforms.crop_with_boxes(features, top=1, left=1, height=6, width=6)
     assert cropped["crowd"].tolist() == [False, True]  # The box of label 7 left the crop.
-    padded = PadBoxes(height=6, width=6, max_boxes=4)(cropped, no_draws())
+    assert cropped["area"].tolist() == [12.0, 6.0]
+    resized = box_transforms.resize_with_boxes(cropped, height=12, width=3)
+    np.testing.assert_allclose(resized["area"], [12.0, 6.0])  # 2 x 0.5: the same pixels.
+    resized = box_transforms.resize_with_boxes(cropped, height=12, width=12)
+    np.testing.assert_allclose(resized["area"], [48.0, 24.0])
+    padded = PadBoxes(height=12, width=12, max_boxes=4)(resized, no_draws())
     assert "crowd" not in padded
     np.testing.assert_array_equal(padded["box_mask"], [True, False, False, False])
     np.testing.assert_array_equal(padded["crowd_mask"], [False, True, False, False])
     np.testing.assert_array_equal(padded["labels"], [5, 9, 0, 0])
+    np.testing.assert_allclose(padded["area"], [48.0, 24.0, 0, 0])
+    assert padded["area"].dtype == np.float32
 
 
 def test_resize_scales_boxes_with_the_image():

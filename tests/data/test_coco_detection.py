@@ -47,7 +47,8 @@ def record(height, width, boxes, labels, crowd):
             "image/filename": "x.jpg", "image/id": np.int64(height),
             "objects": {"bbox": np.array(boxes, np.float32).reshape(n, 4),
                         "label": np.array(labels, np.int64), "is_crowd": np.array(crowd, bool),
-                        "area": np.ones(n, np.int64), "id": np.arange(n, dtype=np.int64)}}
+                        "area": np.arange(100, 100 + n, dtype=np.int64),
+                        "id": np.arange(n, dtype=np.int64)}}
 
 
 RECORDS = [
@@ -107,6 +108,7 @@ def test_examples_carry_coco_ids_pixel_boxes_and_crowd_flags():
                                                 [30, 10, 60, 30]], rtol=1e-6)
     assert first["labels"].tolist() == [1, 13, 90] and first["labels"].dtype == np.int32
     assert first["crowd"].tolist() == [False, True, False]
+    assert first["area"].tolist() == [100, 101, 102] and first["area"].dtype == np.float32
     empty = coco_detection.example(RECORDS[2], max_boxes=100)
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
     assert empty["crowd"].shape == (0,)
@@ -133,6 +135,9 @@ def test_eval_batches_hold_relative_cxcywh(mock_coco):
     assert batch["crowd_mask"].tolist() == [[False, True, False, False]] + [[False] * 4] * 3
     np.testing.assert_allclose(batch["boxes"][0][1], [0.5, 0.5, 1, 1], atol=1e-6)
     assert batch["labels"][0][1] == 13
+    # Segment areas scale with the image: 40 x 60 -> 32 x 48 is 0.64 of the pixels.
+    np.testing.assert_allclose(batch["area"][0][:3], np.array([100, 101, 102]) * 0.64,
+                               rtol=1e-5)
 
 
 def test_train_batches(mock_coco):
@@ -152,7 +157,7 @@ def test_runlocal_config_builds_on_it(mock_coco):
     assert task.num_classes == 91 and task.model.num_queries == 10
     batch = next(data.train_iter(batch_size=8, seed=0))
     assert batch["image"].shape == (8, 64, 64, 3) and batch["labels"].shape == (8, 100)
-    assert batch.keys() == {*task.dummy_batch(8), "crowd_mask"}
+    assert batch.keys() == {*task.dummy_batch(8), "crowd_mask", "area"}
 
 
 def test_spec_without_data(tmp_path):

@@ -59,6 +59,17 @@ def test_relative_cxcywh_to_coco_pixels():
     np.testing.assert_allclose(to_pixels(boxes, np.asarray([40, 80])), [[20, 0, 40, 20]])
 
 
+def test_the_objects_own_area_chooses_the_size_range():
+    """A 40 x 40 box (1,600 px: medium) around an object of 900 px (small, < 32^2)."""
+    truth = image([[0, 0, 40, 40]], [0])
+    predicted = [image([[0, 0, 40, 40]], [0], [0.9])]
+    by_box = average_precision([truth], predicted, num_classes=1)
+    assert by_box["APm"] == pytest.approx(1.0) and by_box["APs"] == -1.0
+    by_area = average_precision([dict(truth, area=np.array([900.0]))], predicted,
+                                num_classes=1)
+    assert by_area["APs"] == pytest.approx(1.0) and by_area["APm"] == -1.0
+
+
 def test_detections_on_a_crowd_region_are_ignored():
     """A hit ranked below a detection inside a crowd region: counted as a false positive the
     hit's precision is 1/2 (AP 0.5); the crowd region makes COCOeval ignore it (AP 1). A crowd
