@@ -5,9 +5,9 @@ object" and that class's probability as the score (DETR's post-processing,
 `tasks.detection.detections`); COCOeval keeps the 100 best per image. Boxes, predicted and
 true, are taken in the pixels of the evaluation view (the `size` of each example, before
 padding), where the area ranges of APs/APm/APl (32^2 and 96^2 pixels) apply to the true
-objects' `area` where the data has one (COCO's segment areas), else to their boxes'. Crowd regions
-(the data's `crowd_mask`: COCO's `iscrowd` annotations) are crowd annotations to COCOeval:
-the detections they cover are neither hits nor false positives.
+objects' `area` where the data has one (COCO's segment areas), else to their boxes'. Crowd
+regions (the data's `crowd_mask`: COCO's `iscrowd` annotations) are crowd annotations to
+COCOeval: the detections they cover are neither hits nor false positives.
 
 Options: `split` (default the data's first eval split), `num_batches` (-1: the whole
 split). Reports `AP` (mean over IoU 0.50:0.95), `AP50`, `AP75`, `APs`, `APm`, `APl`, on
@@ -45,8 +45,8 @@ def average_precision(ground_truth: Iterable[dict], predictions: Iterable[dict],
 
     `ground_truth`: one dict per image, `boxes` `[n, 4]` (x, y, w, h pixels), `labels` `[n]`
     and optionally `crowd` `[n]` (crowd regions) and `area` `[n]` (default: the boxes');
-    `predictions`: one dict per image (the
-    same order), `boxes` `[m, 4]`, `labels` `[m]`, `scores` `[m]`.
+    `predictions`: one dict per image (the same order), `boxes` `[m, 4]`, `labels` `[m]`,
+    `scores` `[m]`.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
