@@ -5,6 +5,8 @@ them. A family module provides:
 
 - `MODEL_TYPES`: the `model_type` values of `config.json` it reads;
 - `IGNORED`: regular expressions of tensors that hold no parameters (buffers);
+- `OPTIONAL`: parts a checkpoint may lack (a base model's heads), parameter prefix -> tensor
+  name prefix; an absent part starts from the model's initialisation;
 - `base_config(hf_config) -> str`: the jaxformer config (`FILE[:ARGS]`) an import starts from;
 - `configure(config, hf_config)`: sets the model (and tokenizer) fields to the checkpoint's;
 - `configure_from_dir(config, hf_dir)`: fields from the directory's other files

@@ -1,10 +1,10 @@
 """BERT (`model_type` "bert"): Hugging Face `BertForPreTraining` <-> `jaxformer.models.bert`.
 
-An import needs the whole pretraining model: the encoder, the pooler, the masked-LM head and
-the next-sentence head (`BertForPreTraining`; Google's checkpoints, e.g. bert-base-uncased,
-hold all of them whatever their `architectures` says). A checkpoint without a head or the
-pooler (`BertModel`, `BertForMaskedLM`) is an error naming the tensors it lacks: the workdir
-is a pretraining run, which `fill-mask` and `init_from` read whole. The masked-LM decoder is
+An import makes a pretraining run: the encoder, the pooler, the masked-LM head and the
+next-sentence head (`BertForPreTraining`; Google's checkpoints, e.g. bert-base-uncased, hold
+all of them whatever their `architectures` says). A checkpoint without the pooler or a head
+(`BertModel`, `BertForMaskedLM`) gets those parts new, initialised as the model does, for
+fine-tuning (`init_from`); `fill-mask` needs the masked-LM head. The masked-LM decoder is
 the token embedding (tied); its copies in a checkpoint (`cls.predictions.decoder.*`) are
 ignored, as are the position and token type buffers. Older names are read too: LayerNorm
 `gamma`/`beta`, and a `BertModel`'s tensors without the `bert.` prefix.
@@ -38,6 +38,9 @@ IGNORED = (
     r"cls\.predictions\.decoder\.weight",  # The token embedding (tied).
     r"cls\.predictions\.decoder\.bias",  # `cls.predictions.bias` (tied).
 )
+# Parts a base model or a single-head model lacks: parameter prefix -> tensor name prefix.
+OPTIONAL = {"encoder/pooler": "bert.pooler.", "mlm_head": "cls.predictions.",
+            "nsp_head": "cls.seq_relationship."}
 # `hidden_act` -> `model.activation`.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "relu": "relu"}

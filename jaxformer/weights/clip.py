@@ -33,6 +33,7 @@ from jaxformer.weights.rules import Rule, conv, copy, embedding, fused_linear, l
 MODEL_TYPES = ("clip",)
 MODEL_NAMES = ("clip",)
 IGNORED = (r"(text|vision)_model\.embeddings\.position_ids",)  # Buffers of old checkpoints.
+OPTIONAL: dict[str, str] = {}  # Every part is in every checkpoint.
 
 LEGACY_EOS_ID = 2  # Older configs': `CLIPTextModel` then pools the largest token id.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

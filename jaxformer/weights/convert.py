@@ -6,6 +6,11 @@ allocated), maps every tensor by the family's rules, checks that every tensor an
 parameter is used exactly once with the right shape, and writes the workdir: `config.json`,
 the tokenizer in `assets/` and a checkpoint at step 0 (fresh optimizer state). A failed import
 leaves nothing behind.
+
+A family's `OPTIONAL` parts (heads, a pooler) may be absent from a checkpoint, as they are
+from a base model such as `ViTModel` or `BertModel`: a part none of whose tensors is there
+starts from the model's own initialisation, and the import says so. A part with some of its
+tensors but not all is an error, like any other missing tensor.
 """
 
 from __future__ import annotations
@@ -160,17 +165,45 @@ def import_config(hf_dir: str, family: str, *, config_spec: str | None = None,
     return config, hf_config
 
 
-def abstract_params(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-    """Flat parameter shapes of `config`'s model, from the data's spec (nothing read)."""
-    import jax
-
+def _task(config: ml_collections.ConfigDict):
     from jaxformer import registry
 
     with as_user_error("config"):
         spec = registry.lookup("data", config.data.name).spec(config.data)
-        task = registry.lookup("tasks", config.task.name).build(config, spec)
-    shapes = jax.eval_shape(task.init, jax.random.key(config.seed))
+        return registry.lookup("tasks", config.task.name).build(config, spec)
+
+
+def abstract_params(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+    """Flat parameter shapes of `config`'s model, from the data's spec (nothing read)."""
+    import jax
+
+    shapes = jax.eval_shape(_task(config).init, jax.random.key(config.seed))
     return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes).items()}
+
+
+def initial_params(config: ml_collections.ConfigDict, paths: Iterable[str]
+                   ) -> dict[str, np.ndarray]:
+    """The model's initial values (seed `config.seed`) of the flat parameters `paths`; only
+    these are computed."""
+    import jax
+
+    paths = sorted(paths)
+    task = _task(config)
+    values = jax.jit(lambda key: [_flatten(task.init(key))[p] for p in paths])(
+        jax.random.key(config.seed))
+    return {p: np.asarray(v, np.float32) for p, v in zip(paths, values, strict=True)}
+
+
+def absent_parts(optional: dict[str, str], tensors: Iterable[str]) -> list[str]:
+    """The parameter prefixes of the `optional` parts (parameter prefix -> tensor name
+    prefix) that have no tensor in `tensors`."""
+    tensors = list(tensors)
+    return [part for part, hf in optional.items()
+            if not any(name.startswith(hf) for name in tensors)]
+
+
+def in_parts(path: str, parts: Sequence[str]) -> bool:
+    return any(path == part or path.startswith(part + "/") for part in parts)
 
 
 def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str | None = None,
@@ -183,15 +216,24 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
         _check_new(workdir, "--workdir")
     config, _ = import_config(hf_dir, family, config_spec=config_spec, overrides=overrides)
     shapes = abstract_params(config)
-    rules = module.rules(config)
     tensors = module.rename(hf_files.read_tensors(hf_dir))
-    params = params_from_tensors(rules, tensors, shapes, module.IGNORED)
+    new_parts = absent_parts(module.OPTIONAL, tensors)
+    rules = [rule for rule in module.rules(config)
+             if not all(in_parts(p, new_parts) for p in rule.params)]
+    new = [path for path in shapes if in_parts(path, new_parts)]
+    params = params_from_tensors(rules, tensors,
+                                 {p: s for p, s in shapes.items() if p not in new},
+                                 module.IGNORED)
+    new_note = (f"; new (not in the checkpoint, initialised as the model does): "
+                f"{', '.join(new_parts)}" if new_parts else "")
     if dry_run:
         for rule in rules:
             log(rule.describe())
         log(f"{len(tensors)} tensors -> {len(params)} parameters "
-            f"({sum(int(np.prod(s)) for s in shapes.values()):,} values); nothing written")
+            f"({sum(int(np.prod(s)) for s in shapes.values()):,} values){new_note}; "
+            "nothing written")
         return config
+    params.update(initial_params(config, new))
     from jaxformer.train.trainer import save_config
 
     with _new_directory(workdir, "--workdir") as staging:
@@ -202,8 +244,8 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
             os.rmdir(assets)
         _write_checkpoint(config, _unflatten(params), staging)
         save_config(config, staging)
-    log(f"wrote {workdir}: {len(params)} parameters from {hf_dir}"
-        + (f", tokenizer {', '.join(carried)}" if carried else ""))
+    log(f"wrote {workdir}: {len(params) - len(new)} parameters from {hf_dir}"
+        + (f", tokenizer {', '.join(carried)}" if carried else "") + new_note)
     return config
 
 
@@ -211,13 +253,11 @@ def _write_checkpoint(config: ml_collections.ConfigDict, params: dict, workdir: 
     """A step-0 checkpoint of `params` with a fresh optimizer state (no data position)."""
     import jax
 
-    from jaxformer import registry
     from jaxformer.train.checkpoint import Checkpointer
     from jaxformer.train.optimizer import make_optimizer
     from jaxformer.train.state import create_state
 
-    spec = registry.lookup("data", config.data.name).spec(config.data)
-    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    task = _task(config)
     tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     state = jax.jit(lambda p: create_state(task, tx, config.seed, p))(params)
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)

@@ -43,6 +43,7 @@ from jaxformer.weights import rules as maps
 MODEL_TYPES = ("detr",)
 MODEL_NAMES = ("detr",)
 IGNORED = (r".*\.num_batches_tracked",)
+OPTIONAL: dict[str, str] = {}  # Every part is in every checkpoint.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _BACKBONE = "model.backbone.conv_encoder.model"

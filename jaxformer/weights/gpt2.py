@@ -33,6 +33,7 @@ from jaxformer.weights.rules import Rule, conv1d, embedding, layer_norm
 MODEL_TYPES = ("gpt2",)
 MODEL_NAMES = ("gpt",)
 IGNORED = (r"transformer\.h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight")
+OPTIONAL: dict[str, str] = {}  # Every part is in every checkpoint.
 PREFIX = "transformer."
 
 # GPT2Config's defaults, for the keys a config.json may leave out.

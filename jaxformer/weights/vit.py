@@ -2,9 +2,11 @@
 
 The checkpoint's encoder, final LayerNorm and classifier on the [class] token are the model's
 `encoder` and `head` (no pre-logits layer), with its LayerNorm epsilon (1e-12 in Hugging
-Face's configs). Images are the same pixels in either layout: Hugging Face takes
-`[batch, C, H, W]`, jaxformer `[batch, H, W, C]`. An import starts from
-configs/vit/imagenet.py at the checkpoint's image size; the checkpoint's classes must be
+Face's configs). A base `ViTModel` (the ImageNet-21k checkpoints) is read too: its pooler,
+the pre-training head, is dropped and the head is new (zero, with the data's classes), ready
+for fine-tuning (configs/vit/fashion_mnist_transfer.py). Images are the same pixels in either
+layout: Hugging Face takes `[batch, C, H, W]`, jaxformer `[batch, H, W, C]`. An import starts
+from configs/vit/imagenet.py at the checkpoint's image size; the checkpoint's classes must be
 those of the config's data (1000 for ImageNet; `--config` names other data). The image
 processor's `preprocessor_config.json`, when there is one, sets the data's normalisation
 (`data.mean`, `data.std`) and evaluation resize; an export writes one (a `ViTImageProcessor`
@@ -24,8 +26,12 @@ from jaxformer.weights import rules as maps
 
 MODEL_TYPES = ("vit",)
 MODEL_NAMES = ("vit",)
-IGNORED = ()
+# The pooler of a base `ViTModel` (e.g. google/vit-base-patch16-224-in21k) is its
+# pre-training head; transfer drops it, as the paper does and `transformers` does.
+IGNORED = (r"vit\.pooler\.dense\.(weight|bias)",)
+OPTIONAL = {"head": "classifier."}  # A base model's new head is zero, as the model's init.
 ARCHITECTURE = "ViTForImageClassification"
+BASE_MODEL = "ViTModel"
 BASE_CONFIG = "configs/vit/imagenet.py"
 
 
@@ -52,9 +58,10 @@ def _data_spec(config: ml_collections.ConfigDict):
 
 def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
     architectures = hf_config.get("architectures") or [ARCHITECTURE]
-    if ARCHITECTURE not in architectures:
+    if ARCHITECTURE not in architectures and BASE_MODEL not in architectures:
         raise ValueError(f"architectures {architectures}: only {ARCHITECTURE} checkpoints "
-                         "are read (an encoder with a classifier on the [class] token)")
+                         f"(an encoder with a classifier on the [class] token) and base "
+                         f"{BASE_MODEL}s (a new head) are read")
     if hf_config.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"hidden_act {hf_config['hidden_act']!r}: the ViT uses exact GELU "
                          "('gelu')")
@@ -80,6 +87,8 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
     if spec.image_shape[2] != channels:
         raise ValueError(f"num_channels {channels}: the data of the config "
                          f"({config.data.name}) has {spec.image_shape[2]}-channel images")
+    if ARCHITECTURE not in architectures:
+        return  # A base model: the head is new, with the data's classes.
     labels = hf_config.get("id2label") or {}
     num_labels = len(labels) or hf_config.get("num_labels", 2)
     if spec.num_classes != num_labels:
@@ -144,9 +153,15 @@ def hf_config(config: ml_collections.ConfigDict) -> dict:
     }
 
 
+_BARE_PREFIXES = ("embeddings.", "encoder.", "layernorm.", "pooler.")
+
+
 def rename(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The checkpoints' names are the rules' own."""
-    return tensors
+    """A base `ViTModel`'s bare names (`embeddings.*`) -> the classifier's (`vit.*`)."""
+    if any(name.startswith("vit.") for name in tensors):
+        return tensors
+    return {("vit." + name if name.startswith(_BARE_PREFIXES) else name): array
+            for name, array in tensors.items()}
 
 
 def rules(config: ml_collections.ConfigDict) -> list[maps.Rule]:

@@ -242,12 +242,51 @@ def test_dry_run_reads_legacy_names_and_lists_the_mapping(imported, tmp_path):
     assert "nothing written" in lines[-1] and not os.path.exists(tmp_path / "none")
 
 
-def _bare(tensors):
-    """A `BertModel` checkpoint: no `bert.` prefix and no heads."""
-    for name in list(tensors):
-        value = tensors.pop(name)
-        if name.startswith("bert."):
-            tensors[name.removeprefix("bert.")] = value
+def _single_head(imported, tmp_path, head: str) -> tuple[str, torch.nn.Module]:
+    """The reference's `BertModel` (no `bert.` prefix, the pooler, no head) or
+    `BertForMaskedLM` (no pooler, no next-sentence head), saved to `tmp_path`."""
+    if head == "none":
+        model = imported.model.bert
+    else:
+        model = transformers.BertForMaskedLM(imported.model.config)
+        model.load_state_dict(imported.model.state_dict(), strict=False)
+    return _save(model.eval(), tmp_path / "hf"), model
+
+
+@pytest.mark.parametrize("head, new", [("none", "mlm_head, nsp_head"),
+                                       ("masked_lm", "encoder/pooler, nsp_head")])
+def test_a_checkpoint_without_heads_gets_new_ones(imported, tmp_path, head, new):
+    hf_dir, model = _single_head(imported, tmp_path, head)
+    lines = []
+    convert.import_weights(hf_dir, "bert", str(tmp_path / "w"), log=lines.append)
+    assert lines[-1].endswith(f"initialised as the model does): {new}")
+    config = config_lib.read_workdir_config(str(tmp_path / "w"))
+    ours = transfer.flat_paths(Checkpointer.read_params(str(tmp_path / "w"))[0])
+    full = transfer.flat_paths(Checkpointer.read_params(imported.workdir)[0])
+    parts = new.split(", ")
+    fresh = convert.initial_params(config, [p for p in ours if convert.in_parts(p, parts)])
+    assert fresh.keys() == {p for p in ours if p.startswith(tuple(parts))}
+    for path, value in ours.items():  # What the checkpoint holds, or the model's init.
+        np.testing.assert_array_equal(value, fresh[path] if path in fresh else full[path],
+                                      err_msg=path)
+    assert ours.keys() == full.keys()
+    if head == "masked_lm":  # The masked-LM head works as transformers' BertForMaskedLM.
+        ids, segments = _inputs()
+        mlm, _ = _our_logits(config, Checkpointer.read_params(str(tmp_path / "w"))[0], ids,
+                             segments)
+        with torch.no_grad():
+            reference = model(input_ids=torch.from_numpy(ids),
+                              token_type_ids=torch.from_numpy(segments),
+                              attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
+        assert np.abs(mlm - reference.logits.numpy()).max() < 1e-4
+    else:
+        assert not np.array_equal(ours["nsp_head/kernel"], full["nsp_head/kernel"])
+        # normal(0.02) truncated at two standard deviations: 0.88 x 0.02.
+        assert np.std(ours["mlm_head/transform/kernel"]) == pytest.approx(0.0176, rel=0.1)
+
+
+def _no_nsp_bias(tensors):
+    del tensors["cls.seq_relationship.bias"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -257,7 +296,7 @@ def _bare(tensors):
      "no place for: cls.predictions.extra"),
     (lambda t: t.update({"cls.seq_relationship.weight": np.zeros((3, 32), np.float32)}),
      r"cls.seq_relationship.weight of shape \[\(3, 32\)\] gives nsp_head/kernel"),
-    (_bare, "lacks 7 tensor.*cls.predictions.transform.dense.weight.*cls.seq_relationship"),
+    (_no_nsp_bias, "lacks 1 tensor.*cls.seq_relationship.bias"),  # Half a head is no head.
 ])
 def test_errors_name_the_tensor(imported, tmp_path, change, message):
     with pytest.raises(UserError, match=message):

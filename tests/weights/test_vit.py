@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
 
 from jaxformer import cli, registry
 from jaxformer import config as config_lib
@@ -145,8 +145,8 @@ def _edit(tensors, change):
     if change == "missing":
         del tensors[name]
     elif change == "extra":
-        tensors["vit.pooler.dense.weight"] = np.zeros((32, 32), np.float32)
-        name = "vit.pooler.dense.weight"
+        tensors["vit.encoder.extra.weight"] = np.zeros((32, 32), np.float32)
+        name = "vit.encoder.extra.weight"
     else:
         tensors[name] = np.zeros((32, 16), np.float32)
     return name
@@ -183,6 +183,35 @@ def test_data_that_does_not_fit_the_checkpoint_is_named(imagenet, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="10 classes.*imagenet2012.*1000"):
         convert.import_config(str(tmp_path), "vit")
+
+
+def test_a_base_model_gets_a_new_zero_head(imagenet, tmp_path):
+    """A `ViTModel` (bare names, a pooler, no classifier; an ImageNet-21k checkpoint's
+    form): the encoder is the checkpoint's, the pooler dropped, the head new and zero."""
+    model = ViTModel(imagenet[0].config, add_pooling_layer=True).eval()
+    model.load_state_dict({k.removeprefix("vit."): v for k, v in
+                           imagenet[0].state_dict().items() if k.startswith("vit.")},
+                          strict=False)
+    model.save_pretrained(tmp_path / "hf")
+    lines = []
+    convert.import_weights(str(tmp_path / "hf"), "vit", str(tmp_path / "w"), log=lines.append,
+                           overrides=["train.compute_dtype=float32"])
+    assert lines[-1].endswith("initialised as the model does): head")
+    params, _ = Checkpointer.read_params(str(tmp_path / "w"))
+    assert params["head"]["kernel"].shape == (32, 1000) and not params["head"]["kernel"].any()
+    # A random head on the [class] token's features gives what it gives on transformers'.
+    rng = np.random.default_rng(4)
+    params["head"] = dict(kernel=rng.standard_normal((32, 1000)).astype(np.float32),
+                          bias=rng.standard_normal(1000).astype(np.float32))
+    config = config_lib.read_workdir_config(str(tmp_path / "w"))
+    spec = registry.lookup("data", config.data.name).spec(config.data)
+    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    images = rng.standard_normal((2, 24, 24, 3)).astype(np.float32)
+    with torch.no_grad():
+        features = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    expected = features.last_hidden_state[:, 0].numpy() @ params["head"]["kernel"]
+    np.testing.assert_allclose(np.asarray(task.predict(params, {"image": images})),
+                               expected + params["head"]["bias"], rtol=1e-4, atol=1e-4)
 
 
 def test_evaluate_without_imagenet_is_one_line(imagenet, tmp_path, monkeypatch, capsys):
