@@ -14,6 +14,8 @@ them. A family module provides:
 - `hf_config(config) -> dict`: the reverse, the `config.json` of an export;
 - `MODEL_NAMES`: the `config.model.name` values it exports;
 - `rules(config) -> list[Rule]`: the tensor mapping;
+- `export_params(workdir, flat_params) -> flat_params`: the parameters in the export's layout
+  (CLIP: a trained vocabulary's special tokens moved last);
 - `import_tokenizer(hf_dir, assets_dir) -> list[str]` and
   `export_tokenizer(workdir, hf_dir) -> list[str]`: the tokenizer files carried over;
 - `rename(tensors) -> tensors`: a checkpoint's older tensor names -> the rules'.

@@ -12,6 +12,12 @@ caption tokenizer (`assets/caption_bpe.json`); images are preprocessed as CLIP's
 does (shorter side resized, centre crop, and the mean and std of `preprocessor_config.json`,
 else OpenAI's). The base config is configs/clip/emoji.py with the checkpoint's sizes.
 
+An export lays the vocabulary out as CLIP's, the start and end of text last: a vocabulary
+trained here (special tokens first) is reordered, embedding rows and tokenizer ids alike, and
+its `tokenizer.json` (byte-level BPE, not CLIP's "</w>" pieces) loads with `AutoTokenizer`,
+which, like CLIP's tokenizer and unlike the run's, reads a text spelling "<|endoftext|>" as
+the token.
+
 The model clips the temperature at 100 (`exp(logit_scale)`; OpenAI's checkpoints hold exactly
 log(100)); transformers does not, so a checkpoint with a larger one gives smaller logits here.
 """
@@ -130,9 +136,8 @@ def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
 
 
 def hf_config(config: ml_collections.ConfigDict) -> dict:
-    """The `config.json` of a CLIP workdir's `CLIPModel`; the end of text is taken to be the
-    vocabulary's last token and the start the one before (CLIP's layout, checked against
-    the tokenizer by `export_tokenizer`)."""
+    """The `config.json` of a CLIP workdir's `CLIPModel`; the start and end of text are the
+    vocabulary's last two tokens (CLIP's layout, `export_order`)."""
     from jaxformer import registry
 
     model = config.model
@@ -267,33 +272,72 @@ def import_tokenizer(hf_dir: str, assets_dir: str) -> list[str]:
     return names
 
 
-def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
-    """Writes `tokenizer.json` and `tokenizer_config.json` (a `CLIPTokenizer`) from the
-    workdir's caption tokenizer, whose start and end of text must be the last two ids (as
-    `hf_config` wrote them)."""
-    from jaxformer.config import read_workdir_config
-
+def _workdir_tokenizer(workdir: str) -> caption_bpe.CaptionTokenizer:
     path = os.path.join(workdir, "assets", caption_bpe.ASSET_NAME)
     if not os.path.exists(path):
-        raise UserError(f"{workdir} has no tokenizer ({path}); the exported weights in "
-                        f"{hf_dir} have none")
-    tokenizer = caption_bpe.CaptionTokenizer.load(path)
-    last = tokenizer.vocab_size - 1
-    if (tokenizer.bos_id, tokenizer.eot_id) != (last - 1, last):
-        raise UserError(f"the tokenizer of {workdir} has its start and end of text at ids "
-                        f"{tokenizer.bos_id}, {tokenizer.eot_id}; transformers' CLIP needs "
-                        f"them last ({last - 1}, {last}), as CLIP's vocabulary has them (a "
-                        f"vocabulary trained by jaxformer has them first): {hf_dir} holds the "
-                        "weights without a tokenizer, and its text tower would pool another "
-                        "token")
+        raise UserError(f"{workdir} has no tokenizer ({path}); an export needs the one the "
+                        "text tower was trained with")
+    return caption_bpe.CaptionTokenizer.load(path)
+
+
+def export_order(tokenizer: caption_bpe.CaptionTokenizer) -> np.ndarray:
+    """The workdir's token ids in the order of the export: CLIP's layout, the start and end
+    of text last (transformers pools the end of text by its id; with an old config, as the
+    largest id), a trained vocabulary's padding just before them, the other tokens in their
+    order. A pretrained CLIP's vocabulary is already in this order."""
+    last = [tokenizer.bos_id, tokenizer.eot_id]
+    if caption_bpe.PAD_TOKEN in json.loads(tokenizer.to_json())["model"]["vocab"]:
+        last.insert(0, tokenizer.pad_id)
+    return np.array([i for i in range(tokenizer.vocab_size) if i not in last] + last)
+
+
+def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The token embedding's rows in `export_order`."""
+    order = export_order(_workdir_tokenizer(workdir))
+    name = "text_encoder/token_embedding/embedding"
+    return {**params, name: np.asarray(params[name])[order]}
+
+
+def _reordered(tokenizer: caption_bpe.CaptionTokenizer, order: np.ndarray) -> str:
+    """`tokenizer`'s JSON with ids in `order`, adding the start and end of text around the
+    text (as CLIPTokenizer does)."""
+    from tokenizers import Tokenizer, processors
+
+    new_id = np.empty_like(order)
+    new_id[order] = np.arange(len(order))
+    spec = json.loads(tokenizer.to_json())
+    spec["model"]["vocab"] = {token: int(new_id[i]) for token, i in spec["model"]["vocab"].items()}
+    for added in spec.get("added_tokens") or ():
+        added["id"] = int(new_id[added["id"]])
+    reordered = Tokenizer.from_str(json.dumps(spec))
+    start, end = caption_bpe.BOS_TOKEN, caption_bpe.EOT_TOKEN
+    reordered.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A {end}", pair=f"{start} $A {end} $B {end}",
+        special_tokens=[(start, int(new_id[tokenizer.bos_id])),
+                        (end, int(new_id[tokenizer.eot_id]))])
+    return reordered.to_str()
+
+
+def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
+    """Writes `tokenizer.json` (ids in `export_order`) and `tokenizer_config.json`: a
+    `CLIPTokenizer` for CLIP's own BPE (pieces ending words with "</w>"), else the
+    `tokenizers` pipeline the run trained, loaded as it is by `AutoTokenizer`."""
+    from jaxformer.config import read_workdir_config
+
+    tokenizer = _workdir_tokenizer(workdir)
+    text = _reordered(tokenizer, export_order(tokenizer))
+    clip_style = (json.loads(text)["model"].get("end_of_word_suffix") or "") == \
+        caption_bpe.CLIP_WORD_SUFFIX
     context = read_workdir_config(workdir).data.get("context_length", 77)
     with open(os.path.join(hf_dir, TOKENIZER_FILE), "w", encoding="utf-8") as f:
-        f.write(tokenizer.to_json())
+        f.write(text)
+    pad = (caption_bpe.PAD_TOKEN if caption_bpe.PAD_TOKEN in json.loads(text)["model"]["vocab"]
+           else caption_bpe.EOT_TOKEN)
     special = dict(bos_token=caption_bpe.BOS_TOKEN, eos_token=caption_bpe.EOT_TOKEN,
-                   unk_token=caption_bpe.EOT_TOKEN, pad_token=caption_bpe.EOT_TOKEN)
+                   unk_token=caption_bpe.EOT_TOKEN, pad_token=pad)
+    tokenizer_class = "CLIPTokenizer" if clip_style else "PreTrainedTokenizerFast"
     with open(os.path.join(hf_dir, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(dict(special, tokenizer_class="CLIPTokenizer", model_max_length=context),
+        json.dump(dict(special, tokenizer_class=tokenizer_class, model_max_length=context),
                   f, indent=2, sort_keys=True)
         f.write("\n")
     return [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
-

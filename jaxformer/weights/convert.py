@@ -281,7 +281,8 @@ def export_weights(workdir: str, hf_dir: str, *, step: int = -1,
     params, step = Checkpointer.read_params(workdir, step)
     with as_user_error(f"{workdir}/config.json"):
         hf_config = module.hf_config(config)
-    tensors = tensors_from_params(module.rules(config), _flatten(params))
+    tensors = tensors_from_params(module.rules(config),
+                                  module.export_params(workdir, _flatten(params)))
     with _new_directory(hf_dir, "--to") as staging:
         hf_files.write(staging, hf_config, tensors)
         carried = module.export_tokenizer(workdir, staging)

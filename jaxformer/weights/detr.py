@@ -258,6 +258,12 @@ def _layer(hf: str, param: str, *, cross: bool) -> list[maps.Rule]:
     return out
 
 
+def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parameters as they are: the export's layout is the model's."""
+    del workdir
+    return params
+
+
 def rules(config: ml_collections.ConfigDict) -> list[maps.Rule]:
     """Every tensor of `DetrForObjectDetection` as transformers saves it."""
     sizes = detr.model_sizes(config.model)

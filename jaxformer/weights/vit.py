@@ -164,6 +164,12 @@ def rename(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for name, array in tensors.items()}
 
 
+def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parameters as they are: the export's layout is the model's."""
+    del workdir
+    return params
+
+
 def rules(config: ml_collections.ConfigDict) -> list[maps.Rule]:
     from jaxformer.models.vit import parse_variant
 

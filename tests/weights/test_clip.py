@@ -142,6 +142,8 @@ def test_export_loads_in_transformers_with_the_same_outputs(imported):
     convert.export_weights(str(imported.workdir), str(out))
     model = transformers.CLIPModel.from_pretrained(out).eval()
     assert model.config.text_config.eos_token_id == len(imported.vocab) - 1
+    order = clip_weights.export_order(imported.run.data.tokenizer)
+    np.testing.assert_array_equal(order, np.arange(len(imported.vocab)))  # CLIP's already.
     tokenizer = transformers.CLIPTokenizer.from_pretrained(out)
     ids = np.array(tokenizer(TEXTS, padding="max_length", max_length=CONTEXT).input_ids)
     np.testing.assert_array_equal(
@@ -252,9 +254,35 @@ def test_tokenizer_must_fit_the_text_tower(imported, tmp_path):
         clip_weights.import_tokenizer(str(tmp_path), str(tmp_path))
 
 
-def test_export_refuses_a_trained_vocabulary(tmp_path):
-    (tmp_path / "assets").mkdir()
-    trained = caption_bpe.CaptionTokenizer.train([" ".join(WORDS)] * 3, 265)
-    trained.save(tmp_path / "assets" / caption_bpe.ASSET_NAME)
-    with pytest.raises(UserError, match="start and end of text at ids 1, 2"):
-        clip_weights.export_tokenizer(str(tmp_path), str(tmp_path / "hf"))
+def test_a_clip_trained_here_exports_with_its_tokenizer(tmp_path):
+    """A vocabulary trained here has its special tokens first; the export reorders it as
+    CLIP's (embedding rows and tokenizer ids), so transformers' CLIPModel pools the end of
+    text, and AutoTokenizer encodes as the run does."""
+    from jaxformer import config as config_lib
+    from jaxformer.inference.workdir import load_run
+    from jaxformer.train import trainer
+    from tests.helpers import ROOT
+
+    config = config_lib.load_config(f"{ROOT}/configs/clip/emoji.py:runlocal")
+    config_lib.apply_overrides(config, ["train.num_steps=2", "train.compute_dtype=float32"])
+    config.evals = {}
+    trainer.train(config, str(tmp_path / "run"))
+    convert.export_weights(str(tmp_path / "run"), str(tmp_path / "hf"), log=lambda _: None)
+    run = load_run(str(tmp_path / "run"))
+    assert (run.data.pad_id, run.data.bos_id, run.data.eot_id) == (0, 1, 2)
+    model = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = ["a grinning face", "Red apple!", "rocket  Ship; 42 café"]
+    length = run.config.data.context_length
+    ids = np.array(tokenizer(texts, padding="max_length", max_length=length,
+                             truncation=True).input_ids)
+    order = clip_weights.export_order(run.data.tokenizer)
+    vocab = run.data.tokenizer.vocab_size
+    assert (ids[:, 0] == vocab - 2).all() and order[vocab - 1] == 2
+    np.testing.assert_array_equal(order[ids], run.data.tokenize(texts))  # Renumbered only.
+    size = run.config.data.image_size
+    pixels = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    want = ours(run, pixels, run.data.tokenize(texts))
+    got = hf_outputs(model, pixels, ids)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)
