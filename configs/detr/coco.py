@@ -30,6 +30,8 @@ Variants (arg string):
   variant=NAME   the backbone (`models.detr.VARIANTS`): `r50` (default), `r101`, `r18`, `r34`,
                  with the paper's transformer (6 + 6 layers of width 256, 100 queries).
   init_from=DIR  the workdir whose `backbone` parameters are loaded ("": none).
+  detr=DIR       fine-tune a whole DETR workdir instead (configs/detr/composed.py's
+                 `start_from_detr`: its model, every parameter but the class head).
   data_dir=DIR   the tfds data dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets).
   runlocal       the `cpu` model on 64-pixel images of 16 training images, for a few steps
                  (smoke tests; the data set must be prepared).
@@ -38,7 +40,7 @@ Variants (arg string):
 import ml_collections
 
 from configs import common
-from configs.detr.composed import FREEZE
+from configs.detr.composed import FREEZE, start_from_detr
 from jaxformer.config import parse_arg
 
 VARIANTS = ("r50", "r101", "r18", "r34")
@@ -49,7 +51,9 @@ EPOCHS, DROP_EPOCH, EVAL_EPOCHS = 500, 400, 10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, variant="r50", init_from="", data_dir="", runlocal=False)
+    arg = parse_arg(arg, variant="r50", init_from="", detr="", data_dir="", runlocal=False)
+    if arg.init_from and arg.detr:
+        raise ValueError("give init_from=DIR or detr=DIR, not both")
     if arg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {arg.variant!r}; available: {', '.join(VARIANTS)}")
     config = ml_collections.ConfigDict()
@@ -77,13 +81,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.freeze = FREEZE
     if arg.init_from:
         config.init_from.update(workdir=arg.init_from, mapping=(("backbone", "backbone"),))
+    elif arg.detr:
+        start_from_detr(config, arg.detr)
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-4, min_lr=1e-5, schedule="step", warmup_steps=0,
         decay_steps=DROP_EPOCH * STEPS_PER_EPOCH, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=1e-4, grad_clip=0.1, lr_mults=(("backbone/.*", 0.1),)))
 
     if arg.runlocal:
-        config.model.variant = "cpu"
+        if not arg.detr:
+            config.model.variant = "cpu"
         config.data.update(train_split="train[:16]", eval_split="validation[:8]",
                            scales=(48, 56, 64), max_size=64, crop_size=(32, 48),
                            read_threads=0)

@@ -24,22 +24,48 @@ Variants (arg string):
                  `r50`, `r101`.
   backbone=DIR   the workdir of a trained backbone (configs/detr/backbone.py with the
                  variant's ResNet); "" trains it from scratch.
+  detr=DIR       fine-tune a whole DETR workdir instead (`start_from_detr`; e.g. an import
+                 of facebook/detr-resnet-50): its model, every parameter but the class head.
   steps=N        training steps (default 6,000 of 32 canvases).
   runlocal       a tiny model for a few steps (smoke tests).
 """
 
+import os
+
 import ml_collections
 
 from configs import common
-from jaxformer.config import parse_arg
+from jaxformer.config import parse_arg, read_workdir_config
 
 # DETR's freezing rule for a pretrained backbone, as `config.freeze` patterns
 # (models.detr.FREEZE).
 FREEZE = (r"backbone/(.*/)?bn\d?/.*", r"backbone/(conv1|layer1)/.*")
+# A DETR's parameters but its class head, which is new for other classes.
+DETR_PARTS = ("backbone", "input_proj", "encoder", "decoder", "query_embed", "bbox_embed")
+
+
+def start_from_detr(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Fine-tuning from a whole DETR workdir (another run, or `jaxformer import-weights` of
+    facebook/detr-resnet-50), as DETR's authors advise for new data: the model is the
+    source's, its image normalisation too, every parameter is loaded but the class head (new,
+    with this data's classes), and the backbone is frozen by DETR's rule (`FREEZE`)."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.isfile(path):  # Before the source run has started, this config's model.
+        source = read_workdir_config(workdir)
+        if source.model.get("name") != "detr":
+            raise ValueError(f"{workdir} is a {source.model.get('name')!r} run, not a DETR")
+        config.model = ml_collections.ConfigDict(source.model.to_dict())
+        for key in ("mean", "std"):
+            if key in source.data:
+                config.data[key] = tuple(source.data[key])
+    config.init_from.update(workdir=workdir, mapping=tuple((p, p) for p in DETR_PARTS))
+    config.freeze = FREEZE
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, variant="cpu", backbone="", steps=6000, runlocal=False)
+    arg = parse_arg(arg, variant="cpu", backbone="", detr="", steps=6000, runlocal=False)
+    if arg.backbone and arg.detr:
+        raise ValueError("give backbone=DIR or detr=DIR, not both")
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(dict(name="detr", variant=arg.variant,
@@ -71,6 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.backbone:
         config.init_from.update(workdir=arg.backbone, mapping=(("backbone", "backbone"),))
         config.freeze = FREEZE
+    elif arg.detr:
+        start_from_detr(config, arg.detr)
     else:
         config.optim.lr_mults = ()
 

@@ -231,3 +231,31 @@ def test_detect_on_the_import(imported, tmp_path, capsys):
     np.testing.assert_allclose([float(v) for v in box.split()],
                                np.clip([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 0,
                                        SIZE), atol=0.1)
+
+
+def test_fine_tune_the_import_on_other_classes(imported, tmp_path):
+    """`configs/detr/composed.py:detr=DIR`: the import's model and normalisation, every
+    parameter loaded but the class head (new, for the canvases' 20 classes + no object)."""
+    from jaxformer import config as config_lib
+    from jaxformer import registry
+    from jaxformer.train import trainer, transfer
+    from jaxformer.train.checkpoint import Checkpointer
+    from tests.helpers import ROOT
+
+    source = str(imported[0] / "run")
+    config = config_lib.load_config(f"{ROOT}/configs/detr/composed.py:runlocal,detr={source}")
+    assert config.model.num_queries == 6 and tuple(config.data.mean) == tuple(MEAN)
+    spec = registry.lookup("data", config.data.name).spec(config.data)
+    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    loaded = transfer.init_from(config, task, jax.eval_shape(task.init, jax.random.key(0)))
+    params = transfer.flat_paths(Checkpointer.read_params(source)[0])
+    assert loaded.keys() == {p for p in params if not p.startswith("class_embed/")}
+    for path, value in loaded.items():
+        np.testing.assert_array_equal(value, params[path], err_msg=path)
+    config_lib.apply_overrides(config, ["train.num_steps=1"])
+    config.evals = {}
+    trainer.train(config, str(tmp_path / "fine_tuned"))
+    tuned = load_run(str(tmp_path / "fine_tuned")).params
+    assert tuned["class_embed"]["kernel"].shape == (32, len(spec.class_names) + 1)
+    np.testing.assert_array_equal(  # Frozen by DETR's rule.
+        tuned["backbone"]["conv1"]["kernel"], params["backbone/conv1/kernel"])
