@@ -7,10 +7,11 @@ whole image is `(0, 0, W, H)`), `labels` int32 `[n]`, and optionally `crowd` boo
 (COCO's crowd regions: kept for evaluation, where detections on them are ignored, but not
 trained on) and `area` float32 `[n]` (the objects' own areas in pixels, COCO's segment
 areas, for the area ranges of the AP evaluator). Geometric steps move the boxes with the
-pixels (a resize scales the areas); a crop drops the boxes it empties, with their labels,
-flags and areas. `BoxesToCxcywh` makes the boxes `(cx, cy, w, h)` relative to the image, in
-[0, 1], as DETR predicts them; `PadBoxes` gives every example the same shapes, with masks of
-the real pixels and boxes (`box_mask` leaves crowd regions out; `crowd_mask` marks them).
+pixels (a resize scales the areas, a crop shrinks those of the boxes it cuts); a crop drops
+the boxes it empties, with their labels, flags and areas. `BoxesToCxcywh` makes the boxes
+`(cx, cy, w, h)` relative to the image, in [0, 1], as DETR predicts them; `PadBoxes` gives
+every example the same shapes, with masks of the real pixels and boxes (`box_mask` leaves
+crowd regions out; `crowd_mask` marks them).
 The multi-scale recipe follows DETR's (Carion et al., 2020): a random shorter side with a cap
 on the longer one, and a random choice between that and resize-crop-resize.
 """
@@ -69,16 +70,26 @@ def crop_with_boxes(features: Features, top: int, left: int, height: int,
                     width: int) -> Features:
     """The `height x width` window at `(top, left)` of the image. Boxes are moved into it and
     clipped to it; those left with no area are dropped, and their per-box features with
-    them (the areas of clipped objects are kept: a crop is a training step)."""
+    them. A clipped object's area shrinks with its box (the share of the box kept; the
+    segment itself is not known here)."""
     image = features["image"]
     if top < 0 or left < 0 or top + height > image.shape[0] or left + width > image.shape[1]:
         raise ValueError(f"the crop ({top}, {left}, {height}, {width}) leaves the "
                          f"{image.shape[0]}x{image.shape[1]} image")
-    boxes = _boxes(features) - np.array([left, top, left, top], np.float32)
-    boxes = np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
+    moved = _boxes(features) - np.array([left, top, left, top], np.float32)
+    boxes = np.clip(moved, 0, np.array([width, height, width, height], np.float32))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    per_box = _per_box(features)
+    if "area" in per_box:
+        before, after = _box_area(moved), _box_area(boxes)
+        per_box["area"] = per_box["area"] * np.divide(
+            after, before, out=np.ones_like(after), where=before > 0)
     return {**features, "image": image[top:top + height, left:left + width],
-            "boxes": boxes[keep], **{k: v[keep] for k, v in _per_box(features).items()}}
+            "boxes": boxes[keep], **{k: v[keep] for k, v in per_box.items()}}
+
+
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    return (np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
 
 
 def flip_with_boxes(features: Features) -> Features:

@@ -67,17 +67,18 @@ def test_crowd_flags_and_areas_follow_their_boxes():
                 "crowd": np.array([False, True, True]), "area": np.array([12.0, 3.0, 6.0])}
     cropped = box_transforms.crop_with_boxes(features, top=1, left=1, height=6, width=6)
     assert cropped["crowd"].tolist() == [False, True]  # The box of label 7 left the crop.
-    assert cropped["area"].tolist() == [12.0, 6.0]
+    # The third box keeps 2 x 2 of its 3 x 3 pixels: its area shrinks by 4/9.
+    np.testing.assert_allclose(cropped["area"], [12.0, 6.0 * 4 / 9], rtol=1e-6)
     resized = box_transforms.resize_with_boxes(cropped, height=12, width=3)
-    np.testing.assert_allclose(resized["area"], [12.0, 6.0])  # 2 x 0.5: the same pixels.
+    np.testing.assert_allclose(resized["area"], [12.0, 8 / 3], rtol=1e-6)  # 2 x 0.5: the same.
     resized = box_transforms.resize_with_boxes(cropped, height=12, width=12)
-    np.testing.assert_allclose(resized["area"], [48.0, 24.0])
+    np.testing.assert_allclose(resized["area"], [48.0, 32 / 3], rtol=1e-6)
     padded = PadBoxes(height=12, width=12, max_boxes=4)(resized, no_draws())
     assert "crowd" not in padded
     np.testing.assert_array_equal(padded["box_mask"], [True, False, False, False])
     np.testing.assert_array_equal(padded["crowd_mask"], [False, True, False, False])
     np.testing.assert_array_equal(padded["labels"], [5, 9, 0, 0])
-    np.testing.assert_allclose(padded["area"], [48.0, 24.0, 0, 0])
+    np.testing.assert_allclose(padded["area"], [48.0, 32 / 3, 0, 0], rtol=1e-6)
     assert padded["area"].dtype == np.float32
 
 
