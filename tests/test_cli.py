@@ -183,6 +183,7 @@ def test_malformed_metrics_file_on_resume(copy, data_dir):
     assert snapshot(copy) == before
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_keeps_config_and_sample_works(trained, data_dir):
     before = snapshot(trained)
     result = run_cli(*train_args(trained, data_dir, "--config.model.variant=nano"))
@@ -192,6 +193,7 @@ def test_resume_with_another_model_keeps_config_and_sample_works(trained, data_d
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_changed_config_warns_and_keeps_previous(copy, data_dir):
     previous = (copy / "config.json").read_text()
     result = run_cli(*train_args(copy, data_dir, "--config.optim.lr=0.0005"))
@@ -204,6 +206,7 @@ def test_resume_with_changed_config_warns_and_keeps_previous(copy, data_dir):
     assert json.loads((copy / "config.json").read_text())["optim"]["lr"] == 0.0005
 
 
+@pytest.mark.slow
 def test_resume_with_more_steps_does_not_warn(copy, data_dir):
     result = run_cli(*train_args(copy, data_dir, "--config.train.num_steps=5"))
     assert result.returncode == 0, result.stderr
@@ -268,6 +271,7 @@ def test_metrics_hold_each_step_once_after_kill_and_resume(tmp_path, data_dir):
     assert train_steps(workdir) == list(range(1, steps + 1))
 
 
+@pytest.mark.slow
 def test_final_evaluation_that_did_not_complete_runs_on_resume(copy, data_dir):
     def final_evals():
         return [r for r in records(copy)
@@ -285,6 +289,7 @@ def test_final_evaluation_that_did_not_complete_runs_on_resume(copy, data_dir):
     assert snapshot(copy / "checkpoints") == checkpoints
 
 
+@pytest.mark.slow
 def test_finished_run_rerun_changes_nothing(copy, data_dir):
     before = snapshot(copy)
     result = run_cli(*train_args(copy, data_dir))
@@ -295,6 +300,7 @@ def test_finished_run_rerun_changes_nothing(copy, data_dir):
                 if before.get(k) != after.get(k) and not k.startswith("tensorboard")}
 
 
+@pytest.mark.slow
 def test_sample_continues_the_prompt(trained):
     result = run_cli("sample", f"--workdir={trained}", "--prompt=ROMEO:", "--max_new_tokens=10")
     assert result.returncode == 0, result.stderr
@@ -302,6 +308,7 @@ def test_sample_continues_the_prompt(trained):
     assert "the checkpoint at step 4" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_past_the_block_size(trained):
     block_size = json.loads((trained / "config.json").read_text())["data"]["block_size"]
     new = 3 * block_size + 5
@@ -313,6 +320,7 @@ def test_sample_past_the_block_size(trained):
     assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + new for s in samples[:2])
 
 
+@pytest.mark.slow
 def test_evaluate_uses_one_host_device_per_core(copy):
     config = json.loads((copy / "config.json").read_text())
     config["train"]["batch_size"] = 6
@@ -325,6 +333,7 @@ def test_evaluate_uses_one_host_device_per_core(copy):
     assert "eval/val/loss" in records(copy)[-1]
 
 
+@pytest.mark.slow
 def test_params_of_gpt2_xl():
     result = run_cli("params", "--config=configs/gpt/gpt2.py:variant=gpt2-xl")
     assert result.returncode == 0, result.stderr
@@ -334,6 +343,7 @@ def test_params_of_gpt2_xl():
     assert json.loads(result.stdout)["total"] == 1557611200
 
 
+@pytest.mark.slow
 def test_params_without_the_dataset(tmp_path):
     """ImageNet is not prepared here: the model's shapes come from the data module's spec.
     ViT-B/16 at 224 with 1000 classes has the reference implementation's 86,567,656."""
@@ -345,6 +355,7 @@ def test_params_without_the_dataset(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_params_of_detr_r50_on_coco(tmp_path):
     """COCO is not prepared here either. DETR-R50 with 91 classes: 41,631,008 values, of which
     DETR's freezing rule trains 41,302,368 (models/detr.py)."""
@@ -360,6 +371,7 @@ def test_params_of_detr_r50_on_coco(tmp_path):
                               "--config.data.max_boxes=-1"), "data.max_boxes")
 
 
+@pytest.mark.slow
 def test_train_into_a_closed_pipe(tmp_path, data_dir):
     workdir = tmp_path / "piped"
     command = " ".join([sys.executable, "-m", "jaxformer", *train_args(workdir, data_dir)])

@@ -142,6 +142,7 @@ def test_splits_hold_out_whole_books(verses):
 
 # The tfds builder.
 
+@pytest.mark.slow
 def test_builder_stores_the_splits(data_dir, verses):
     builder = bible_enes.BibleEnes(data_dir=str(data_dir), file_format="array_record")
     assert builder.is_prepared()
@@ -178,6 +179,7 @@ def test_missing_data_dir_is_a_value_error(tmp_path):
 
 # Translation data.
 
+@pytest.mark.slow
 def test_build_gives_pairs_in_either_direction(data_dir, verses):
     en_es = bible_enes.build(make_config(data_dir), workdir=None)
     splits = bible_enes.split_verses(verses)

@@ -258,6 +258,7 @@ def test_tfds_source(tmp_path):
     assert data.tokenizer.decode(batch["input_ids"][0]).startswith("[CLS]")
 
 
+@pytest.mark.slow
 def test_build_embedded(tmp_path):
     config = ml_collections.ConfigDict({"vocab_size": 1000, "seq_length": 48,
                                         "max_predictions": 7, "eval_examples": 10})

@@ -210,6 +210,7 @@ def test_spec_gives_the_vocabulary_without_training(monkeypatch, places, data):
     assert spec.tokenizer.pad_id is None and data.tokenizer.pad_id is None
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_reuses_the_workdir_tokenizer(monkeypatch, places, data,
                                                                 tmp_path):
     assert (places / "run" / "assets" / "tokenizer.model").is_file()

@@ -162,6 +162,7 @@ def test_damaged_token_cache_is_a_value_error(data_dir, char_data, tmp_path):
         shakespeare.build(make_config(tmp_path), workdir=None)
 
 
+@pytest.mark.slow
 def test_bpe_is_trained_on_train_split_and_reused(data_dir, tmp_path, corpus, monkeypatch):
     config = make_config(data_dir, tokenizer="bpe")
     data = shakespeare.build(config, workdir=str(tmp_path))

@@ -79,6 +79,7 @@ def test_synthetic(tmp_path):
     assert_same_tokens(spec, build(synthetic, tmp_path, values))
 
 
+@pytest.mark.slow
 def test_bible_enes(tmp_path):
     values = {"source": "es", "target": "en", **TRANSLATION, "vocab_size": 500}
     spec = spec_of(bible_enes, tmp_path / "empty", values)

@@ -135,6 +135,7 @@ def test_tokenizer_subsample_draws_whole_pairs():
 
 # Token ids.
 
+@pytest.mark.slow
 def test_rebuild_reuses_tokenizer_and_token_ids(data_dir, workdir, data, monkeypatch):
     for split in ("train", "validation"):
         data.encoded(split)

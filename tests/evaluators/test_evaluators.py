@@ -35,6 +35,7 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
+@pytest.mark.slow
 def test_loss_evaluator_matches_numpy_cross_entropy():
     config, data, task, params = setup(
         "configs/gpt/gpt2.py:runlocal", "evals.val.num_batches=3")
@@ -52,6 +53,7 @@ def test_loss_evaluator_matches_numpy_cross_entropy():
     assert got["accuracy"] == pytest.approx(np.mean(correct), abs=1e-7)
 
 
+@pytest.mark.slow
 def test_classification_evaluator_counts_every_test_image_once():
     config, data, task, params = setup(
         "configs/vit/fashion_mnist.py:runlocal,source=subset", "evals.test.num_batches=-1")

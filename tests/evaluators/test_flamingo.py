@@ -16,6 +16,8 @@ from jaxformer.registry import build_data_and_task
 from jaxformer.train.parallel import make_strategy
 from tests.models.test_flamingo import open_gates
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 SPLIT = "heldout_groups"
 
 

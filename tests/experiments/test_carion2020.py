@@ -93,6 +93,7 @@ def test_each_ablation_changes_only_its_setting(row, changed):
 
 # Hugging Face's DetrForObjectDetection (ResNet backbone from config, 91 classes): the values
 # of its state_dict (parameters and frozen BatchNorm buffers); DETR trains 41,302,368 of R50's.
+@pytest.mark.slow
 @pytest.mark.parametrize("row, total, trainable", [("r50", 41_631_008, 41_302_368),
                                                    ("r101", 60_675_360, 60_242_272)])
 def test_paper_rows_have_the_reference_counts(row, total, trainable, capsys):

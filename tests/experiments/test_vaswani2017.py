@@ -157,6 +157,7 @@ def test_cpu_scale_rows_change_the_cpu_base_as_the_paper_changes_its_base():
 # --- Parameter counts at the paper's scale. -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_paper_scale_parameter_counts_are_the_closed_form_and_the_reference(capsys):
     config = config_lib.load_config(f"{CONFIG}:scale=paper")
     max_len = max(config.data.max_source_length, config.data.max_target_length,
@@ -184,6 +185,7 @@ def _shapes(tree):
     return jax.tree.map(lambda x: x.shape, tree)
 
 
+@pytest.mark.slow
 def test_block_qkv_features_sets_the_projection_widths():
     x, encoded = jnp.ones((2, 5, 16)), jnp.ones((2, 3, 24))
     block = TransformerBlock(num_heads=4, mlp_dim=32, qkv_features=8, cross_attention=True,
@@ -197,6 +199,7 @@ def test_block_qkv_features_sets_the_projection_widths():
     assert block.apply(variables, x, encoded).shape == x.shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_stack_passes_qkv_features_to_every_block(scan_layers):
     stack = TransformerStack(num_layers=2, num_heads=2, mlp_dim=8, qkv_features=6,
@@ -211,6 +214,7 @@ def _init(model):
                       jnp.ones((1, 5), jnp.int32))["params"]
 
 
+@pytest.mark.slow
 def test_head_dim_zero_keeps_the_parameter_tree():
     default = Transformer(vocab_size=50, max_len=16, **VARIANTS["tiny"])
     explicit = default.clone(head_dim=32 // 4)  # d_model / num_heads of "tiny".
@@ -228,6 +232,7 @@ def test_head_dim_zero_keeps_the_parameter_tree():
     jax.tree.map(np.testing.assert_array_equal, zero, _init(built))
 
 
+@pytest.mark.slow
 def test_head_dim_sets_the_key_and_value_width_and_the_count():
     model = Transformer(vocab_size=50, max_len=16, **VARIANTS["tiny"], head_dim=3)
     params = _init(model)
@@ -239,6 +244,7 @@ def test_head_dim_sets_the_key_and_value_width_and_the_count():
         _init(model.clone(head_dim=-1))
 
 
+@pytest.mark.slow
 def test_cached_decoding_matches_teacher_forcing_with_a_head_dim():
     model = Transformer(vocab_size=50, max_len=16, bos_id=1, **VARIANTS["tiny"], head_dim=5)
     params = _init(model)
@@ -261,6 +267,7 @@ def test_cached_decoding_matches_teacher_forcing_with_a_head_dim():
 # --- A smoke run. -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runlocal_row_with_a_head_dim_trains_and_logs_the_table_metric(tmp_path):
     point = _points("runlocal")["B1"]
     config = _row_config("runlocal", point)

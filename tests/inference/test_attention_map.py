@@ -15,6 +15,8 @@ from jaxformer.inference import attention_map
 from jaxformer.inference.workdir import load_run
 from jaxformer.train import trainer
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 

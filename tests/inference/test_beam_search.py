@@ -220,6 +220,7 @@ def gpt_next_logp(apply, params, prompt, beam_size):
 
 # With alpha 0, one beam is greedy decoding by construction. With alpha > 0 it may go on after
 # greedy's EOS, when a longer hypothesis could still score higher; here it does not.
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
 def test_beam_1_is_greedy_on_gpt(gpt, alpha):
     model, params, prompt, reference, apply = gpt
@@ -236,6 +237,7 @@ def test_beam_1_is_greedy_on_gpt(gpt, alpha):
         np.testing.assert_allclose(scores[b, 0], logp / penalty(len(tokens), alpha), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_beam_search_on_gpt_matches_recompute_reference(gpt):
     model, params, prompt, reference, apply = gpt
     eos_id, beam_size = int(reference[1, 1]), 4
@@ -450,6 +452,7 @@ def test_early_stopping_keeps_the_result(alpha, max_calls):
         assert_hypotheses(np.asarray(sequences[b]), np.asarray(scores[b]), expected, max_len)
 
 
+@pytest.mark.slow
 def test_jit_and_batch_independence():
     max_len, beam_size = 6, 3
     model = HistoryModel(7, batch=3, vocab=5, max_len=max_len)

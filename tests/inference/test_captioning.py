@@ -25,6 +25,8 @@ from tests.helpers import flamingo_chain
 from tests.models import test_flamingo as tiny
 from tests.test_cli import records, run_cli
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 
 def forward_fn(model):
     """The model's full forward pass, jitted."""

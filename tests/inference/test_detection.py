@@ -14,6 +14,8 @@ from jaxformer.tasks.detection import detections
 from jaxformer.train import trainer
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

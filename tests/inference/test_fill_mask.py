@@ -14,6 +14,8 @@ from jaxformer.inference.workdir import load_run
 from tests.helpers import ROOT
 from tests.test_cli import assert_user_error, run_cli
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 BERT = "configs/bert/books_pretraining.py:runlocal"
 
 

@@ -106,6 +106,7 @@ def test_sampling_is_deterministic_per_seed(model_and_params):
     assert first.min() >= 0 and first.max() < VOCAB
 
 
+@pytest.mark.slow
 def test_low_temperature_and_top_1_equal_greedy(model_and_params):
     model, params = model_and_params
     prompt = _prompt(2, 3, 4)

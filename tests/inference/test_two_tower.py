@@ -12,6 +12,8 @@ from jaxformer.inference import two_tower
 from jaxformer.inference.workdir import load_run
 from tests.test_cli import assert_user_error, run_cli
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 CLIP = "configs/clip/emoji.py:runlocal"
 LABELS = ("dog", "red apple", "rocket")
 

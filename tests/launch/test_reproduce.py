@@ -122,6 +122,7 @@ def test_a_malformed_experiment_is_one_line(tmp_path, capsys, files, message):
     assert not os.path.exists(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_gpt2_sizes_at_paper_scale_match_the_reference_counts(tmp_path, capsys):
     assert main(["reproduce", os.path.join(ROOT, "experiments", "radford2019"), "--scale=paper",
                  f"--workdir={tmp_path}/runs", "--dry_run"]) == 0

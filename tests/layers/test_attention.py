@@ -177,6 +177,7 @@ def test_cross_attention_with_different_kv_length(x):
     np.testing.assert_array_equal(weights[0, ..., 3:], 0.0)
 
 
+@pytest.mark.slow
 def test_dropout_on_attention_weights(x):
     module = _module(dropout_rate=0.5)
     params = _init(module, x)

@@ -95,6 +95,7 @@ def test_cross_attention_positions():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_post_ln_blocks_are_detrs_encoder_and_decoder_layers():
     src, pos = normal(0, (2, 6, D)), normal(1, (2, 6, D))
     valid = np.array([[True] * 6, [True] * 4 + [False] * 2])

@@ -104,6 +104,7 @@ def test_pairwise_matches_reference_with_leading_dims():
     np.testing.assert_allclose(paired, np.diagonal(giou, axis1=1, axis2=2), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_on_degenerate_boxes():
     boxes = [SQUARE] + [case[1] for case in CASES] + [b for pair in DEGENERATE_PAIRS
                                                       for b in pair[:2]]
@@ -126,6 +127,7 @@ def test_gradients_are_finite_on_degenerate_boxes():
     assert np.abs(grad[1]).max() > 0  # A zero-width box against a real one still learns.
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences():
     rng = np.random.default_rng(2)
     with jax.enable_x64(True):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.special import erf
 
 from jaxformer.layers import (
@@ -144,6 +145,7 @@ def test_text_attends_only_to_its_own_image():
         assert (np.abs(out_perturbed[own] - out[own]).max(-1) > 1e-3).all()
 
 
+@pytest.mark.slow
 def test_gates_at_zero_make_the_block_the_identity():
     for dtype in (jnp.float32, jnp.bfloat16):
         module = GatedCrossAttentionBlock(**SMALL, dtype=dtype)

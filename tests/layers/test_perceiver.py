@@ -85,6 +85,7 @@ def test_matches_numpy_reference():
     np.testing.assert_allclose(out, reference_resampler(params, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_output_shape_independent_of_visual_tokens_and_media():
     module = PerceiverResampler(**SMALL)
     params = _init(module, _normal(0, (BATCH, 1, 1, 16, DIM)))
@@ -118,6 +119,7 @@ def test_media_items_are_resampled_independently():
     assert np.abs(out_perturbed[:, 1] - out[:, 1]).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_media_time_and_frame_embeddings():
     x = _normal(6, (BATCH, 2, 2, 9, DIM))
     x[:, 1] = x[:, 0]  # Two identical media items ...

@@ -70,6 +70,7 @@ def _loop_to_scan(params):
             "final_norm": params["final_norm"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat,scan_layers", [(True, False), (False, True), (True, True)])
 def test_stack_remat_and_scan_match_the_loop(remat, scan_layers):
     loop = _stack()
@@ -93,6 +94,7 @@ def test_stack_remat_and_scan_match_the_loop(remat, scan_layers):
                  other_grads, grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_cross_attention_stack_decodes_like_full_pass(scan_layers):
     stack = _stack(cross_attention=True, scan_layers=scan_layers)
@@ -127,6 +129,7 @@ def test_stack_sows_attention_weights_per_layer():
         np.testing.assert_array_equal(np.triu(weights, k=1), 0.0)  # Causal.
 
 
+@pytest.mark.slow
 def test_dropout_is_active_only_in_training():
     stack = _stack(dropout_rate=0.3, attention_dropout_rate=0.3)
     params = jax.jit(stack.init)(jax.random.key(0), X)["params"]

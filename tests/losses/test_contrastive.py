@@ -73,6 +73,7 @@ def test_perfect_pairs_are_all_retrieved():
     assert metrics == {"image_to_text_accuracy": 1.0, "text_to_image_accuracy": 1.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])
 def test_padding_rows_are_neither_scored_nor_negatives(name):
     images, texts = embeddings()

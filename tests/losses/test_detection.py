@@ -257,6 +257,7 @@ def assert_close(a, b):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_do_not_depend_on_the_split():
     assert jax.device_count() >= DEVICES
     params, batch = init_params(), global_batch()

@@ -110,6 +110,7 @@ def test_matching_equals_brute_force(queries, masks):
     assert not matched[np.asarray(masks).sum(-1) == 0].any()
 
 
+@pytest.mark.slow
 def test_batch_vmap_and_layers_agree_with_single_images():
     rng = np.random.default_rng(7)
     logits, boxes, labels, targets, mask = stack(random_case(rng, 6, m) for m in MASKS)

@@ -93,6 +93,7 @@ def test_initialisation_is_truncated_normal():
     np.testing.assert_array_equal(encoder["embedding_norm"]["scale"], 1.0)
 
 
+@pytest.mark.slow
 def test_decoder_is_tied_to_the_token_embedding():
     model = _pretraining()
     ids = _ids(1, (2, 8))
@@ -119,6 +120,7 @@ def test_decoder_is_tied_to_the_token_embedding():
     assert changed[7] and changed.sum() == 1
 
 
+@pytest.mark.slow
 def test_mlm_logits_are_the_head_at_the_gathered_positions():
     model = _pretraining()
     ids = _ids(2, (2, 8))
@@ -149,6 +151,7 @@ def test_pooler_reads_the_first_token():
     np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_causal_encoder_sees_only_the_past_and_pools_the_last_real_token():
     encoder = _encoder(causal=True)
     ids = _ids(4, (2, 8), pad_from=6)
@@ -171,6 +174,7 @@ def test_causal_encoder_sees_only_the_past_and_pools_the_last_real_token():
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, bidirectional)
 
 
+@pytest.mark.slow
 def test_padding_is_masked_and_segments_matter():
     encoder = _encoder()
     ids = _ids(4, (2, 6))
@@ -187,6 +191,7 @@ def test_padding_is_masked_and_segments_matter():
     assert np.abs(np.asarray(other_pooled - short_pooled)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
     encoder = _encoder(dropout_rate=0.3, attention_dropout_rate=0.3)
     ids = _ids(5, (2, 6))
@@ -200,6 +205,7 @@ def test_dropout_only_in_training():
     assert np.abs(np.asarray(train - eval_a)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_classifier_heads():
     ids = _ids(6, (3, 8), pad_from=6)
     segments = np.zeros_like(ids)
@@ -228,6 +234,7 @@ def test_encoder_subtree_loads_from_pretraining_with_init_from_mapping():
     assert set(loaded) == {p for p in source if p.startswith("encoder/")}
 
 
+@pytest.mark.slow
 def test_compute_dtype_keeps_float32_logits():
     model = _pretraining(dtype=jnp.bfloat16)
     ids = _ids(8, (2, 8))

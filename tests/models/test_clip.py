@@ -92,6 +92,7 @@ def inputs(seed=0, batch=3):
     return images, jnp.asarray(tokens, jnp.int32)
 
 
+@pytest.mark.slow
 def test_temperature_init_and_clip():
     model, params, apply = tiny()
     images, tokens = inputs()
@@ -103,6 +104,7 @@ def test_temperature_init_and_clip():
     assert float(grad["log_scale"]) == 0.0
 
 
+@pytest.mark.slow
 def test_sigmoid_loss_adds_only_a_bias():
     _, softmax_params, apply = tiny()
     _, params, sigmoid_apply = tiny(loss="sigmoid")
@@ -144,6 +146,7 @@ def test_text_embedding_is_read_at_the_eot_token():
                                                                 keepdims=True), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, dict(pool_type="gap", activation="gelu")])
 def test_embeddings_have_unit_norm(overrides):
     _, params, apply = tiny(**overrides)

@@ -66,6 +66,7 @@ def cpu():
     return model, variables, jax.jit(model.apply, static_argnames="train")
 
 
+@pytest.mark.slow
 def test_outputs_of_every_decoder_layer(cpu):
     _, variables, apply = cpu
     assert sorted(variables["params"]["decoder"]) == ["block_0", "block_1", "block_2",
@@ -84,6 +85,7 @@ def test_outputs_of_every_decoder_layer(cpu):
     assert not np.allclose(dropped["logits"], out["logits"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_the_predictions(cpu):
     """A 24x32 image on a 96x96 canvas, and on a 128x144 one whose padding holds noise from
     row 104 or column 112 on: the same predictions. As in DETR, the backbone sees the padded

@@ -12,6 +12,8 @@ from jaxformer.inference import generate
 from jaxformer.models import clip, flamingo, gpt
 from jaxformer.train import transfer
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 VOCAB, BLOCK, MEDIA = 40, 24, 3
 LM = dict(num_layers=2, num_heads=2, d_model=32, mlp_ratio=4)
 CLIP_MODEL = dict(embed_dim=8, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,

@@ -63,6 +63,7 @@ def _init(model, tokens):
     return jax.jit(model.init)(jax.random.key(0), tokens)["params"]
 
 
+@pytest.mark.slow
 def test_initialisation_follows_gpt2():
     num_layers, d_model = 8, 256
     model = GPT(vocab_size=512, block_size=128, num_layers=num_layers, num_heads=4,
@@ -126,6 +127,7 @@ def test_logits_are_causal():
     assert not np.allclose(changed_logits[:, t + 1:], logits[:, t + 1:], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     tokens = _tokens(0)
     params = _init(_tiny(), tokens)
@@ -137,6 +139,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     np.testing.assert_allclose(logits16, logits32, atol=0.05)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
     model = _tiny(dropout_rate=0.2)
     tokens = _tokens(0)

@@ -112,6 +112,7 @@ def test_frozen_batchnorm_is_detrs_formula_and_learns_no_statistics():
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_forward_is_finite_and_unknown_variant_fails():
     model = resnet.resnet("tiny")
     images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))

@@ -57,6 +57,7 @@ def _tiny(**kwargs):
     return model, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
 def test_padding_changes_nothing_at_real_positions(norm_first, positions):
@@ -95,6 +96,7 @@ def test_shift_right_starts_with_bos():
     np.testing.assert_array_equal(shift_right(jnp.array([[4, 5, 2, 0]]), 1), [[1, 4, 5, 2]])
 
 
+@pytest.mark.slow
 def test_cached_decoding_matches_teacher_forcing():
     model, params = _tiny(dropout_rate=0.0)
     source = jnp.array([[5, 6, 7, 2, 0], [9, 2, 0, 0, 0]])

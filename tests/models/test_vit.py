@@ -172,6 +172,7 @@ def dig(tree, keys):
     return tree
 
 
+@pytest.mark.slow
 def test_adapt_params_for_fine_tuning_at_another_size():
     source = tiny(representation_size=16)
     params = source.init(jax.random.key(0), images(1, 16))["params"]

@@ -68,6 +68,7 @@ def log_softmax(z):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+@pytest.mark.slow
 def test_pretraining_loss_matches_numpy():
     task = BertPretrainingTask(config(), PRETRAINING_DATA)
     params = randomised(task)
@@ -105,6 +106,7 @@ def test_masked_lm_objective_without_next_sentence():
                                                 rel=1e-6)
 
 
+@pytest.mark.slow
 def test_left_to_right_objective_predicts_the_next_unmasked_token():
     task = BertPretrainingTask(config(objective="ltr"), PRETRAINING_DATA)
     params = randomised(task)
@@ -133,6 +135,7 @@ def test_objective_and_model_must_agree():
         BertPretrainingTask(mismatched, PRETRAINING_DATA)
 
 
+@pytest.mark.slow
 def test_padding_predictions_and_rows_carry_no_weight():
     task = BertPretrainingTask(config(), PRETRAINING_DATA)
     params = randomised(task)
@@ -158,6 +161,7 @@ def test_padding_predictions_and_rows_carry_no_weight():
     assert np.isfinite(np.asarray(task.predict(params, padded))).all()
 
 
+@pytest.mark.slow
 def test_pretraining_loss_is_the_global_batch_mean_over_shards():
     """Shards of unequal prediction counts: totals and counts added over the devices (here a
     named vmap axis) give the loss of the whole batch."""
@@ -185,6 +189,7 @@ def one_train_step(task, batch):
     return jax.device_get(metrics), moved
 
 
+@pytest.mark.slow
 def test_pretraining_train_step():
     task = BertPretrainingTask(config(), PRETRAINING_DATA)
     metrics, moved = one_train_step(task, pretraining_batch())
@@ -215,6 +220,7 @@ def randomised_classifier(task):
     return params
 
 
+@pytest.mark.slow
 def test_text_classification_loss_matches_numpy_and_skips_padding_rows():
     task = TextClassificationTask(config("text_classification", label_smoothing=0.1), TEXT_DATA)
     params = randomised_classifier(task)
@@ -235,6 +241,7 @@ def test_text_classification_loss_matches_numpy_and_skips_padding_rows():
         TextClassificationTask(config("text_classification", label_smoothing=1.0), TEXT_DATA)
 
 
+@pytest.mark.slow
 def test_text_classification_train_step_and_evaluator():
     task = TextClassificationTask(config("text_classification"), TEXT_DATA)
     metrics, moved = one_train_step(task, text_batch())

@@ -21,6 +21,8 @@ from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import abstract_state, create_state, make_train_step
 from tests.helpers import ROOT, flamingo_chain
 
+pytestmark = pytest.mark.slow  # Trains or launches runs.
+
 FLAMINGO = os.path.join(ROOT, "configs/flamingo/emoji.py")
 FROZEN_PREFIXES = ("vision_encoder/", "lm/token_embedding/", "lm/position_embedding/",
                    "lm/transformer/")

@@ -29,6 +29,7 @@ def subset():
     return fashion_mnist.build(config, workdir=None)
 
 
+@pytest.mark.slow
 def test_padded_rows_do_not_count(subset):
     task = ClassificationTask(task_config(label_smoothing=0.1), subset)
     params = task.init(jax.random.key(0))

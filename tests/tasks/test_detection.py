@@ -32,6 +32,7 @@ def setup():
     return task, params, {k: jnp.asarray(v) for k, v in batch.items()}
 
 
+@pytest.mark.slow
 def test_the_loss_is_the_set_criterion_of_the_outputs(setup):
     task, params, batch = setup
     loss, metrics = task.loss(params, batch, jax.random.key(1), train=False)
@@ -43,6 +44,7 @@ def test_the_loss_is_the_set_criterion_of_the_outputs(setup):
     assert {"loss_ce", "loss_bbox", "loss_giou", "class_error"} <= metrics.keys()
 
 
+@pytest.mark.slow
 def test_padding_images_of_an_eval_batch_change_nothing(setup):
     task, params, batch = setup
     padded = {k: jnp.concatenate([v, jnp.zeros_like(v[:2])]) for k, v in batch.items()}

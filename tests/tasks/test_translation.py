@@ -71,6 +71,7 @@ def test_bleu_is_logged_and_equals_sacrebleu_of_the_translations(trained, data_d
     assert bleu_rows[0][BLEU] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_resumed_run_reuses_the_saved_tokenizer(trained, data_dir, tmp_path):
     import shutil
 
@@ -91,6 +92,7 @@ def test_resumed_run_reuses_the_saved_tokenizer(trained, data_dir, tmp_path):
     assert task.tokenizer.model_proto == saved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, accum", [("pmap", 1), ("sharded", 2), ("pmap", 2)])
 def test_steps_and_evaluations_weight_tokens_exactly(strategy, accum, tmp_path, data_dir):
     """Devices and micro-batches hold different numbers of target tokens; weighting them by
@@ -107,6 +109,7 @@ def test_steps_and_evaluations_weight_tokens_exactly(strategy, accum, tmp_path, 
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-4), key
 
 
+@pytest.mark.slow
 def test_translate_command_keeps_input_order_and_equals_the_models_decode(trained):
     # Lines of different lengths: the command sorts them by length to batch them.
     lines = ["And God said, Let there be light: and there was light.", "", "Jesus wept.",
@@ -135,6 +138,7 @@ def test_translate_command_keeps_input_order_and_equals_the_models_decode(traine
     assert len(averaged.stdout.split("\n")[:-1]) == 4
 
 
+@pytest.mark.slow
 def test_evaluate_command_appends_final_metrics(trained, tmp_path):
     import shutil
 
@@ -166,6 +170,7 @@ def test_strip_eos():
     assert seq2seq.strip_eos(np.array([5, 6]), eos_id=1) == [5, 6]
 
 
+@pytest.mark.slow
 def test_average_command_writes_a_workdir_of_the_mean_parameters(trained, tmp_path):
     out = tmp_path / "averaged"
     result = run_cli("average", f"--workdir={trained}", "--last=2", f"--out={out}")

@@ -64,6 +64,7 @@ def losses_and_params(config, strategy, steps, tmp_path):
     return np.array(losses), jax.device_get(strategy.host_state(state).params)
 
 
+@pytest.mark.slow
 def test_sharded_pmap_and_single_device_agree(tmp_path, data_dir):
     assert jax.device_count() == 8
     config = tiny_config("train.batch_size=16", data_dir=data_dir)
@@ -79,6 +80,7 @@ def test_sharded_pmap_and_single_device_agree(tmp_path, data_dir):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch(tmp_path, data_dir):
     full = tiny_config("train.batch_size=16", data_dir=data_dir)
     accumulated = tiny_config("train.batch_size=16", "train.grad_accum_steps=2",
@@ -90,6 +92,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, data_dir):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_config_and_checkpoints(tmp_path, data_dir):
     workdir = tmp_path / "run"
     config = tiny_config("train.num_steps=4", data_dir=data_dir)
@@ -152,6 +155,7 @@ def test_exact_resume_after_sigkill(tmp_path, data_dir):
     assert_same_params(params_a, params_b)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, data_dir):
     config = tiny_config("train.num_steps=6", "evals.val.every_steps=0", data_dir=data_dir)
     straight = tmp_path / "straight"
@@ -169,6 +173,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, data_dir):
     assert_same_params(final_params(straight, config)[1], final_params(broken, config)[1])
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
     workdir = tmp_path / "nan"
     result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={workdir}",
@@ -182,6 +187,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir)
     assert saved and saved[-1] == bad_step - 1
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path, data_dir):
     workdir = tmp_path / "term"
     proc = subprocess.Popen(
@@ -231,6 +237,7 @@ def test_unknown_model_name_lists_models(tmp_path):
 MOCKED_DATASETS = ("wmt14_ende", "imagenet2012", "cifar10", "glue")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_config_trains_one_step(path, tmp_path, data_dir):
     config = config_lib.load_config(os.path.join(ROOT, path) + ":runlocal")
@@ -263,6 +270,7 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir):
                                           "coco_ap": ["AP", "AP50"]}[entry.type]}
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, data_dir):
     workdir = tmp_path / "run"
     trainer.train(tiny_config("train.num_steps=2", data_dir=data_dir), str(workdir))
@@ -275,6 +283,7 @@ def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, da
     assert not (workdir / "checkpoints_corrupt").exists()
 
 
+@pytest.mark.slow
 def test_cli_uses_one_host_device_per_core(tmp_path, data_dir):
     env = {k: v for k, v in _env().items() if k != "XLA_FLAGS"}
     result = subprocess.run(

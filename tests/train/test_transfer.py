@@ -49,6 +49,7 @@ def optimizer_state_size(workdir):
     return sum(x.size for x in jax.tree.leaves(state.opt_state))
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_only_the_new_head(source, tmp_path):
     workdir = str(tmp_path / "probe")
     config = transfer_config(source, "mode=probe")
@@ -66,6 +67,7 @@ def test_linear_probe_trains_only_the_new_head(source, tmp_path):
     assert 0.0 <= last["eval/test/top1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_fine_tune_at_a_new_image_size_resizes_position_embeddings(source):
     config = transfer_config(source, "mode=finetune", "image_size=56")
     data, task = build_data_and_task(config, None)
@@ -81,6 +83,7 @@ def test_fine_tune_at_a_new_image_size_resizes_position_embeddings(source):
             np.testing.assert_array_equal(loaded[path], src[path])
 
 
+@pytest.mark.slow
 def test_fine_tune_trains_end_to_end(source, tmp_path):
     last = trainer.train(transfer_config(source, "mode=finetune", "image_size=56"),
                          str(tmp_path / "finetune"))
@@ -103,6 +106,7 @@ def test_mapping_errors_are_user_errors(source, tmp_path):
         trainer.train(transfer_config(str(tmp_path / "none")), str(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_non_strict_loading_keeps_fresh_parameters(source):
     config = transfer_config(source, "mode=finetune", "image_size=28", overrides=[
         "model.num_layers=1", "init_from.strict=False"])

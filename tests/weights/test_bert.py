@@ -97,6 +97,7 @@ def imported(tmp_path_factory):
     return types.SimpleNamespace(model=model, hf_dir=hf_dir, workdir=workdir, root=root)
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_with_padding_and_two_segments(imported):
     config = config_lib.read_workdir_config(imported.workdir)
     params, step = Checkpointer.read_params(imported.workdir, -1)
@@ -163,6 +164,7 @@ def test_vocab_txt_alone_with_a_cased_tokenizer_config(tmp_path):
     assert ours.encode("Lord") != ours.encode("lord")
 
 
+@pytest.mark.slow
 def test_fill_mask_on_the_imported_workdir(imported, capsys):
     text = "the king [MASK] unto her"
     assert cli.main(["fill-mask", f"--workdir={imported.workdir}", f"--text={text}",
@@ -253,6 +255,7 @@ def _single_head(imported, tmp_path, head: str) -> tuple[str, torch.nn.Module]:
     return _save(model.eval(), tmp_path / "hf"), model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head, new", [("none", "mlm_head, nsp_head"),
                                        ("masked_lm", "encoder/pooler, nsp_head")])
 def test_a_checkpoint_without_heads_gets_new_ones(imported, tmp_path, head, new):

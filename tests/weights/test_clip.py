@@ -106,6 +106,7 @@ def imported(tmp_path_factory):
         pixels=pixels.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_logits_match_transformers(imported):
     run = imported.run
     assert run.config.model.activation == "quick_gelu" and run.config.data.context_length == 16
@@ -154,6 +155,7 @@ def test_export_loads_in_transformers_with_the_same_outputs(imported):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_zero_shot_command_gives_the_models_probabilities(imported, capsys):
     from jaxformer.inference import two_tower
 
@@ -254,6 +256,7 @@ def test_tokenizer_must_fit_the_text_tower(imported, tmp_path):
         clip_weights.import_tokenizer(str(tmp_path), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_clip_trained_here_exports_with_its_tokenizer(tmp_path):
     """A vocabulary trained here has its special tokens first; the export reorders it as
     CLIP's (embedding rows and tokenizer ids), so transformers' CLIPModel pools the end of

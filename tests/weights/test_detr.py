@@ -207,6 +207,7 @@ def test_bad_checkpoints_name_the_tensor(imported, tmp_path, change, words):
     assert all(word in str(error.value) for word in words), error.value
 
 
+@pytest.mark.slow
 def test_detect_on_the_import(imported, tmp_path, capsys):
     """`jaxformer detect` without COCO on disk: the best query of Hugging Face's model on
     the same picture, named by `id2label`, its box in the picture's pixels."""
@@ -233,6 +234,7 @@ def test_detect_on_the_import(imported, tmp_path, capsys):
                                        SIZE), atol=0.1)
 
 
+@pytest.mark.slow
 def test_fine_tune_the_import_on_other_classes(imported, tmp_path):
     """`configs/detr/composed.py:detr=DIR`: the import's model and normalisation, every
     parameter loaded but the class head (new, for the canvases' 20 classes + no object)."""

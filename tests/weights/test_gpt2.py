@@ -90,6 +90,7 @@ def _logits(model, tokens: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(tokens).long()).logits.numpy()
 
 
+@pytest.mark.slow
 def test_logits_match_transformers(imported):
     root, model, _ = imported
     run = load_run(str(root / "run"))

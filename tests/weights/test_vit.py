@@ -258,6 +258,7 @@ def test_evaluate_an_imported_workdir(fashion, capsys):
                                  abs=1e-4)
 
 
+@pytest.mark.slow
 def test_fine_tune_from_an_imported_workdir(imagenet, tmp_path):
     source = imagenet[2]  # RGB ImageNet classes -> grey Fashion-MNIST, a new head.
     config = config_lib.load_config(f"{TRANSFER}:runlocal,source=subset,init_from={source}")
