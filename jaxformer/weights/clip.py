@@ -16,7 +16,7 @@ An export lays the vocabulary out as CLIP's, the start and end of text last: a v
 trained here (special tokens first) is reordered, embedding rows and tokenizer ids alike, and
 its `tokenizer.json` (byte-level BPE, not CLIP's "</w>" pieces) loads with `AutoTokenizer`,
 which, like CLIP's tokenizer and unlike the run's, reads a text spelling "<|endoftext|>" as
-the token.
+the token. The export's `preprocessor_config.json` is the run's evaluation view.
 
 The model clips the temperature at 100 (`exp(logit_scale)`; OpenAI's checkpoints hold exactly
 log(100)); transformers does not, so a checkpoint with a larger one gives smaller logits here.
@@ -318,17 +318,39 @@ def _reordered(tokenizer: caption_bpe.CaptionTokenizer, order: np.ndarray) -> st
     return reordered.to_str()
 
 
+def _image_processor(data: ml_collections.ConfigDict) -> dict:
+    """A `CLIPImageProcessor` doing the run's evaluation view: the shorter side resized to
+    `resize_size` (0: the image size), the central crop, then `(pixel / 255 - mean) / std`."""
+    size = int(data.image_size)
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"shortest_edge": int(data.get("resize_size", 0) or size)},
+        "resample": 2,  # Bilinear, as the pipeline resizes.
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": hf_files.per_channel(data.get("mean", OPENAI_MEAN), CHANNELS),
+        "image_std": hf_files.per_channel(data.get("std", OPENAI_STD), CHANNELS),
+    }
+
+
 def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
     """Writes `tokenizer.json` (ids in `export_order`) and `tokenizer_config.json`: a
     `CLIPTokenizer` for CLIP's own BPE (pieces ending words with "</w>"), else the
-    `tokenizers` pipeline the run trained, loaded as it is by `AutoTokenizer`."""
+    `tokenizers` pipeline the run trained, loaded as it is by `AutoTokenizer`; and the
+    image processor of the run's evaluation view (`preprocessor_config.json`)."""
     from jaxformer.config import read_workdir_config
 
     tokenizer = _workdir_tokenizer(workdir)
     text = _reordered(tokenizer, export_order(tokenizer))
     clip_style = (json.loads(text)["model"].get("end_of_word_suffix") or "") == \
         caption_bpe.CLIP_WORD_SUFFIX
-    context = read_workdir_config(workdir).data.get("context_length", 77)
+    data = read_workdir_config(workdir).data
+    context = data.get("context_length", 77)
     with open(os.path.join(hf_dir, TOKENIZER_FILE), "w", encoding="utf-8") as f:
         f.write(text)
     pad = (caption_bpe.PAD_TOKEN if caption_bpe.PAD_TOKEN in json.loads(text)["model"]["vocab"]
@@ -340,4 +362,5 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
         json.dump(dict(special, tokenizer_class=tokenizer_class, model_max_length=context),
                   f, indent=2, sort_keys=True)
         f.write("\n")
-    return [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
+    return [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
+            hf_files.write_image_processor(hf_dir, _image_processor(data))]

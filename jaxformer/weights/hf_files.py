@@ -96,6 +96,21 @@ def read_image_processor(directory: str) -> dict | None:
     path = os.path.join(directory, PROCESSOR_NAME)
     return read_json(path) if os.path.exists(path) else None
 
+
+def write_image_processor(directory: str, processor: dict) -> str:
+    """Writes `preprocessor_config.json`; returns its name."""
+    with open(os.path.join(directory, PROCESSOR_NAME), "w", encoding="utf-8") as f:
+        json.dump(processor, f, indent=2)
+        f.write("\n")
+    return PROCESSOR_NAME
+
+
+def per_channel(values: Sequence[float], channels: int) -> list[float]:
+    """`data.mean` / `data.std` (one value, or one per channel) as one value per channel."""
+    values = [float(v) for v in values]
+    return values * channels if len(values) == 1 else values
+
+
 def image_normalisation(processor: dict, mean: Sequence[float], std: Sequence[float]
                         ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """jaxformer's `data.mean` and `data.std` (of pixels / 255) for an image processor's

@@ -210,11 +210,6 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         hf = json.load(f)
     channels, size = hf["num_channels"], hf["image_size"]
-
-    def per_channel(values) -> list[float]:
-        values = [float(v) for v in values]
-        return values * channels if len(values) == 1 else values
-
     processor = {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
@@ -223,10 +218,7 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": per_channel(data.get("mean", (0.5,))),
-        "image_std": per_channel(data.get("std", (0.5,))),
+        "image_mean": hf_files.per_channel(data.get("mean", (0.5,)), channels),
+        "image_std": hf_files.per_channel(data.get("std", (0.5,)), channels),
     }
-    with open(os.path.join(hf_dir, hf_files.PROCESSOR_NAME), "w", encoding="utf-8") as f:
-        json.dump(processor, f, indent=2)
-        f.write("\n")
-    return [hf_files.PROCESSOR_NAME]
+    return [hf_files.write_image_processor(hf_dir, processor)]

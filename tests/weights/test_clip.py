@@ -153,6 +153,20 @@ def test_export_loads_in_transformers_with_the_same_outputs(imported):
     got = hf_outputs(model, imported.pixels, ids)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    # The image processor does the run's evaluation view: resize, central crop, normalise.
+    from jaxformer.data import image_pipeline
+
+    data = imported.run.config.data
+    image = np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    theirs = transformers.CLIPImageProcessor.from_pretrained(out)(
+        images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    preprocess = image_pipeline.preprocess_from_config(data, channels=3,
+                                                       image_size=data.image_size)
+    ours_ = preprocess.normalize(preprocess.eval_view(image))
+    assert theirs.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    # The same up to the rounding of resized pixels: at most one level of 255 apart.
+    levels = np.abs(ours_ - theirs) * np.asarray(data.std) * 255
+    assert levels.max() < 1.01 and levels.mean() < 0.1
 
 
 @pytest.mark.slow
