@@ -1,6 +1,6 @@
 """`type="captioning"`: greedy captions of an eval split's images, scored against every
-reference caption of each image by CIDEr-D and BLEU-4 (the COCO caption evaluation's
-scorers, from `pycocoevalcap`).
+reference caption of each image by CIDEr-D and BLEU-4 (the COCO caption evaluation's scorers,
+`caption_metrics`).
 
 Each image is captioned after the prompt `<image>` (preceded by the chunks of `shots` other
 images when `shots > 0`) by greedy decoding over the KV cache, stopped at `<|endofchunk|>`
@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.console import log
+from jaxformer.evaluators import caption_metrics
 from jaxformer.evaluators.base import Context, Evaluator
 from jaxformer.evaluators.few_shot import subset
 from jaxformer.inference import captioning
@@ -52,20 +53,16 @@ def normalize(text: str) -> str:
 def scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """`cider` (CIDEr-D) and `bleu4` of one hypothesis per image against its references
     (normalised first)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} images")
     if not hypotheses:
         raise ValueError("no captions to score")
     if any(len(refs) == 0 for refs in references):
         raise ValueError("every image needs at least one reference caption")
-    gts = {i: [normalize(r) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [normalize(h)] for i, h in enumerate(hypotheses)}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
-    return {"cider": float(cider), "bleu4": float(bleu[3])}
+    hypotheses = [normalize(h) for h in hypotheses]
+    references = [[normalize(r) for r in refs] for refs in references]
+    return {"cider": caption_metrics.cider_d(hypotheses, references),
+            "bleu4": caption_metrics.bleu4(hypotheses, references)}
 
 
 def shot_indices(count: int, index: int, shots: int, seed: int) -> list[int]:
