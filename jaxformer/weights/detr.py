@@ -27,8 +27,6 @@ of the one before; DETR (and this model) normalise only the predictions. Exports
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import ml_collections
@@ -313,17 +311,11 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
     from jaxformer.config import read_workdir_config
 
     config = read_workdir_config(workdir)
-    preprocess = getattr(registry.lookup("data", config.data.name), "preprocess", None)
-    if preprocess is None:
-        return []
-    view = preprocess(config.data)
+    view = registry.lookup("data", config.data.name).preprocess(config.data)  # Detection data.
     settings = dict(
         image_processor_type="DetrImageProcessor", format="coco_detection", do_resize=True,
         size={"shortest_edge": max(view.scales), "longest_edge": view.max_size},
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
         image_mean=[float(m) for m in np.broadcast_to(view.mean, view.channels)],
         image_std=[float(s) for s in np.broadcast_to(view.std, view.channels)], do_pad=True)
-    with open(os.path.join(hf_dir, hf_files.PROCESSOR_NAME), "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=2)
-        f.write("\n")
-    return [hf_files.PROCESSOR_NAME]
+    return [hf_files.write_image_processor(hf_dir, settings)]
