@@ -175,33 +175,38 @@ def merge_results(path: str, scale: str, new: dict[str, dict]) -> dict[str, dict
 
 
 def table(experiment: Experiment, rows: dict[str, dict], order: list[str], scale: str) -> str:
-    """Markdown: each row's parameters and metric, ours beside the paper's."""
+    """Markdown: each row's parameters and metric, ours beside the paper's (the paper's
+    columns only where `expected.json` gives one of the rows a value)."""
     metric = experiment.expected["metric"]
     paper_rows = experiment.expected["rows"]
     name = metric["name"]
     also = experiment.expected.get("also", [])
     select = experiment.expected.get("select_on")
-    header = ["row", "setting", "params", "paper params", name, f"paper {name}",
+    printed = [paper_rows.get(row_name, {}) for row_name in order]
+    with_params = any(r.get("params") is not None for r in printed)
+    with_metric = any(r.get("metric") is not None for r in printed)
+    header = ["row", "setting", "params", *(["paper params"] if with_params else []),
+              *(["reference params"] if scale == "paper" else []), name,
+              *([f"paper {name}"] if with_metric else []),
               *[extra["name"] for extra in also],
               *([f"chosen on {select['name']}"] if select else []), "time"]
-    if scale == "paper":
-        header.insert(4, "reference params")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row_name in order:
         paper = paper_rows.get(row_name, {})
         ours = rows.get(row_name, {"status": "not run"})
         params = ours.get("params")
+        reference = paper.get("reference_params")
         cells = [row_name, paper.get("label", ""), "" if params is None else f"{params:,}",
-                 _millions(paper.get("params")), _value(ours, metric),
-                 "" if paper.get("metric") is None else f"{paper['metric']:g}",
+                 *([_millions(paper.get("params"))] if with_params else []),
+                 *(["" if reference is None else "= (exact)" if reference == params
+                    else f"{reference:,} (!)"] if scale == "paper" else []),
+                 _value(ours, metric),
+                 *(["" if paper.get("metric") is None else f"{paper['metric']:g}"]
+                   if with_metric else []),
                  *[_value(ours, extra) if row_name in extra.get("rows", [row_name]) else "-"
                    for extra in also],
                  *([ours.get("selected", "")] if select else []),
                  f"{ours['minutes']:.1f} min" if ours.get("minutes") else ""]
-        if scale == "paper":
-            reference = paper.get("reference_params")
-            cells.insert(4, "" if reference is None else (
-                "= (exact)" if reference == params else f"{reference:,} (!)"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -152,6 +152,13 @@ def test_table_columns_of_further_metrics_and_rows_without_the_metric():
     lines = reproduce.table(reproduce.Experiment("toy2024", expected), rows,
                             ["narrow", "wide"], "cpu").splitlines()
     assert lines[2] == "| narrow | d=16 | 1,234 | 1M | 81.25 | 1.5 | - |  |"
+    # Without published values (a CPU-scale table of its own), no empty paper columns.
+    own = dict(expected, rows={name: {"label": row["label"]}
+                               for name, row in expected["rows"].items()})
+    lines = reproduce.table(reproduce.Experiment("toy2024", own), rows, ["narrow"],
+                            "cpu").splitlines()
+    assert lines[0] == "| row | setting | params | accuracy | macro-F1 | time |"
+    assert lines[2] == "| narrow | d=16 | 1,234 | 81.25 | - |  |"
 
 
 def test_a_row_of_several_points_reports_the_best_on_validation_once_all_trained():
