@@ -1,13 +1,18 @@
-"""BERT (`model_type` "bert"): Hugging Face `BertForPreTraining` <-> `jaxformer.models.bert`.
+"""BERT (`model_type` "bert"): Hugging Face `BertForPreTraining` and
+`BertForSequenceClassification` <-> `jaxformer.models.bert`.
 
 An import makes a pretraining run: the encoder, the pooler, the masked-LM head and the
 next-sentence head (`BertForPreTraining`; Google's checkpoints, e.g. bert-base-uncased, hold
 all of them whatever their `architectures` says). A checkpoint without the pooler or a head
 (`BertModel`, `BertForMaskedLM`) gets those parts new, initialised as the model does, for
-fine-tuning (`init_from`); `fill-mask` needs the masked-LM head. The masked-LM decoder is
-the token embedding (tied); its copies in a checkpoint (`cls.predictions.decoder.*`) are
-ignored, as are the position and token type buffers. Older names are read too: LayerNorm
-`gamma`/`beta`, and a `BertModel`'s tensors without the `bert.` prefix.
+fine-tuning (`init_from`); `fill-mask` needs the masked-LM head. A
+`BertForSequenceClassification` makes a text classification run (configs/bert/
+tweet_sentiment.py, or `--config` with data of the checkpoint's number of classes), and a
+text classification run exports as one, its data's class names as the labels. The
+masked-LM decoder is the token embedding (tied); its copies in a checkpoint
+(`cls.predictions.decoder.*`) are ignored, as are the position and token type buffers.
+Older names are read too: LayerNorm `gamma`/`beta`, and a `BertModel`'s tensors without the
+`bert.` prefix.
 
 The vocabulary (`tokenizer.json`, or `vocab.txt` alone) becomes the workdir's
 `assets/wordpiece.json`, with BERT's text pipeline and the casing options of
@@ -40,7 +45,10 @@ IGNORED = (
 )
 # Parts a base model or a single-head model lacks: parameter prefix -> tensor name prefix.
 OPTIONAL = {"encoder/pooler": "bert.pooler.", "mlm_head": "cls.predictions.",
-            "nsp_head": "cls.seq_relationship."}
+            "nsp_head": "cls.seq_relationship.", "classifier": "classifier."}
+PRETRAINING, CLASSIFIER = "BertForPreTraining", "BertForSequenceClassification"
+# The jaxformer task of each exported architecture.
+TASKS = {"bert_pretraining": PRETRAINING, "text_classification": CLASSIFIER}
 # `hidden_act` -> `model.activation`.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "relu": "relu"}
@@ -55,7 +63,17 @@ VOCAB_TXT = "vocab.txt"
 
 
 def base_config(hf_config: dict) -> str:
+    """A classifier's is the tweet-sentiment fine-tuning config (its three classes; `--config`
+    names another), every other checkpoint's the pretraining config."""
+    if CLASSIFIER in (hf_config.get("architectures") or ()):
+        return "configs/bert/tweet_sentiment.py"
     return "configs/bert/books_pretraining.py"
+
+
+def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    from jaxformer import registry
+
+    return tuple(registry.lookup("data", config.data.name).spec(config.data).class_names)
 
 
 def _get(hf_config: dict, key: str):
@@ -93,24 +111,47 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
         causal=False, scan_layers=False)
     config.data.update(vocab_size=_get(hf_config, "vocab_size"), tokenizer_workdir="",
                        seq_length=min(config.data.seq_length, max_position))
-    config.data.max_predictions = min(config.data.max_predictions, config.data.seq_length)
+    if config.task.name == "bert_pretraining":
+        config.data.max_predictions = min(config.data.max_predictions, config.data.seq_length)
+    elif CLASSIFIER in (hf_config.get("architectures") or ()):
+        labels = len(hf_config.get("id2label") or {}) or hf_config.get("num_labels", 2)
+        classes = len(_class_names(config))
+        if labels != classes:
+            raise ValueError(f"the checkpoint has {labels} classes, the data of the config "
+                             f"({config.data.name}) {classes}: give --config=FILE whose data "
+                             f"has {labels} classes")
+
+
+def _check_task(config: ml_collections.ConfigDict) -> str:
+    """The architecture of `config`'s task (`TASKS`); another task is an error."""
+    if config.task.name not in TASKS:
+        raise UserError(f"task {config.task.name!r}: BERT runs of the tasks "
+                        f"{', '.join(TASKS)} map to Hugging Face ({', '.join(TASKS.values())})")
+    return TASKS[config.task.name]
 
 
 def hf_config(config: ml_collections.ConfigDict) -> dict:
-    """The `config.json` of a `BertForPreTraining` with `config`'s model."""
+    """The `config.json` of a `BertForPreTraining` (a pretraining run) or a
+    `BertForSequenceClassification` (a text classification run, with the data's classes)."""
     from jaxformer.models import bert
 
     model = config.model
-    if config.task.name != "bert_pretraining":
-        raise ValueError(f"task {config.task.name!r}: only BERT pretraining runs (task "
-                         "'bert_pretraining') export")
+    architecture = _check_task(config)
     if model.get("causal", False):
         raise ValueError("a left-to-right BERT (model.causal) has no Hugging Face counterpart")
     sizes = bert.sizes(model)
     activation = model.get("activation", "gelu")
     hidden_act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[activation]
+    classes = {}
+    if architecture == CLASSIFIER:
+        names = list(_class_names(config))
+        if len(set(names)) != len(names):
+            names = [f"LABEL_{i}" for i in range(len(names))]
+        classes = dict(id2label={str(i): n for i, n in enumerate(names)},
+                       label2id={n: i for i, n in enumerate(names)},
+                       problem_type="single_label_classification")
     return dict(
-        architectures=["BertForPreTraining"], model_type="bert",
+        architectures=[architecture], model_type="bert", **classes,
         vocab_size=int(config.data.vocab_size), hidden_size=sizes["d_model"],
         num_hidden_layers=sizes["num_layers"], num_attention_heads=sizes["num_heads"],
         intermediate_size=sizes["mlp_dim"], hidden_act=hidden_act,
@@ -134,10 +175,9 @@ def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def rules(config: ml_collections.ConfigDict) -> list[Rule]:
-    """`BertForPreTraining`'s tensors -> `BertForPreTraining`'s parameters."""
-    if config.task.name != "bert_pretraining":
-        raise UserError(f"task {config.task.name!r}: only BERT pretraining runs (task "
-                        "'bert_pretraining') map to Hugging Face's BertForPreTraining")
+    """The tensors of `BertForPreTraining` or `BertForSequenceClassification` (by the task)
+    -> the model's parameters."""
+    architecture = _check_task(config)
     from jaxformer.models import bert
 
     mapping = [
@@ -157,8 +197,10 @@ def rules(config: ml_collections.ConfigDict) -> list[Rule]:
             *maps.linear(f"{hf}.output.dense", f"{block}/mlp/proj"),
             *maps.layer_norm(f"{hf}.output.LayerNorm", f"{block}/mlp_norm"),
         ]
+    mapping += maps.linear("bert.pooler.dense", "encoder/pooler")
+    if architecture == CLASSIFIER:
+        return mapping + maps.linear("classifier", "classifier")
     return mapping + [
-        *maps.linear("bert.pooler.dense", "encoder/pooler"),
         *maps.linear("cls.predictions.transform.dense", "mlm_head/transform"),
         *maps.layer_norm("cls.predictions.transform.LayerNorm", "mlm_head/norm"),
         maps.copy("cls.predictions.bias", "mlm_head/output_bias"),

@@ -217,7 +217,8 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
     config, _ = import_config(hf_dir, family, config_spec=config_spec, overrides=overrides)
     shapes = abstract_params(config)
     tensors = module.rename(hf_files.read_tensors(hf_dir))
-    new_parts = absent_parts(module.OPTIONAL, tensors)
+    new_parts = [part for part in absent_parts(module.OPTIONAL, tensors)
+                 if any(in_parts(path, [part]) for path in shapes)]  # The model's own.
     rules = [rule for rule in module.rules(config)
              if not all(in_parts(p, new_parts) for p in rule.params)]
     new = [path for path in shapes if in_parts(path, new_parts)]

@@ -305,3 +305,50 @@ def test_errors_name_the_tensor(imported, tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         convert.import_weights(_mutated(imported, tmp_path, change), "bert",
                                str(tmp_path / "none"), dry_run=True, log=lambda _: None)
+
+
+def test_a_sequence_classifier_imports_as_a_classification_run_and_exports(imported,
+                                                                            tmp_path):
+    """A BertForSequenceClassification of three labels becomes a tweet-sentiment run that
+    computes its logits, and exports back to the same model with the data's class names."""
+    from jaxformer import registry
+
+    model = transformers.BertForSequenceClassification(
+        transformers.BertConfig(**SMALL, num_labels=3)).eval()
+    model.bert.load_state_dict(imported.model.bert.state_dict())
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 0.5)
+        model.classifier.bias.normal_(0.0, 0.5)
+    hf_dir, workdir = _save(model, tmp_path / "hf"), str(tmp_path / "w")
+    assert cli.main(["import-weights", f"--from={hf_dir}", "--family=bert",
+                     f"--workdir={workdir}"]) == 0
+    config = config_lib.read_workdir_config(workdir)
+    assert (config.task.name, config.data.name) == ("text_classification", "tweet_sentiment")
+    spec = registry.lookup("data", config.data.name).spec(config.data)
+    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    params, _ = Checkpointer.read_params(workdir)
+    ids, segments = _inputs()
+    ours = np.asarray(task.model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
+                                       jnp.asarray(segments, jnp.int32)))
+
+    def logits(reference) -> np.ndarray:
+        with torch.no_grad():
+            return reference(input_ids=torch.from_numpy(ids),
+                             token_type_ids=torch.from_numpy(segments),
+                             attention_mask=torch.from_numpy((ids != 0).astype(np.int64))
+                             ).logits.numpy()
+
+    want = logits(model)
+    assert np.abs(ours - want).max() < 1e-4 and np.abs(want).max() > 0.1
+    out = str(tmp_path / "exported")
+    convert.export_weights(workdir, out, log=lambda _: None)
+    exported = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    assert list(exported.config.id2label.values()) == list(spec.class_names)
+    np.testing.assert_allclose(logits(exported), want, rtol=1e-6, atol=1e-6)
+    # A checkpoint of another number of classes than the data's is named.
+    hf = json.loads(open(os.path.join(hf_dir, "config.json")).read())
+    hf["id2label"] = {"0": "no", "1": "yes"}
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(UserError, match="2 classes.*tweet_sentiment.*3"):
+        convert.import_config(str(tmp_path / "two"), "bert")
