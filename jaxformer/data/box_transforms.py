@@ -89,7 +89,7 @@ def crop_with_boxes(features: Features, top: int, left: int, height: int,
 
 
 def _box_area(boxes: np.ndarray) -> np.ndarray:
-    return (np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
+    return np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
 
 
 def flip_with_boxes(features: Features) -> Features:

@@ -53,9 +53,11 @@ class CaptionTokenizer:
         self.bos_id, self.eot_id = vocab[BOS_TOKEN], vocab[EOT_TOKEN]
         self.pad_id = vocab.get(PAD_TOKEN, 0)
         self.eos_id = self.eot_id  # The name other tokenizers give it.
+        self.pad_is_token = PAD_TOKEN in vocab  # A trained vocabulary's; CLIP's pads with 0.
         # Left out of decoded text: the start, and padding when it is a token of its own.
-        self._hidden = {self.bos_id} | ({self.pad_id} if PAD_TOKEN in vocab else set())
-        self._word_suffix = getattr(tokenizer.model, "end_of_word_suffix", None) or ""
+        self._hidden = {self.bos_id} | ({self.pad_id} if self.pad_is_token else set())
+        # CLIP's BPE ends a word's last piece with "</w>"; a trained one has no suffix.
+        self.word_suffix = getattr(tokenizer.model, "end_of_word_suffix", None) or ""
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> CaptionTokenizer:
@@ -100,8 +102,8 @@ class CaptionTokenizer:
             if i not in self._hidden:
                 kept.append(i)
         text = self._tokenizer.decode(kept)
-        if self._word_suffix:
-            text = text.replace(self._word_suffix, " ")
+        if self.word_suffix:
+            text = text.replace(self.word_suffix, " ")
         return text.strip()
 
     def to_json(self) -> str:

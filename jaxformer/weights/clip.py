@@ -285,9 +285,7 @@ def export_order(tokenizer: caption_bpe.CaptionTokenizer) -> np.ndarray:
     of text last (transformers pools the end of text by its id; with an old config, as the
     largest id), a trained vocabulary's padding just before them, the other tokens in their
     order. A pretrained CLIP's vocabulary is already in this order."""
-    last = [tokenizer.bos_id, tokenizer.eot_id]
-    if caption_bpe.PAD_TOKEN in json.loads(tokenizer.to_json())["model"]["vocab"]:
-        last.insert(0, tokenizer.pad_id)
+    last = [tokenizer.pad_id] * tokenizer.pad_is_token + [tokenizer.bos_id, tokenizer.eot_id]
     return np.array([i for i in range(tokenizer.vocab_size) if i not in last] + last)
 
 
@@ -346,18 +344,15 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
     from jaxformer.config import read_workdir_config
 
     tokenizer = _workdir_tokenizer(workdir)
-    text = _reordered(tokenizer, export_order(tokenizer))
-    clip_style = (json.loads(text)["model"].get("end_of_word_suffix") or "") == \
-        caption_bpe.CLIP_WORD_SUFFIX
     data = read_workdir_config(workdir).data
     context = data.get("context_length", 77)
     with open(os.path.join(hf_dir, TOKENIZER_FILE), "w", encoding="utf-8") as f:
-        f.write(text)
-    pad = (caption_bpe.PAD_TOKEN if caption_bpe.PAD_TOKEN in json.loads(text)["model"]["vocab"]
-           else caption_bpe.EOT_TOKEN)
+        f.write(_reordered(tokenizer, export_order(tokenizer)))
+    pad = caption_bpe.PAD_TOKEN if tokenizer.pad_is_token else caption_bpe.EOT_TOKEN
     special = dict(bos_token=caption_bpe.BOS_TOKEN, eos_token=caption_bpe.EOT_TOKEN,
                    unk_token=caption_bpe.EOT_TOKEN, pad_token=pad)
-    tokenizer_class = "CLIPTokenizer" if clip_style else "PreTrainedTokenizerFast"
+    tokenizer_class = ("CLIPTokenizer" if tokenizer.word_suffix == caption_bpe.CLIP_WORD_SUFFIX
+                       else "PreTrainedTokenizerFast")
     with open(os.path.join(hf_dir, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(dict(special, tokenizer_class=tokenizer_class, model_max_length=context),
                   f, indent=2, sort_keys=True)
