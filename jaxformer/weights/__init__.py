@@ -50,3 +50,10 @@ def family_of_model(model_name: str) -> str:
             return family
     raise UserError(f"no Hugging Face export for model {model_name!r}; families: "
                     f"{', '.join(FAMILIES)}")
+
+
+def data_spec(config):
+    """The spec of `config`'s data (shapes, classes, vocabulary; nothing read)."""
+    from jaxformer import registry
+
+    return registry.lookup("data", config.data.name).spec(config.data)

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.errors import UserError
-from jaxformer.weights import hf_files
+from jaxformer.weights import data_spec, hf_files
 from jaxformer.weights import rules as maps
 from jaxformer.weights.rules import Rule
 
@@ -68,12 +68,6 @@ def base_config(hf_config: dict) -> str:
     if CLASSIFIER in (hf_config.get("architectures") or ()):
         return "configs/bert/tweet_sentiment.py"
     return "configs/bert/books_pretraining.py"
-
-
-def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    from jaxformer import registry
-
-    return tuple(registry.lookup("data", config.data.name).spec(config.data).class_names)
 
 
 def _get(hf_config: dict, key: str):
@@ -115,7 +109,7 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
         config.data.max_predictions = min(config.data.max_predictions, config.data.seq_length)
     elif CLASSIFIER in (hf_config.get("architectures") or ()):
         labels = len(hf_config.get("id2label") or {}) or hf_config.get("num_labels", 2)
-        classes = len(_class_names(config))
+        classes = len(data_spec(config).class_names)
         if labels != classes:
             raise ValueError(f"the checkpoint has {labels} classes, the data of the config "
                              f"({config.data.name}) {classes}: give --config=FILE whose data "
@@ -144,7 +138,7 @@ def hf_config(config: ml_collections.ConfigDict) -> dict:
     hidden_act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[activation]
     classes = {}
     if architecture == CLASSIFIER:
-        names = list(_class_names(config))
+        names = list(data_spec(config).class_names)
         if len(set(names)) != len(names):
             names = [f"LABEL_{i}" for i in range(len(names))]
         classes = dict(id2label={str(i): n for i, n in enumerate(names)},

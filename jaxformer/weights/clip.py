@@ -33,7 +33,7 @@ import numpy as np
 from jaxformer.data import caption_bpe
 from jaxformer.errors import UserError
 from jaxformer.models import clip as clip_model
-from jaxformer.weights import hf_files
+from jaxformer.weights import data_spec, hf_files
 from jaxformer.weights.rules import Rule, conv, copy, embedding, fused_linear, layer_norm, linear
 
 MODEL_TYPES = ("clip",)
@@ -138,14 +138,13 @@ def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
 def hf_config(config: ml_collections.ConfigDict) -> dict:
     """The `config.json` of a CLIP workdir's `CLIPModel`; the start and end of text are the
     vocabulary's last two tokens (CLIP's layout, `export_order`)."""
-    from jaxformer import registry
 
     model = config.model
     if model.get("pool_type", "tok") != "tok" or model.get("loss", "softmax") != "softmax":
         raise ValueError("transformers' CLIPModel pools the class token and has no logit "
                          "bias: model.pool_type must be 'tok' and model.loss 'softmax'")
     sizes = clip_model.model_sizes(model)
-    spec = registry.lookup("data", config.data.name).spec(config.data)
+    spec = data_spec(config)
     height, width, channels = spec.image_shape
     if height != width:
         raise ValueError(f"transformers' CLIP takes square images, not {height}x{width}")
@@ -253,8 +252,6 @@ def read_tokenizer(hf_dir: str) -> tuple[caption_bpe.CaptionTokenizer, list[str]
 def import_tokenizer(hf_dir: str, assets_dir: str) -> list[str]:
     """Writes the tokenizer as `assets/caption_bpe.json`, checked to fit the model: its size
     is the text vocabulary's and the text tower pools its end of text."""
-    from jaxformer.weights import hf_files
-
     tokenizer, names = read_tokenizer(hf_dir)
     text, _ = towers(hf_files.read_config(hf_dir))
     if tokenizer.vocab_size != text["vocab_size"]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxformer import config as config_lib
 from jaxformer.errors import UserError, as_user_error
-from jaxformer.weights import family_module, family_of_model, hf_files
+from jaxformer.weights import data_spec, family_module, family_of_model, hf_files
 from jaxformer.weights.rules import Rule
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -169,8 +169,7 @@ def _task(config: ml_collections.ConfigDict):
     from jaxformer import registry
 
     with as_user_error("config"):
-        spec = registry.lookup("data", config.data.name).spec(config.data)
-        return registry.lookup("tasks", config.task.name).build(config, spec)
+        return registry.lookup("tasks", config.task.name).build(config, data_spec(config))
 
 
 def abstract_params(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:

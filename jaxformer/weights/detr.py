@@ -35,7 +35,7 @@ import numpy as np
 from jaxformer.data import coco_detection
 from jaxformer.errors import UserError
 from jaxformer.models import detr, resnet
-from jaxformer.weights import hf_files
+from jaxformer.weights import data_spec, hf_files
 from jaxformer.weights import rules as maps
 
 MODEL_TYPES = ("detr",)
@@ -144,10 +144,9 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
 
 def hf_config(config: ml_collections.ConfigDict) -> dict:
     """`config.json` with transformers' ResNet backbone (loadable without timm)."""
-    from jaxformer import registry
 
     sizes = detr.model_sizes(config.model)
-    spec = registry.lookup("data", config.data.name).spec(config.data)
+    spec = data_spec(config)
     channels = spec.image_shape[-1]
     stages = len(resnet.VARIANTS[sizes["backbone"]]["stage_sizes"])
     backbone = dict(model_type="resnet", **_resnet_fields(sizes["backbone"]),
@@ -316,6 +315,6 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
         image_processor_type="DetrImageProcessor", format="coco_detection", do_resize=True,
         size={"shortest_edge": max(view.scales), "longest_edge": view.max_size},
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=[float(m) for m in np.broadcast_to(view.mean, view.channels)],
-        image_std=[float(s) for s in np.broadcast_to(view.std, view.channels)], do_pad=True)
+        image_mean=hf_files.per_channel(view.mean, view.channels),
+        image_std=hf_files.per_channel(view.std, view.channels), do_pad=True)
     return [hf_files.write_image_processor(hf_dir, settings)]

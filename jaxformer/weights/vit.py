@@ -21,7 +21,7 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxformer.weights import hf_files
+from jaxformer.weights import data_spec, hf_files
 from jaxformer.weights import rules as maps
 
 MODEL_TYPES = ("vit",)
@@ -50,12 +50,6 @@ def _side(hf_config: dict, key: str, default: int) -> int:
     return int(value)
 
 
-def _data_spec(config: ml_collections.ConfigDict):
-    from jaxformer import registry
-
-    return registry.lookup("data", config.data.name).spec(config.data)
-
-
 def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
     architectures = hf_config.get("architectures") or [ARCHITECTURE]
     if ARCHITECTURE not in architectures and BASE_MODEL not in architectures:
@@ -82,7 +76,7 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
         layer_norm_epsilon=hf_config.get("layer_norm_eps", 1e-12), scan_layers=False)
     # Hugging Face's ViT image processor resizes straight to the image size (no crop).
     config.data.update(image_size=image_size, resize_size=0)
-    spec = _data_spec(config)
+    spec = data_spec(config)
     channels = hf_config.get("num_channels", 3)
     if spec.image_shape[2] != channels:
         raise ValueError(f"num_channels {channels}: the data of the config "
@@ -123,7 +117,7 @@ def hf_config(config: ml_collections.ConfigDict) -> dict:
     sizes = (parse_variant(model.variant) if model.get("variant", "") else
              dict(patch_size=model.patch_size, num_layers=model.num_layers,
                   num_heads=model.num_heads, d_model=model.d_model, mlp_dim=model.mlp_dim))
-    spec = _data_spec(config)
+    spec = data_spec(config)
     height, width, channels = spec.image_shape
     if height != width:
         raise ValueError(f"image size {height}x{width}: only square images are exported")
