@@ -1,5 +1,5 @@
 import sys
 
-from jaxformer.cli import main
+from jaxformer.cli import run
 
-sys.exit(main())
+sys.exit(run())

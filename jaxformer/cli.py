@@ -3,7 +3,8 @@
 Commands are registered in `COMMANDS`, one module each in `jaxformer/commands/`. Exit codes:
 0 done, 1 an error of the program (traceback shown) or no readable checkpoint, 2 bad input
 (config, flags, paths, data: one line on stderr), 3 non-finite loss, 128+N stopped by
-signal N after saving a checkpoint.
+signal N after saving a checkpoint. The `jaxformer` executable (and `python -m jaxformer`)
+runs with TCMalloc where the system has it (jaxformer/allocator.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import sys
 
+from jaxformer.allocator import preload_tcmalloc
 from jaxformer.errors import EXIT_USER_ERROR, UserError
 
 COMMANDS = {
@@ -100,5 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
+def run() -> int:
+    """The `jaxformer` executable: `main`, with TCMalloc preloaded where the system has it
+    (jaxformer/allocator.py)."""
+    preload_tcmalloc()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
