@@ -1,72 +1,69 @@
-"""TCMalloc for the `jaxformer` command on Linux, where the system has it.
+"""glibc's malloc, tuned for XLA:CPU: transparent huge pages and memory kept between steps.
 
-XLA:CPU allocates and frees every intermediate buffer of every step, from the threads of
-every host device at once. glibc's malloc serialises those threads on its arena locks and
-hands large blocks back to the kernel, so that the next step faults them in again; with one
-host device per core the step time then depends on how the threads happen to interleave
-(nano GPT on a 2-core AMD EPYC: 22-50 ms from one process to the next). TCMalloc's
-per-thread caches remove both costs (nano GPT 22-30 ms every time, CLIP tiny/4 0.64-0.76 s
-instead of 1.02-1.15 s; experiments/results/cpu_train_step.md).
+XLA:CPU allocates and frees every intermediate buffer of every step. With glibc's defaults
+the large ones are mmapped fresh each time and returned to the kernel when freed, so every
+step faults its activations in again, 4 KiB page by page, from the threads of every host
+device at once. The step time then depends on how those threads happen to interleave: nano
+GPT on a 2-core AMD EPYC took 25-54 ms from one process to the next, and CLIP tiny/4 about
+1.2 s. Keeping blocks below 32 MiB in malloc's heap, not giving freed memory back, and backing
+the heap with transparent huge pages removes the faults: 22-26 ms and 0.57-0.66 s every time
+(experiments/results/cpu_train_step.md).
 
-A library cannot swap the allocator of a running process, so `jaxformer` re-executes itself
-once, before importing anything heavy, with the library in `LD_PRELOAD`. Nothing happens
-when the library is absent (Debian/Ubuntu: `apt install libtcmalloc-minimal4`), when it is
-already loaded, off Linux, or with `JAXFORMER_MALLOC=system`.
+glibc reads these settings (GLIBC_TUNABLES) only when a process starts, so the `jaxformer`
+executable re-executes itself once, before importing anything heavy, with them added to the
+environment; its child processes inherit them. A tunable the user already set is kept.
+Nothing happens off glibc, or with `JAXFORMER_MALLOC=system`.
 """
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import sys
 
-LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
-# Set across the re-execution only: the LD_PRELOAD to give back to child processes.
-_RESTORE = "_JAXFORMER_LD_PRELOAD"
+TUNABLES = {
+    "glibc.malloc.hugetlb": "1",  # madvise(MADV_HUGEPAGE) on the memory malloc maps (2.35+).
+    "glibc.malloc.mmap_threshold": str(32 << 20),  # Blocks below 32 MiB come from the heap,
+    "glibc.malloc.trim_threshold": str(4 << 30),  # which keeps up to 4 GiB of freed memory.
+}
 
 
-def find_tcmalloc() -> str | None:
-    """The soname of the system's TCMalloc (for LD_PRELOAD), or None."""
-    for name in LIBRARIES:
-        path = ctypes.util.find_library(name)
-        if path:
-            return path
-    return None
-
-
-def loaded(name: str = "tcmalloc") -> bool:
-    """Whether a library whose file name contains `name` is mapped into this process."""
+def glibc_version() -> str | None:
+    """This process's glibc version ("2.36"), or None on another C library."""
     try:
-        with open("/proc/self/maps") as maps:
-            return any(name in line for line in maps)
-    except OSError:
-        return False
+        name, _, version = os.confstr("CS_GNU_LIBC_VERSION").partition(" ")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return version if name == "glibc" else None
 
 
-def preload_tcmalloc() -> None:
-    """Re-executes the current command with TCMalloc preloaded, where that applies.
+def parse_tunables(value: str) -> dict[str, str]:
+    pairs = (item.partition("=") for item in value.split(":") if item)
+    return {name: setting for name, _, setting in pairs}
+
+
+def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
+    """`environ` with TUNABLES added to GLIBC_TUNABLES, or None when there is nothing to add
+    (all set already, or `JAXFORMER_MALLOC=system`)."""
+    if environ.get("JAXFORMER_MALLOC") == "system":
+        return None
+    current = parse_tunables(environ.get("GLIBC_TUNABLES", ""))
+    if all(name in current for name in TUNABLES):
+        return None
+    merged = {**TUNABLES, **current}
+    return dict(environ, GLIBC_TUNABLES=":".join(f"{k}={v}" for k, v in merged.items()))
+
+
+def tune_malloc() -> None:
+    """Re-executes the current command with TUNABLES in the environment, where that applies.
 
     Call it first thing in a command-line entry point: it does not return when it
-    re-executes. After the re-execution the environment is as it was, so that processes
-    this one starts make their own choice.
+    re-executes, and after that the tunables are set, so it never re-executes twice.
     """
-    if _RESTORE in os.environ:
-        previous = os.environ.pop(_RESTORE)
-        if previous:
-            os.environ["LD_PRELOAD"] = previous
-        else:
-            os.environ.pop("LD_PRELOAD", None)
+    if glibc_version() is None:
         return
-    if (not sys.platform.startswith("linux") or os.environ.get("JAXFORMER_MALLOC") == "system"
-            or loaded()):
+    env = tuned_environment(dict(os.environ))
+    if env is None:
         return
-    library = find_tcmalloc()
-    if library is None:
-        return
-    previous = os.environ.get("LD_PRELOAD", "")
-    env = dict(os.environ, LD_PRELOAD=f"{library} {previous}".strip(), **{_RESTORE: previous})
-    # TCMalloc reports allocations above 1 GiB on stderr; a model's buffers often are.
-    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -4,7 +4,8 @@ Commands are registered in `COMMANDS`, one module each in `jaxformer/commands/`.
 0 done, 1 an error of the program (traceback shown) or no readable checkpoint, 2 bad input
 (config, flags, paths, data: one line on stderr), 3 non-finite loss, 128+N stopped by
 signal N after saving a checkpoint. The `jaxformer` executable (and `python -m jaxformer`)
-runs with TCMalloc where the system has it (jaxformer/allocator.py).
+runs with glibc's malloc tuned for XLA:CPU (huge pages, memory kept between steps;
+jaxformer/allocator.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import signal
 import sys
 
-from jaxformer.allocator import preload_tcmalloc
+from jaxformer.allocator import tune_malloc
 from jaxformer.errors import EXIT_USER_ERROR, UserError
 
 COMMANDS = {
@@ -103,9 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> int:
-    """The `jaxformer` executable: `main`, with TCMalloc preloaded where the system has it
-    (jaxformer/allocator.py)."""
-    preload_tcmalloc()
+    """The `jaxformer` executable: `main`, with glibc's malloc tuned (jaxformer/allocator.py)."""
+    tune_malloc()
     return main()
 
 

@@ -2,7 +2,7 @@
 
 The `slurm_cluster` fixture starts munged (with its own key and socket), slurmctld and slurmd
 from a generated slurm.conf in a temporary directory, points SLURM_CONF at it, waits for the
-node to be idle, and stops all three at the end. Without the binaries (`.ci/system-packages`
+node to be idle, and stops all three at the end. Without the binaries (`.ci/slurm-setup`
 installs them) or when a daemon does not start, the tests that use it skip and say why.
 """
 
@@ -166,7 +166,7 @@ def slurm_cluster() -> Iterator[Cluster]:
     missing = [name for name in DAEMONS if shutil.which(name, path=PATH) is None]
     missing += [name for name in COMMANDS if shutil.which(name) is None]
     if missing:
-        pytest.skip(f"SLURM is not installed (no {', '.join(missing)}; .ci/system-packages "
+        pytest.skip(f"SLURM is not installed (no {', '.join(missing)}; .ci/slurm-setup "
                     "installs slurm-wlm and munge)")
     directory = tempfile.mkdtemp(prefix="jaxformer-slurm-")
     os.chmod(directory, 0o755)  # munged wants its socket's directory searchable by all.
