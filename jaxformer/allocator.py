@@ -6,7 +6,7 @@ step faults its activations in again, 4 KiB page by page, from the threads of ev
 device at once. The step time then depends on how those threads happen to interleave: nano
 GPT on a 2-core AMD EPYC took 25-54 ms from one process to the next, and CLIP tiny/4 about
 1.2 s. Keeping blocks below 32 MiB in malloc's heap, not giving freed memory back, and backing
-the heap with transparent huge pages removes the faults: 22-26 ms and 0.57-0.66 s every time
+the heap with transparent huge pages removes the faults: 22-26 ms and 0.57-0.80 s every time
 (experiments/results/cpu_train_step.md).
 
 glibc reads these settings (GLIBC_TUNABLES) only when a process starts, so the `jaxformer`
