@@ -138,7 +138,6 @@ def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
 def hf_config(config: ml_collections.ConfigDict) -> dict:
     """The `config.json` of a CLIP workdir's `CLIPModel`; the start and end of text are the
     vocabulary's last two tokens (CLIP's layout, `export_order`)."""
-
     model = config.model
     if model.get("pool_type", "tok") != "tok" or model.get("loss", "softmax") != "softmax":
         raise ValueError("transformers' CLIPModel pools the class token and has no logit "
