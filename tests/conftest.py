@@ -1,6 +1,10 @@
-"""Test set-up: eight simulated CPU devices, set before jax is imported; the worker processes
-(pytest-xdist) run with the malloc settings of the `jaxformer` executable (allocator.py)."""
+"""Test set-up, before jax is imported: eight simulated CPU devices; the malloc settings of the
+`jaxformer` executable (allocator.py); one persistent compilation cache shared by the worker
+processes (pytest-xdist) and the runs they start, created empty for each session, so a program
+that several tests compile (a config's train step, the resumed run's) is compiled once."""
 import os
+import shutil
+import tempfile
 
 from jaxformer.allocator import tuned_environment
 
@@ -9,3 +13,14 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.update(tuned_environment(dict(os.environ)) or {})
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; workers inherit its dir
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxformer-xla-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
+else:
+    _OWN_CACHE = None
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
