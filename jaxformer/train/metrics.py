@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import jax
 
 from jaxformer.errors import UserError
+from jaxformer.train.tensorboard import EventWriter
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -78,18 +79,15 @@ class MetricWriter:
         if resume_step is not None or _ends_mid_line(path):
             _rewrite(path, resume_step)
         self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- open until close().
-        from tensorboardX import SummaryWriter  # Heavy import; only where metrics are written.
-
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tensorboard = EventWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
+        values = {name: float(value) for name, value in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
         self._jsonl.flush()
-        for name, value in scalars.items():
-            self._tensorboard.add_scalar(name, float(value), int(step))
+        self._tensorboard.scalars(int(step), values)
 
     def close(self) -> None:
         if self.enabled:
