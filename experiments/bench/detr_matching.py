@@ -72,4 +72,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from jaxformer.allocator import tune_malloc
+
+    tune_malloc()  # glibc's malloc as the `jaxformer` executable tunes it.
     main()
