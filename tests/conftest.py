@@ -16,9 +16,6 @@ os.environ.update(tuned_environment(dict(os.environ)) or {})
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; workers inherit its dir
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxformer-xla-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    # A size limit turns on JAX's file lock around cache reads and writes, so that no process
-    # reads an entry that another is still writing.
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
     _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
 else:
     _OWN_CACHE = None
