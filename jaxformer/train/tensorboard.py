@@ -98,8 +98,7 @@ class EventWriter:
         now = time.time()
         name = (f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}."
                 f"{next(_FILE_NUMBERS)}")
-        self.path = os.path.join(logdir, name)
-        self._file = open(self.path, "ab")  # noqa: SIM115 -- open until close().
+        self._file = open(os.path.join(logdir, name), "ab")  # noqa: SIM115 -- open until close().
         self._write(event(0, now, file_version=FILE_VERSION))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
