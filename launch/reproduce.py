@@ -30,6 +30,7 @@ import platform
 import time
 
 from jaxformer.errors import UserError
+from launch.sweep import run_seconds
 
 SCALES = ("cpu", "paper")
 
@@ -95,8 +96,7 @@ def records(state: dict, params: dict[str, int], command: str) -> dict[str, dict
     machine = f"{os.cpu_count()} CPU cores, {_cpu_name()}"
     out = {}
     for point in state["points"]:
-        wall = (point["finished"] - point["started"]
-                if "started" in point and "finished" in point else None)
+        wall = run_seconds(point)
         out[point["name"]] = dict(
             status=point["status"], params=params.get(point["name"]),
             metrics=point.get("metrics", {}), minutes=round(wall / 60, 2) if wall else None,

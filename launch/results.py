@@ -10,6 +10,8 @@ import math
 import os
 from collections.abc import Sequence
 
+from launch.sweep import run_seconds
+
 LOSS = "train/loss"
 
 
@@ -39,8 +41,7 @@ def rows(state: dict, metrics: Sequence[str] = ()) -> tuple[list[str], list[list
     table = []
     for point in state["points"]:
         final = point.get("metrics", {})
-        wall = (point["finished"] - point["started"]
-                if "started" in point and "finished" in point else None)
+        wall = run_seconds(point)
         table.append([point["name"], *[point["overrides"].get(k, "") for k in keys],
                       point["status"], final.get("step", ""),
                       _duration(wall) if wall and wall > 0 else "",

@@ -293,6 +293,9 @@ def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
     points = []
     for point in sweep.points:
         entry = dict(old.get(point.name, {}))
+        restarted = (extra or {}).get(point.name, {}).get("started")
+        if restarted is not None and restarted != entry.get("started", restarted):
+            _keep_interrupted_time(entry, sweep.workdir(point))
         entry.update(
             name=point.name, overrides=point.overrides, arg=point.arg, subcommand=point.command,
             row=point.row,
@@ -314,14 +317,35 @@ def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
     return state
 
 
+def _keep_interrupted_time(entry: dict, workdir: str) -> None:
+    """A point starts again: an earlier attempt that ended without an exit code (interrupted)
+    counts in its time up to the last metrics it wrote."""
+    if entry.get("finished", 0) >= entry["started"]:
+        entry.pop("earlier_seconds", None)  # That attempt finished (failed): a new count.
+        return
+    try:
+        last_write = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
+    except FileNotFoundError:
+        return
+    entry["earlier_seconds"] = (entry.get("earlier_seconds", 0.0)
+                                + max(last_write - entry["started"], 0.0))
+
+
+def run_seconds(entry: dict) -> float | None:
+    """A finished point's time: its last attempt's and that of interrupted earlier ones."""
+    if "started" not in entry or entry.get("finished", 0) < entry["started"]:
+        return None
+    return entry["finished"] - entry["started"] + entry.get("earlier_seconds", 0.0)
+
+
 def progress_line(state: dict, parallel: int = 1) -> str:
     """`3/8 done, 2 running, 1 failed, ETA 12m` from a sweep.json state."""
     points = state["points"]
     counts = {s: sum(1 for p in points if p["status"] == s) for s in (DONE, RUNNING, FAILED)}
     line = (f"{counts[DONE]}/{len(points)} done, {counts[RUNNING]} running, "
             f"{counts[FAILED]} failed")
-    durations = [p["finished"] - p["started"] for p in points
-                 if p["status"] == DONE and "started" in p and "finished" in p]
+    durations = [run_seconds(p) for p in points
+                 if p["status"] == DONE and run_seconds(p) is not None]
     left = len(points) - counts[DONE] - counts[FAILED]
     if durations and left:
         seconds = sum(durations) / len(durations) * left / max(parallel, 1)

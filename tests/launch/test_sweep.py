@@ -202,3 +202,33 @@ def test_multi_process_points_run_as_local_pods(tmp_path, capsys):
     assert (f"-m launch.local --num_processes=2 --devices_per_process=4 --log_dir={root}/logs/pod "
             f"-- train --config={path} --workdir={root}/pod > {root}/logs/pod.log 2>&1"
             ) in command
+
+
+def test_time_of_an_interrupted_attempt_counts_in_the_points_time(tmp_path):
+    path = write_config(tmp_path, '[{"name": "p"}]')
+    sweep = sweep_lib.plan(path, str(tmp_path / "root"))
+    point = sweep.points[0]
+    os.makedirs(os.path.join(sweep.root, "logs"))
+    os.makedirs(sweep.workdir(point))
+    metrics = os.path.join(sweep.workdir(point), "metrics.jsonl")
+    open(metrics, "w").close()
+    t0 = 1_700_000_000.0
+    # First attempt: started at t0, last wrote metrics 100 s later, then was interrupted.
+    sweep_lib.refresh(sweep, launcher="local", running={"p"}, extra={"p": {"started": t0}})
+    os.utime(metrics, (t0 + 100, t0 + 100))
+    state = sweep_lib.refresh(sweep, launcher="local")
+    assert sweep_lib.run_seconds(state["points"][0]) is None  # Unfinished.
+    # The rerun starts at t0 + 500 and fails at t0 + 800.
+    extra = {"p": {"started": t0 + 500}}
+    sweep_lib.refresh(sweep, launcher="local", running={"p"}, extra=extra)
+    sweep_lib.refresh(sweep, launcher="local", running={"p"}, extra=extra)  # Counted once.
+    sweep.record_exit(point, 1)
+    os.utime(sweep.exit_path(point), (t0 + 800, t0 + 800))
+    state = sweep_lib.refresh(sweep, launcher="local", extra=extra)
+    assert sweep_lib.run_seconds(state["points"][0]) == pytest.approx(100 + 300)
+    # Run again after the failure: only the new attempt counts.
+    sweep_lib.refresh(sweep, launcher="local", running={"p"}, extra={"p": {"started": t0 + 900}})
+    sweep.record_exit(point, 0)
+    os.utime(sweep.exit_path(point), (t0 + 950, t0 + 950))
+    state = sweep_lib.refresh(sweep, launcher="local")
+    assert sweep_lib.run_seconds(state["points"][0]) == pytest.approx(50)
