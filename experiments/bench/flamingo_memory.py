@@ -171,4 +171,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    from jaxformer.allocator import tune_malloc
+
+    tune_malloc()  # glibc's malloc as the `jaxformer` executable tunes it.
     raise SystemExit(main())

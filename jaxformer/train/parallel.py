@@ -72,11 +72,17 @@ class Sharded:
 
     def _in_mesh(self, jitted: Callable) -> Callable:
         """`jitted`, called (and so traced) with the mesh set: tasks can then split
-        per-example work over it (`tasks.base.per_batch_shard`)."""
+        per-example work over it (`tasks.base.per_batch_shard`). Its `lower(*args)` lowers
+        it under the mesh too, for ahead-of-time compilation."""
         def call(*args):
             with jax.set_mesh(self.mesh):
                 return jitted(*args)
 
+        def lower(*args):
+            with jax.set_mesh(self.mesh):
+                return jitted.lower(*args)
+
+        call.lower = lower
         return call
 
 
@@ -125,6 +131,7 @@ class Pmap:
             state, metrics = pstep(state, batch)
             return state, jax.tree.map(lambda x: x[0], metrics)
 
+        train_step.lower = pstep.lower  # Its compiled program returns one metric per device.
         return train_step
 
     def reduce_fn(self, fn: Callable) -> Callable:
