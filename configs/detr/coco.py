@@ -61,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(name="detr", variant=arg.variant,
                                                   dropout_rate=0.1))
     config.task = ml_collections.ConfigDict(dict(
-        name="detection", eos_coef=0.1, class_weight=1.0, bbox_weight=5.0, giou_weight=2.0))
+        name="detection", eos_coef=0.1, class_weight=1.0, bbox_weight=5.0, giou_weight=2.0,
+        matcher="jax"))
     # Each prefetched batch of 64 padded 1,333 x 1,333 images is 1.4 GB.
     config.data = ml_collections.ConfigDict(dict(
         name="coco_detection", data_dir=arg.data_dir, train_split="train",

@@ -71,7 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(name="detr", variant=arg.variant,
                                                   dropout_rate=0.1))
     config.task = ml_collections.ConfigDict(dict(
-        name="detection", eos_coef=0.1, class_weight=1.0, bbox_weight=5.0, giou_weight=2.0))
+        name="detection", eos_coef=0.1, class_weight=1.0, bbox_weight=5.0, giou_weight=2.0,
+        matcher="jax"))
     config.data = ml_collections.ConfigDict(dict(
         name="composed_detection", canvas_size=64, min_objects=1, max_objects=4,
         min_object_size=12, max_object_size=32, max_iou=0.1, background="textured",

@@ -3,15 +3,17 @@
 
 The step is `jaxformer bench`'s (the trainer's jitted step of configs/detr/composed.py, one
 real batch of composed canvases, one host device per core) with the `cpu` DETR's sizes and
-`--queries` object queries. The matching is timed on its own at the step's shapes: the cost
-matrices and the assignment (`losses.matching.hungarian_match`, scipy on the host) of every
-decoder layer's predictions (random) against the batch's targets, jitted. Prints one JSON
-line.
+`--queries` object queries and the `--matcher` solver (`jax` on the device, the config's
+default, or `scipy` on the host). The matching is timed on its own at the step's shapes: the
+cost matrices and the assignment (`losses.matching.hungarian_match`) of every decoder layer's
+predictions (random) against the batch's targets, jitted. Prints one JSON line.
 
   python experiments/bench/detr_matching.py --batch 16 --queries 100 [--steps 20]
+      [--matcher jax|scipy]
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--matcher", choices=("jax", "scipy"), default="jax")
     args = parser.parse_args()
 
     from jaxformer.commands import common
@@ -46,6 +49,7 @@ def main() -> None:
     with config.unlocked():
         config.model.update(variant="", **{**detr.VARIANTS["cpu"], "num_queries": args.queries})
         config.train.batch_size = args.batch
+        config.task.matcher = args.matcher
     step = bench.run(config, steps=args.steps, warmup=args.warmup)
 
     data, task = build_data_and_task(config, None)
@@ -56,7 +60,7 @@ def main() -> None:
                          jnp.float32)
     boxes = jax.nn.sigmoid(jnp.asarray(rng.normal(size=(layers, args.batch, args.queries, 4)),
                                        jnp.float32))
-    match = jax.jit(hungarian_match)
+    match = jax.jit(functools.partial(hungarian_match, matcher=args.matcher))
     targets = (jnp.asarray(batch["labels"]), jnp.asarray(batch["boxes"]),
                jnp.asarray(batch["box_mask"]))
     for _ in range(args.warmup + 1):
@@ -67,7 +71,8 @@ def main() -> None:
         jax.block_until_ready(match(logits, boxes, *targets))
         times.append(time.perf_counter() - start)
     matching = statistics.median(times)
-    print(json.dumps({**step, "queries": args.queries, "matching_seconds_median": matching,
+    print(json.dumps({**step, "queries": args.queries, "matcher": args.matcher,
+                      "matching_seconds_median": matching,
                       "matching_share": matching / step["step_seconds_median"]}), flush=True)
 
 

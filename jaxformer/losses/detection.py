@@ -82,6 +82,7 @@ def set_criterion(
     target_mask: jax.Array, axis_name: str | None = None, *,
     image_mask: jax.Array | None = None, eos_coef: float = 0.1,
     weights: TermWeights = DETR_WEIGHTS, costs: TermWeights = DETR_WEIGHTS,
+    matcher: str = "jax",
 ) -> tuple[Average, Metrics]:
     """DETR's loss summed over decoder layers, as an `Average` over images.
 
@@ -97,6 +98,7 @@ def set_criterion(
       eos_coef: the class weight of "no object".
       weights: the loss weights of the class, L1 and GIoU terms.
       costs: the matching costs of the same terms.
+      matcher: the assignment solver, "jax" (device) or "scipy" (host).
 
     Returns (loss, metrics), metrics of the last layer (see the module docstring).
     """
@@ -109,7 +111,7 @@ def set_criterion(
     real = jnp.asarray(target_mask).astype(jnp.float32) * images[:, None]  # [b, t]
 
     indices, matched = hungarian_match(logits, boxes, target_labels, target_boxes, real > 0,
-                                       costs)  # [l, b, t]
+                                       costs, matcher)  # [l, b, t]
     sums = _layer_sums(logits, boxes, target_labels, target_boxes, indices, matched, images,
                        eos_coef)
     class_norm = jnp.maximum(global_sum(sums["class_weight"], axis_name), 1e-9)

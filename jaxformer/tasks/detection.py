@@ -10,7 +10,8 @@ layers' losses (`losses.detection`), normalised by the number of boxes of the gl
 
 `config.task`: `eos_coef` (0.1, the class weight of "no object"), `class_weight`,
 `bbox_weight`, `giou_weight` (1, 5, 2: the loss weights), and `class_cost`, `bbox_cost`,
-`giou_cost` (the matching costs, by default the same).
+`giou_cost` (the matching costs, by default the same), `matcher` ("jax": the assignment
+solved on the device; "scipy": on the host, in float64; see `losses.matching`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ml_collections
 
 from jaxformer import registry
 from jaxformer.losses.detection import set_criterion
-from jaxformer.losses.matching import TermWeights
+from jaxformer.losses.matching import MATCHERS, TermWeights
 from jaxformer.tasks.base import Task, compute_dtype
 
 
@@ -47,6 +48,10 @@ class DetectionTask(Task):
             raise ValueError(f"task.eos_coef must be in [0, 1], got {self.eos_coef}")
         self.weights = _weights(task, "weight", TermWeights())
         self.costs = _weights(task, "cost", TermWeights(*self.weights))
+        self.matcher = task.get("matcher", "jax")
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"task.matcher must be one of {', '.join(MATCHERS)}, got "
+                             f"{self.matcher!r}")
         self.image_shape = tuple(data.image_shape)
         self.max_boxes = data.max_boxes
         self.num_classes = data.num_classes
@@ -74,7 +79,7 @@ class DetectionTask(Task):
         loss, metrics = set_criterion(
             outputs["logits"], outputs["boxes"], batch["labels"], batch["boxes"],
             batch["box_mask"], axis_name, image_mask=images, eos_coef=self.eos_coef,
-            weights=self.weights, costs=self.costs)
+            weights=self.weights, costs=self.costs, matcher=self.matcher)
         return loss, metrics
 
     def predict(self, params, batch) -> dict[str, jax.Array]:

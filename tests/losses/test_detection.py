@@ -3,6 +3,7 @@ whole loss and its metrics against a float64 reference (matching by brute force)
 losses, padding images, and the same loss and gradients on one device, under pmap over 8
 devices and under jit over a batch sharded on 8 devices (boxes counted over all devices)."""
 
+import functools
 import re
 
 import jax
@@ -204,18 +205,19 @@ def predict(params, features):
     return features @ params["classes"], jax.nn.sigmoid(features @ params["boxes"])
 
 
-def local_totals(params, features, labels, targets, mask, axis_name):
+def local_totals(params, features, labels, targets, mask, axis_name, matcher="jax"):
     """(loss total, count, d total / d params) on this device."""
     def total(params):
-        loss, _ = set_criterion(*predict(params, features), labels, targets, mask, axis_name)
+        loss, _ = set_criterion(*predict(params, features), labels, targets, mask, axis_name,
+                                matcher=matcher)
         return loss.total, loss.count
 
     (total, count), grads = jax.value_and_grad(total, has_aux=True)(params)
     return total, count, grads
 
 
-def single_device(params, *batch):
-    total, count, grads = local_totals(params, *batch, None)
+def single_device(params, *batch, matcher="jax"):
+    total, count, grads = local_totals(params, *batch, None, matcher)
     return jax.tree.map(lambda a: a / count, (total, grads))
 
 
@@ -273,10 +275,12 @@ def test_loss_and_gradients_do_not_depend_on_the_split():
 
 
 def test_with_the_mesh_set_each_device_matches_its_own_images():
-    """The host callback of the matching takes one device's share of the batch, instead of
-    the whole batch gathered onto one device."""
+    """The host callback of the scipy matcher takes one device's share of the batch, instead
+    of the whole batch gathered onto one device; the device matcher has no callback."""
     batch, mesh = sharded(*global_batch())
     with jax.set_mesh(mesh):
-        hlo = jax.jit(single_device).lower(init_params(), *batch).compile().as_text()
-    shapes = re.findall(r"= \(s32\[([\d,]+)\][^=]*\) custom-call\(", hlo)
+        hlo = {m: jax.jit(functools.partial(single_device, matcher=m)).lower(
+            init_params(), *batch).compile().as_text() for m in ("scipy", "jax")}
+    shapes = re.findall(r"= \(s32\[([\d,]+)\][^=]*\) custom-call\(", hlo["scipy"])
     assert shapes == [f"{LAYERS},{BATCH // DEVICES},{TARGETS}"]
+    assert "callback" in hlo["scipy"] and "callback" not in hlo["jax"]

@@ -1,15 +1,19 @@
 """Hungarian matching: the cost against a float64 reference, the assignment against brute
 force over all permutations (padding, more queries than targets, fewer, none), and the same
-answer under jit, vmap, with leading layer dimensions and through a gradient."""
+answer under jit, vmap, with leading layer dimensions and through a gradient, for both
+solvers; the on-device one against scipy on many random problems."""
 
+import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 from jaxformer.losses.matching import (
+    MATCHERS,
     TermWeights,
     hungarian_match,
     linear_sum_assignment,
@@ -92,12 +96,14 @@ def test_cost_matches_reference():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("matcher", MATCHERS)
 @pytest.mark.parametrize("queries,masks", [(5, MASKS), (4, MASKS), (3, [[1, 1, 1, 1]] * 3)],
                          ids=["more_queries", "as_many", "fewer_queries"])
-def test_matching_equals_brute_force(queries, masks):
+def test_matching_equals_brute_force(queries, masks, matcher):
     rng = np.random.default_rng(queries)
     logits, boxes, labels, targets, mask = stack(random_case(rng, queries, m) for m in masks)
-    indices, matched = jax.jit(hungarian_match)(logits, boxes, labels, targets, mask)
+    match = functools.partial(hungarian_match, matcher=matcher)
+    indices, matched = jax.jit(match)(logits, boxes, labels, targets, mask)
     assert indices.shape == matched.shape == mask.shape and indices.dtype == jnp.int32
     for i in range(len(masks)):
         cost = reference_cost(logits[i], boxes[i], labels[i], targets[i])
@@ -111,14 +117,16 @@ def test_matching_equals_brute_force(queries, masks):
 
 
 @pytest.mark.slow
-def test_batch_vmap_and_layers_agree_with_single_images():
+@pytest.mark.parametrize("matcher", MATCHERS)
+def test_batch_vmap_and_layers_agree_with_single_images(matcher):
+    match = functools.partial(hungarian_match, matcher=matcher)
     rng = np.random.default_rng(7)
     logits, boxes, labels, targets, mask = stack(random_case(rng, 6, m) for m in MASKS)
-    singles = [hungarian_match(logits[i], boxes[i], labels[i], targets[i], mask[i])
+    singles = [match(logits[i], boxes[i], labels[i], targets[i], mask[i])
                for i in range(len(MASKS))]
     wanted = tuple(np.stack(parts) for parts in zip(*singles))
-    batched = jax.jit(hungarian_match)(logits, boxes, labels, targets, mask)
-    mapped = jax.jit(jax.vmap(hungarian_match))(logits, boxes, labels, targets, mask)
+    batched = jax.jit(match)(logits, boxes, labels, targets, mask)
+    mapped = jax.jit(jax.vmap(match))(logits, boxes, labels, targets, mask)
     for got in (batched, mapped):
         np.testing.assert_array_equal(got[0], wanted[0])
         np.testing.assert_array_equal(got[1], wanted[1])
@@ -126,30 +134,69 @@ def test_batch_vmap_and_layers_agree_with_single_images():
     # Decoder layers [layers, batch, ...] against shared targets [batch, ...]: each layer is
     # matched on its own (layer 0 is the batch above).
     other_logits, other_boxes, *_ = stack(random_case(rng, 6, m) for m in MASKS)
-    layered = jax.jit(hungarian_match)(np.stack([logits, other_logits]),
-                                       np.stack([boxes, other_boxes]), labels, targets, mask)
-    other = hungarian_match(other_logits, other_boxes, labels, targets, mask)
+    layered = jax.jit(match)(np.stack([logits, other_logits]), np.stack([boxes, other_boxes]),
+                             labels, targets, mask)
+    other = match(other_logits, other_boxes, labels, targets, mask)
     np.testing.assert_array_equal(layered[0], np.stack([wanted[0], other[0]]))
     np.testing.assert_array_equal(layered[1], np.stack([wanted[1], other[1]]))
     assert (layered[0][0] != layered[0][1]).any()  # The layers are matched differently.
 
 
-def test_gradient_passes_around_the_matching():
+@pytest.mark.parametrize("matcher", MATCHERS)
+def test_gradient_passes_around_the_matching(matcher):
+    match = functools.partial(hungarian_match, matcher=matcher)
     logits, boxes, labels, targets, mask = random_case(np.random.default_rng(3), 5,
                                                        [1, 0, 1, 1])
 
     def matched_box_sum(boxes):
-        indices, matched = hungarian_match(logits, boxes, labels, targets, mask)
+        indices, matched = match(logits, boxes, labels, targets, mask)
         return (boxes[indices].sum(-1) * matched).sum()
 
     grad = jax.jit(jax.grad(matched_box_sum))(jnp.asarray(boxes))
-    indices, _ = hungarian_match(logits, boxes, labels, targets, mask)
+    indices, _ = match(logits, boxes, labels, targets, mask)
     wanted = np.zeros_like(boxes)
     wanted[np.asarray(indices)[mask]] = 1.0  # Only the gather's own gradient.
     np.testing.assert_array_equal(grad, wanted)
 
 
-def test_non_finite_costs_still_give_an_assignment():
+@pytest.mark.parametrize("matcher", MATCHERS)
+def test_non_finite_costs_still_give_an_assignment(matcher):
     cost = jnp.array([[[np.nan, 1.0], [np.inf, 0.0], [2.0, -np.inf]]])
-    indices, matched = jax.jit(linear_sum_assignment)(cost, jnp.array([[True, True]]))
+    indices, matched = jax.jit(functools.partial(linear_sum_assignment, matcher=matcher))(
+        cost, jnp.array([[True, True]]))
     assert matched.all() and len(set(np.asarray(indices[0]).tolist())) == 2
+
+
+@pytest.mark.parametrize("queries,targets", [(100, 12), (10, 10), (4, 7)],
+                         ids=["detr_like", "square", "more_slots"])
+def test_device_solver_finds_scipys_optimum(queries, targets):
+    """Random real and integer (tied) costs with random padding: the on-device assignment
+    is one-to-one over the real slots, matches as many as scipy and costs as little."""
+    rng = np.random.default_rng(queries + targets)
+    trials = 64
+    costs = np.concatenate([rng.normal(size=(trials, queries, targets)),
+                            rng.integers(0, 3, size=(trials, queries, targets))]
+                           ).astype(np.float32)
+    masks = rng.random((2 * trials, targets)) < rng.uniform(0.2, 1.0, (2 * trials, 1))
+    solve = jax.jit(functools.partial(linear_sum_assignment, matcher="jax"))
+    indices, matched = (np.asarray(x) for x in solve(costs, masks))
+    for cost, mask, index, match in zip(costs.astype(np.float64), masks, indices, matched):
+        columns = np.flatnonzero(mask)
+        rows, picked = scipy.optimize.linear_sum_assignment(cost[:, columns])
+        assert not match[~mask].any() and match.sum() == len(rows)
+        assert len(set(index[match].tolist())) == match.sum()
+        chosen = cost[index[match], np.flatnonzero(match)].sum()
+        assert chosen == pytest.approx(cost[rows, columns[picked]].sum(), rel=1e-5, abs=1e-5)
+
+
+def test_device_solver_compiles_without_a_host_callback():
+    cost = jnp.zeros((2, 6, 3))
+    mask = jnp.ones((2, 3), bool)
+    text = {m: jax.jit(functools.partial(linear_sum_assignment, matcher=m)).lower(cost, mask)
+            .as_text() for m in MATCHERS}
+    assert "callback" in text["scipy"] and "callback" not in text["jax"]
+
+
+def test_unknown_matcher_is_refused():
+    with pytest.raises(ValueError, match="unknown matcher 'lapjv'"):
+        linear_sum_assignment(jnp.zeros((3, 2)), jnp.ones(2, bool), matcher="lapjv")
