@@ -30,7 +30,7 @@ import platform
 import time
 
 from jaxformer.errors import UserError
-from launch.sweep import run_seconds
+from launch import sweep as sweep_lib
 
 SCALES = ("cpu", "paper")
 
@@ -77,7 +77,6 @@ def load(directory: str) -> Experiment:
 def parameter_counts(sweep) -> dict[str, int]:
     """Each trained point's total parameter count, from shapes alone (`jax.eval_shape`)."""
     from jaxformer.commands.params import summary
-    from launch import sweep as sweep_lib
 
     counts, bases = {}, {}
     for point in sweep.points:
@@ -96,7 +95,7 @@ def records(state: dict, params: dict[str, int], command: str) -> dict[str, dict
     machine = f"{os.cpu_count()} CPU cores, {_cpu_name()}"
     out = {}
     for point in state["points"]:
-        wall = run_seconds(point)
+        wall = sweep_lib.run_seconds(point)
         out[point["name"]] = dict(
             status=point["status"], params=params.get(point["name"]),
             metrics=point.get("metrics", {}), minutes=round(wall / 60, 2) if wall else None,
