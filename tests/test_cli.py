@@ -338,9 +338,16 @@ def test_params_of_gpt2_xl():
     result = run_cli("params", "--config=configs/gpt/gpt2.py:variant=gpt2-xl")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "total 1557611200"
-    result = run_cli("params", "--config=configs/gpt/gpt2.py:variant=gpt2-xl", "--json")
+    result = run_cli("params", "--config=configs/gpt/gpt2.py:variant=gpt2-xl", "--json",
+                     "--config.train.fsdp=8")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["total"] == 1557611200
+    summary = json.loads(result.stdout)
+    assert summary["total"] == 1557611200
+    # Params and AdamW's two moments, float32: 18.7 GB, of which each of 8 devices holds an
+    # eighth of every large leaf and whole copies of the small ones (biases, LayerNorms).
+    state = summary["param_bytes"] + summary["optimizer_state_bytes"]
+    assert 0 <= state - 3 * 4 * 1557611200 < 64  # And the optimizer's step counts.
+    assert state / 8 < summary["state_bytes_per_device"] < 1.01 * state / 8
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ def measure(config, *, steps: int, warmup: int, workdir: str) -> dict:
     data, task = build_data_and_task(config, workdir)
     batch = next(data.train_iter(batch_size=parallel.local_batch_size(cfg.batch_size),
                                  seed=config.seed))
-    strategy = parallel.make_strategy(cfg.strategy)
+    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp)
     tx = make_optimizer(config.optim, freeze)
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)

@@ -64,7 +64,7 @@ def summary(config, depth: int = 2) -> dict:
 
     from jaxformer import registry
     from jaxformer.errors import as_user_error
-    from jaxformer.train import transfer
+    from jaxformer.train import parallel, transfer
     from jaxformer.train.optimizer import make_optimizer
     from jaxformer.train.state import create_state
 
@@ -77,6 +77,8 @@ def summary(config, depth: int = 2) -> dict:
     params = jax.tree.map(lambda x: x, state.params)
     trained, frozen = transfer.count_frozen(params, freeze)
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    fsdp = config.train.fsdp
+    split = lambda x: 1 if parallel.fsdp_axis(x.shape, fsdp) is None else fsdp  # noqa: E731
     return {
         "modules": module_counts(params, depth),
         "trainable": trained,
@@ -84,6 +86,9 @@ def summary(config, depth: int = 2) -> dict:
         "flops_per_example": task.flops_per_example(params),
         "param_bytes": nbytes(state.params),
         "optimizer_state_bytes": nbytes(state.opt_state),
+        # What each device holds of params and optimizer state (less with train.fsdp > 1).
+        "state_bytes_per_device": sum(x.size * x.dtype.itemsize // split(x)
+                                      for x in jax.tree.leaves((state.params, state.opt_state))),
         "total": trained + frozen,
     }
 
@@ -102,5 +107,8 @@ def run(args, overrides: list[str]) -> int:
     print(f"train state {(result['param_bytes'] + result['optimizer_state_bytes']) / 2**20:,.1f}"
           f" MiB (params {result['param_bytes'] / 2**20:,.1f}, optimizer "
           f"{result['optimizer_state_bytes'] / 2**20:,.1f})")
+    if config.train.fsdp > 1:
+        print(f"train state per device with train.fsdp={config.train.fsdp}: "
+              f"{result['state_bytes_per_device'] / 2**20:,.1f} MiB")
     print(f"total {result['total']}")
     return 0

@@ -50,7 +50,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         data, task = build_data_and_task(config, workdir or scratch)
         batch_size = parallel.local_batch_size(cfg.batch_size)
         batch = next(data.train_iter(batch_size=batch_size, seed=config.seed))
-    strategy = parallel.make_strategy(cfg.strategy)
+    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp)
     tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)

@@ -1,12 +1,14 @@
 """Data-parallel strategies: `sharded` (jit over a Mesh, default) and `pmap`.
 
 Both take per-process batches (each process reads its own shard of the data) and give the
-same numbers: the loss and gradients are means over the global batch.
+same numbers: the loss and gradients are means over the global batch. `sharded` can also
+split the train state over devices (`train.fsdp`, fully sharded data parallelism).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -19,6 +21,19 @@ from jaxformer.train.state import TrainState, make_train_step
 
 STRATEGIES = ("sharded", "pmap")
 MESH_AXES = ("data", "fsdp", "tensor")
+# Under FSDP, leaves with fewer elements stay replicated: gathering a bias or a LayerNorm
+# scale at every use costs more than the memory it saves.
+MIN_SHARDED_SIZE = 2**12
+
+
+def fsdp_axis(shape: tuple[int, ...], fsdp: int) -> int | None:
+    """The axis of a train-state leaf of `shape` that FSDP splits `fsdp` ways: its largest
+    axis that `fsdp` divides (the first of equal ones); None (replicated) for small leaves or
+    when no axis divides."""
+    if fsdp == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
+        return None
+    divisible = [axis for axis, size in enumerate(shape) if size % fsdp == 0]
+    return max(divisible, key=lambda axis: shape[axis]) if divisible else None
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -31,28 +46,55 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 class Sharded:
-    """`jax.jit` over a (data, fsdp, tensor) mesh: params replicated, batch split over data."""
+    """`jax.jit` over a (data, fsdp, tensor) mesh, the batch split over data x fsdp.
 
-    name = "sharded"
+    The train state is replicated, or with `fsdp` > 1 each of its large leaves (parameters
+    and the optimizer's moments alike) is split over the `fsdp` mesh axis (`fsdp_axis`), as
+    ZeRO-3 / FSDP do: each device keeps 1/fsdp of it, and XLA gathers a parameter where the
+    step uses it and reduce-scatters its gradient. The numbers are those of the replicated
+    step, up to the order of float additions.
+    """
+
     axis_name = None  # The jitted step sees the global batch.
 
-    def __init__(self, devices: list[jax.Device] | None = None,
-                 mesh_shape: tuple[int, int, int] | None = None):
+    def __init__(self, devices: list[jax.Device] | None = None, fsdp: int = 1):
         devices = devices or jax.devices()
-        mesh_shape = mesh_shape or (len(devices), 1, 1)
-        self.mesh = Mesh(np.asarray(devices).reshape(mesh_shape), MESH_AXES)
+        if fsdp < 1 or len(devices) % fsdp:
+            raise UserError(f"train.fsdp must divide the {len(devices)} devices, got {fsdp}")
+        self.fsdp = fsdp
+        self.name = "sharded" if fsdp == 1 else f"sharded, fsdp {fsdp}"
+        self.mesh = Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp, 1), MESH_AXES)
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
 
+    def leaf_sharding(self, shape: tuple[int, ...]) -> NamedSharding:
+        axis = fsdp_axis(tuple(shape), self.fsdp)
+        if axis is None:
+            return self.replicated
+        return NamedSharding(self.mesh, P(*(None,) * axis, "fsdp"))
+
+    def state_sharding(self, tree: Any) -> Any:
+        """The sharding of each leaf of a train state (arrays or shapes): a function of the
+        leaf's shape alone, so a state restored, averaged or built anew lands the same way."""
+        return jax.tree.map(lambda x: self.leaf_sharding(np.shape(x)), tree)
+
+    def _constrain_state(self, tree: Any) -> Any:
+        return jax.lax.with_sharding_constraint(tree, self.state_sharding(tree))
+
     def init_state(self, create: Callable[..., TrainState], *args) -> TrainState:
-        return jax.jit(create, out_shardings=self.replicated)(*args)
+        return jax.jit(lambda *a: self._constrain_state(create(*a)))(*args)
 
     def place_state(self, state: TrainState) -> TrainState:
-        return jax.device_put(state, self.replicated)
+        return jax.device_put(state, self.state_sharding(state))
 
     def host_state(self, state: TrainState) -> TrainState:
         """The state as checkpoints store it (global arrays)."""
         return state
+
+    def gathered(self, tree: Any) -> Any:
+        """`tree` whole on every device, for the evaluators that every process runs alone on
+        its own rows (a leaf split by FSDP has parts on other processes' devices)."""
+        return tree if self.fsdp == 1 else jax.device_put(tree, self.replicated)
 
     def place_batch(self, batch: dict) -> dict:
         return jax.tree.map(
@@ -61,14 +103,24 @@ class Sharded:
 
     def train_step(self, task, tx, grad_accum_steps: int, frozen=None) -> Callable:
         step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, frozen=frozen)
-        return self._in_mesh(jax.jit(
-            step, in_shardings=(self.replicated, self.batch_sharding),
-            out_shardings=(self.replicated, self.replicated), donate_argnums=0))
+
+        def sharded_step(state: TrainState, batch: dict):
+            # The state's shardings follow from its shapes, so they are set here, at trace
+            # time, on the way in and out (the state arrives placed by `place_state`).
+            batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
+            state, metrics = step(self._constrain_state(state), batch)
+            return (self._constrain_state(state),
+                    jax.lax.with_sharding_constraint(metrics, self.replicated))
+
+        return self._in_mesh(jax.jit(sharded_step, donate_argnums=0))
 
     def reduce_fn(self, fn: Callable) -> Callable:
-        """`fn(params, batch) -> pytree of sums` over the global batch, jitted."""
-        return self._in_mesh(jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
-                                     out_shardings=self.replicated))
+        """`fn(params, batch) -> pytree of sums` over the global batch, jitted; `params` as
+        placed (replicated or by `place_state`)."""
+        def sums(params, batch):
+            return fn(params, jax.lax.with_sharding_constraint(batch, self.batch_sharding))
+
+        return self._in_mesh(jax.jit(sums, out_shardings=self.replicated))
 
     def _in_mesh(self, jitted: Callable) -> Callable:
         """`jitted`, called (and so traced) with the mesh set: tasks can then split
@@ -117,6 +169,10 @@ class Pmap:
 
         return jax.tree.map(unstack, state)
 
+    def gathered(self, tree: Any) -> Any:
+        """One copy of `tree`, for the evaluators that every process runs alone."""
+        return self.host_state(tree)
+
     def place_batch(self, batch: dict) -> dict:
         n = jax.local_device_count()
         return jax.tree.map(lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:]),
@@ -141,9 +197,14 @@ class Pmap:
         return lambda params, batch: jax.tree.map(lambda x: x[0], pfn(params, batch))
 
 
-def make_strategy(name: str):
+def make_strategy(name: str, fsdp: int = 1):
+    """The strategy `train.strategy` names; `fsdp` (`train.fsdp`) > 1 splits the train state
+    over that many devices (sharded only)."""
     if name == "sharded":
-        return Sharded()
+        return Sharded(fsdp=fsdp)
     if name == "pmap":
+        if fsdp != 1:
+            raise UserError(f"train.fsdp={fsdp} needs train.strategy=sharded (pmap keeps a "
+                            "whole copy of the state on every device)")
         return Pmap()
     raise UserError(f"unknown train.strategy {name!r}; available: {', '.join(STRATEGIES)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -89,9 +89,13 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
 
 
 def abstract_state(config: ml_collections.ConfigDict, task: Task,
-                   sharding: jax.sharding.Sharding) -> TrainState:
-    """Shapes, dtypes and `sharding` of the run's train state, computed without allocating."""
+                   sharding: jax.sharding.Sharding | Callable[[tuple[int, ...]], Any]
+                   ) -> TrainState:
+    """Shapes, dtypes and shardings of the run's train state, computed without allocating;
+    `sharding` is that of every leaf, or a function of a leaf's shape
+    (`parallel.Sharded.leaf_sharding`)."""
     tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     shapes = jax.eval_shape(lambda: create_state(task, tx, config.seed))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        shapes)
+    sharding_of = sharding if callable(sharding) else (lambda _: sharding)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_of(x.shape)), shapes)

@@ -130,7 +130,7 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resu
     evaluators, the train state's shapes and `init_from`'s parameters (unless resuming); a
     ValueError here is a config mistake."""
     with as_user_error("config"):
-        strategy = parallel.make_strategy(config.train.strategy)
+        strategy = parallel.make_strategy(config.train.strategy, config.train.fsdp)
         data, task = build_data_and_task(config, assets_workdir)
         data_common.open_lazy_sources(data)
         freeze = tuple(config.get("freeze", ()))
@@ -145,9 +145,10 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resu
     return _Parts(data, task, tx, strategy, evaluators, abstract, loaded)
 
 
-def _state_sharding(strategy) -> jax.sharding.Sharding:
+def _state_sharding(strategy):
+    """Where restored states land: by leaf shape under the mesh; on one device for pmap."""
     if isinstance(strategy, parallel.Sharded):
-        return strategy.replicated
+        return strategy.leaf_sharding
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
