@@ -20,7 +20,7 @@ from jaxformer.tasks.base import BATCH_AXES
 from jaxformer.train.state import TrainState, make_train_step
 
 STRATEGIES = ("sharded", "pmap")
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp")
 # Under FSDP, leaves with fewer elements stay replicated: gathering a bias or a LayerNorm
 # scale at every use costs more than the memory it saves.
 MIN_SHARDED_SIZE = 2**12
@@ -46,7 +46,7 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 class Sharded:
-    """`jax.jit` over a (data, fsdp, tensor) mesh, the batch split over data x fsdp.
+    """`jax.jit` over a (data, fsdp) device mesh, the batch split over all its devices.
 
     The train state is replicated, or with `fsdp` > 1 each of its large leaves (parameters
     and the optimizer's moments alike) is split over the `fsdp` mesh axis (`fsdp_axis`), as
@@ -63,7 +63,7 @@ class Sharded:
             raise UserError(f"train.fsdp must divide the {len(devices)} devices, got {fsdp}")
         self.fsdp = fsdp
         self.name = "sharded" if fsdp == 1 else f"sharded, fsdp {fsdp}"
-        self.mesh = Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp, 1), MESH_AXES)
+        self.mesh = Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), MESH_AXES)
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
 
