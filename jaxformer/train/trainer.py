@@ -91,6 +91,12 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
     if cfg.average_last < 0 or cfg.average_last > cfg.keep_checkpoints:
         raise ValueError(f"train.average_last must be in [0, keep_checkpoints="
                          f"{cfg.keep_checkpoints}], got {cfg.average_last}")
+    if cfg.profile_steps < 0 or cfg.profile_start < 2:
+        raise ValueError(f"train.profile_steps must be >= 0 and train.profile_start >= 2 (step "
+                         f"1 compiles), got {cfg.profile_steps} and {cfg.profile_start}")
+    if cfg.profile_steps and cfg.profile_start > cfg.num_steps:
+        raise ValueError(f"train.profile_start {cfg.profile_start} is beyond train.num_steps "
+                         f"{cfg.num_steps}")
     if cfg.batch_size % cfg.grad_accum_steps:
         raise ValueError(f"train.batch_size {cfg.batch_size} does not split into "
                          f"{cfg.grad_accum_steps} micro-batches")
@@ -288,6 +294,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
         log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         return scalars
 
+    profiler = _Profiler(workdir, cfg.profile_start, cfg.profile_steps)
     pending: list[tuple[int, Any]] = []
     last: dict[str, float] = {}
     timer, timed_steps = time.perf_counter(), 0
@@ -322,9 +329,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
             last.update(evaluate(state, start, final=True))
         with _StopOnSignal() as stop:
             for step in range(start + 1, cfg.num_steps + 1):  # Updates done after this one.
-                batch = strategy.place_batch(next(train_iter))
-                state, metrics = train_step(state, batch)
+                profiler.before(step)
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    batch = strategy.place_batch(next(train_iter))
+                    state, metrics = train_step(state, batch)
                 pending.append((step, metrics))
+                profiler.after(step, metrics)
                 if len(pending) > 1:  # At most one step queued behind the running one.
                     jax.block_until_ready(pending[-2][1])
                 if step == start + 1:  # Compilation: report it, keep it out of the throughput.
@@ -348,10 +358,42 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
                     checkpointer.wait()
                     raise Interrupted(signum, step)
     finally:
+        profiler.stop()
         checkpointer.wait()
         checkpointer.close()
         writer.close()
     return last
+
+
+class _Profiler:
+    """A `jax.profiler` trace of steps `start ... start + count - 1` (of this run; none if
+    it resumes past `start`), written to `workdir/profile` for TensorBoard's profile plugin
+    or Perfetto; each step is annotated, so the viewers split the trace by step."""
+
+    def __init__(self, workdir: str, start: int, count: int):
+        self.directory = os.path.join(workdir, "profile")
+        self.start, self.end = start, start + count - 1
+        self.enabled = count > 0
+        self.traced: list[int] = []  # The steps of the trace under way.
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.start:
+            jax.profiler.start_trace(self.directory)
+            self.traced = [step]
+
+    def after(self, step: int, metrics: Any) -> None:
+        if self.traced and step > self.traced[-1]:
+            self.traced.append(step)
+        if self.traced and step == self.end:
+            jax.block_until_ready(metrics)  # The trace holds the whole last step.
+            self.stop()
+
+    def stop(self) -> None:
+        if self.traced:
+            jax.profiler.stop_trace()
+            log(f"profile of steps {self.traced[0]}-{self.traced[-1]} written to "
+                f"{self.directory}")
+            self.traced = []
 
 
 def _fresh_state(config: ml_collections.ConfigDict, parts: _Parts) -> TrainState:
