@@ -230,9 +230,6 @@ def test_unknown_model_name_lists_models(tmp_path):
     assert f"unknown model 'gtp'; available: {models}\n" in result.stderr
 
 
-
-
-
 # Datasets that users prepare themselves (not embedded) train on tfds's mock records.
 MOCKED_DATASETS = ("wmt14_ende", "imagenet2012", "cifar10", "glue")
 
@@ -240,8 +237,10 @@ MOCKED_DATASETS = ("wmt14_ende", "imagenet2012", "cifar10", "glue")
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_config_trains_one_step(path, tmp_path, data_dir):
+    """With the train state split in two (`train.fsdp=2`, over 4 x 2 devices), so that every
+    family's step and evaluators also run with FSDP."""
     config = config_lib.load_config(os.path.join(ROOT, path) + ":runlocal")
-    config_lib.apply_overrides(config, ["train.num_steps=1"] + (
+    config_lib.apply_overrides(config, ["train.num_steps=1", "train.fsdp=2"] + (
         [f"data.data_dir={data_dir}"] if "data_dir" in config.data else []))
     if config.data.name in MOCKED_DATASETS:
         with tfds.testing.mock_data(num_examples=64):
