@@ -45,44 +45,25 @@ def test_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_with_pmap_checkpoint_resume_and_match_one(tmp_path):
-    """Under `pmap` the pod saves global checkpoints and resumes from them (a stop at step 4
-    of 6, then the same command with more steps), ending where one process ends."""
+@pytest.mark.parametrize("parallelism, described", [
+    ("train.strategy=pmap", "8 devices (pmap)"),
+    ("train.fsdp=8", "8 devices (sharded, fsdp 8)"),  # The state split across both processes.
+])
+def test_two_processes_checkpoint_resume_and_match_one(tmp_path, parallelism, described):
+    """Under `pmap`, or with each of the pod's 8 devices holding an eighth of the large leaves
+    of the train state, the pod saves global checkpoints and resumes from them (a stop at step
+    4 of 6, then the same command with more steps), ending where one process ends."""
     data_dir = tmp_path / "tfds"
     data_dir.mkdir()
-    overrides = ["train.strategy=pmap", "train.batch_size=16", "evals.val.every_steps=0",
+    overrides = [parallelism, "train.batch_size=16", "evals.val.every_steps=0",
                  "train.checkpoint_every=2", f"data.data_dir={data_dir}"]
     pod = tmp_path / "pod"
-    assert "8 devices (pmap)" in run_pod(tmp_path, pod, ["train.num_steps=4", *overrides])
+    assert described in run_pod(tmp_path, pod, ["train.num_steps=4", *overrides])
     assert "resuming from step 4" in run_pod(tmp_path, pod, ["train.num_steps=6", *overrides])
 
     from jaxformer.train import trainer
 
     config = tiny_config("train.num_steps=6", *overrides[:-1], data_dir=str(data_dir))
-    single = tmp_path / "single"
-    trainer.train(config, str(single))
-    step_pod, params_pod = final_params(pod, config)
-    step_one, params_one = final_params(single, config)
-    assert step_pod == step_one == 6
-    assert_close_params(params_pod, params_one)
-
-
-@pytest.mark.slow
-def test_two_processes_with_the_state_split_across_them_resume_and_match_one(tmp_path):
-    """`train.fsdp=8`: each of the 8 devices of the two processes holds an eighth of the large
-    leaves; the pod saves, resumes and ends where one replicated process ends."""
-    data_dir = tmp_path / "tfds"
-    data_dir.mkdir()
-    overrides = ["train.fsdp=8", "train.batch_size=16", "evals.val.every_steps=0",
-                 "train.checkpoint_every=2", f"data.data_dir={data_dir}"]
-    pod = tmp_path / "pod"
-    assert "8 devices (sharded, fsdp 8)" in run_pod(tmp_path, pod, ["train.num_steps=4",
-                                                                     *overrides])
-    assert "resuming from step 4" in run_pod(tmp_path, pod, ["train.num_steps=6", *overrides])
-
-    from jaxformer.train import trainer
-
-    config = tiny_config("train.num_steps=6", *overrides[1:-1], data_dir=str(data_dir))
     single = tmp_path / "single"
     trainer.train(config, str(single))
     step_pod, params_pod = final_params(pod, config)
