@@ -1,4 +1,5 @@
-"""`jaxformer bench`: compile time, median step time, throughput and MFU of a config's train step.
+"""`jaxformer bench`: compile time, median step time, throughput, MFU and memory of a config's
+train step.
 
 The step timed is exactly the trainer's (same strategy, optimizer, dtype, remat), fed one real
 batch from the config's data pipeline, so data loading is not part of the figure.
@@ -85,6 +86,15 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         "step_seconds_median": step_seconds,
         "examples_per_sec": cfg.batch_size / step_seconds,
     }
+    # What one device holds of the train state (less with train.fsdp), and its peak memory
+    # where the runtime reports it (GPUs, TPUs).
+    device = jax.local_devices()[0]
+    result["state_bytes_per_device"] = sum(
+        shard.data.nbytes for leaf in jax.tree.leaves(state)
+        for shard in leaf.addressable_shards if shard.device == device)
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        result["peak_bytes_in_use"] = stats["peak_bytes_in_use"]
     items, unit = task.items_per_example()
     if unit != "ex":
         result[f"{unit}_per_sec"] = cfg.batch_size * items / step_seconds
