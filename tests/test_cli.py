@@ -322,14 +322,17 @@ def test_sample_past_the_block_size(trained):
 
 @pytest.mark.slow
 def test_evaluate_uses_one_host_device_per_core(copy):
+    """... and splits the parameters of a run that split its state (train.fsdp) over them."""
     config = json.loads((copy / "config.json").read_text())
     config["train"]["batch_size"] = 6
+    config["train"]["fsdp"] = 2
     (copy / "config.json").write_text(json.dumps(config))
     result = run_cli("evaluate", f"--workdir={copy}", xla_flags=False)
     assert result.returncode == 0, result.stderr
     cores = len(os.sched_getaffinity(0))
     expected = max(d for d in range(1, cores + 1) if 6 % d == 0)
-    assert f"evaluating the checkpoint at step 4 on {expected} devices" in result.stdout
+    split = " (parameters split 2 ways)" if expected % 2 == 0 else ""
+    assert f"evaluating the checkpoint at step 4 on {expected} devices{split}\n" in result.stdout
     assert "eval/val/loss" in records(copy)[-1]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from jaxformer.commands import common
 
 HELP = "run a workdir's evaluators (config.evals) on a checkpoint"
@@ -22,16 +24,21 @@ def run(args, overrides: list[str]) -> int:
 
     config = read_workdir_config(args.workdir)
     common.host_devices_per_core(common.micro_batch(config))
+    import jax
+
     from jaxformer.console import log
     from jaxformer.evaluators.base import Context, build_evaluators
     from jaxformer.inference.workdir import load_run
     from jaxformer.train import parallel
     from jaxformer.train.metrics import MetricWriter
 
-    strategy = parallel.Sharded()
+    # A run that split its state (train.fsdp) gets its parameters split as far as the
+    # devices here allow.
+    strategy = parallel.Sharded(fsdp=math.gcd(config.train.get("fsdp", 1), jax.device_count()))
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
-                    sharding=strategy.replicated)
-    log(f"evaluating {run_.describe()} on {len(strategy.mesh.devices.flat)} devices")
+                    sharding=strategy.leaf_sharding)
+    split = f" (parameters split {strategy.fsdp} ways)" if strategy.fsdp > 1 else ""
+    log(f"evaluating {run_.describe()} on {len(strategy.mesh.devices.flat)} devices{split}")
     context = Context(run_.task, run_.data, strategy,
                       parallel.local_batch_size(config.train.batch_size))
     evaluators = build_evaluators(run_.config, context)

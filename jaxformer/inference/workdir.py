@@ -8,7 +8,7 @@ the mean of the last K.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -41,8 +41,10 @@ class Run:
 
 
 def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
-             sharding: jax.sharding.Sharding | None = None) -> Run:
-    """The run in `workdir`, its params placed with `sharding` (default: the first device)."""
+             sharding: jax.sharding.Sharding | Callable[[tuple[int, ...]], Any] | None = None
+             ) -> Run:
+    """The run in `workdir`, its params placed with `sharding` (default: the first device),
+    one for all leaves or a function of a leaf's shape (`parallel.Sharded.leaf_sharding`)."""
     if average_last < 0:
         raise UserError(f"--average_last must be >= 0, got {average_last}")
     if average_last > 1 and step is not None:
