@@ -31,7 +31,8 @@ def _expected():
 def _reports(entry) -> set[str]:
     """The metric names an evaluator entry writes."""
     if entry.type == "few_shot":
-        return {f"top1_{k}shot" for k in entry.shots} | {"chance", "majority"}
+        return ({f"{kind}top1_{k}shot" for k in entry.shots for kind in ("", "calibrated_")}
+                | {"chance", "majority"})
     return {"loss": {"loss", "perplexity"}, "captioning": {"cider", "bleu4"}}[entry.type]
 
 
