@@ -207,8 +207,9 @@ def test_resume_with_changed_config_warns_and_keeps_previous(copy, data_dir):
 
 
 @pytest.mark.slow
-def test_resume_with_more_steps_does_not_warn(copy, data_dir):
-    result = run_cli(*train_args(copy, data_dir, "--config.train.num_steps=5"))
+def test_resume_with_more_steps_or_the_state_split_does_not_warn(copy, data_dir):
+    result = run_cli(*train_args(copy, data_dir, "--config.train.num_steps=5",
+                                 "--config.train.fsdp=2"))
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stdout and "resuming from step 4" in result.stdout
     assert train_steps(copy) == [1, 2, 3, 4, 5]

@@ -41,8 +41,11 @@ from jaxformer.train.optimizer import make_optimizer, make_schedule
 from jaxformer.train.state import TrainState, abstract_state, create_state
 from jaxformer.train.workdir import check_workdir_path, lock_workdir
 
-# Config fields that may change between a run and its resume without a warning.
-RESUMABLE_CHANGES = ("train.num_steps",)
+# Config fields that may change between a run and its resume without a warning: the step
+# budget, how the state is split over devices (a checkpoint restores into any split) and the
+# profiler window.
+RESUMABLE_CHANGES = ("train.num_steps", "train.fsdp", "train.profile_steps",
+                     "train.profile_start")
 
 
 class NonFiniteLossError(RuntimeError):
