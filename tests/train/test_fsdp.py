@@ -30,7 +30,7 @@ def data_dir(tmp_path_factory):
     ((128, 32), 4, 0),
     ((64, 64), 8, 0),          # Equal axes: the first.
     ((1000, 7), 8, 0),         # 7 does not split 8 ways.
-    ((7, 1001), 8, None),       # No axis splits 8 ways.
+    ((7, 1001), 8, None),      # No axis splits 8 ways.
     ((3, 4096), 4, 1),
     ((32, 96), 4, None),       # 3,072 elements: small, replicated.
     ((), 4, None),
@@ -51,13 +51,12 @@ def train_steps(config, strategy, steps, workdir):
     tx = make_optimizer(config.optim)
     batches = data.train_iter(batch_size=config.train.batch_size, seed=config.seed)
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
-    first = state
     step = strategy.train_step(task, tx, config.train.grad_accum_steps)
     losses = []
     for _ in range(steps):
         state, metrics = step(state, strategy.place_batch(next(batches)))
         losses.append(float(metrics["loss"]))
-    return first if steps == 0 else state, np.array(losses)
+    return state, np.array(losses)
 
 
 def test_fsdp_splits_the_state_and_trains_as_replicated(tmp_path, data_dir):
