@@ -236,9 +236,10 @@ MOCKED_DATASETS = ("wmt14_ende", "imagenet2012", "cifar10", "glue")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS)
-def test_every_config_trains_one_step(path, tmp_path, data_dir):
-    """With the train state split in two (`train.fsdp=2`, over 4 x 2 devices), so that every
-    family's step and evaluators also run with FSDP."""
+def test_every_config_trains_one_step(path, tmp_path, data_dir, monkeypatch):
+    """With the train state split in two (`train.fsdp=2`, over 4 x 2 devices; small leaves
+    too, at these tiny sizes), so that every family's step and evaluators also run with FSDP."""
+    monkeypatch.setattr(parallel, "MIN_SHARDED_SIZE", 2)
     config = config_lib.load_config(os.path.join(ROOT, path) + ":runlocal")
     config_lib.apply_overrides(config, ["train.num_steps=1", "train.fsdp=2"] + (
         [f"data.data_dir={data_dir}"] if "data_dir" in config.data else []))
