@@ -90,7 +90,7 @@ def predictions(context: Context, params: Any, *, split: str | None = None,
                 max_new_tokens: int = 20, batch_size: int = 8) -> list[Prediction]:
     """The greedy captions of `num_examples` images of `split` (-1: all; else drawn with
     `seed`, in the split's order), each after `shots` other images of the split with their
-    canonical captions. `params` is one whole copy (`strategy.gathered`)."""
+    canonical captions. `params` is one copy (`strategy.host_state`)."""
     data = context.data
     eval_split = data.split(split or None)
     source, references = eval_split.source, eval_split.captions
@@ -141,7 +141,7 @@ class CaptioningEvaluator(Evaluator):
     def run(self, params) -> dict[str, float]:
         cfg = self.config
         results = predictions(
-            self.context, self.context.strategy.gathered(params), split=self.split,
+            self.context, self.context.strategy.host_state(params), split=self.split,
             num_examples=cfg.get("num_examples", -1), shots=self.shots,
             seed=cfg.get("seed", 0), max_new_tokens=self.max_new_tokens,
             batch_size=cfg.get("batch_size", 0) or self.context.batch_size)

@@ -93,7 +93,7 @@ class CocoApEvaluator(Evaluator):
             **context.task.predict(params, batch)))
 
     def run(self, params) -> dict[str, float]:
-        params = self.context.strategy.gathered(params)
+        params = self.context.strategy.host_state(params)
         truths, predictions = [], []
         for batch in self.context.data.eval_iter(
                 batch_size=self.context.batch_size, num_batches=self.num_batches,

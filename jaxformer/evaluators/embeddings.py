@@ -20,9 +20,8 @@ TEXT_BATCH = 256
 
 
 def host_params(context: Context, params: Any) -> Any:
-    """`params` as placed for training -> one whole copy (pmap keeps one per device, FSDP
-    splits them over devices)."""
-    return context.strategy.gathered(params)
+    """`params` as placed for training -> one copy (pmap keeps one per device)."""
+    return context.strategy.host_state(params)
 
 
 def embed_images(context: Context, params: Any, split: str,

@@ -50,9 +50,9 @@ class Sharded:
 
     The train state is replicated, or with `fsdp` > 1 each of its large leaves (parameters
     and the optimizer's moments alike) is split over the `fsdp` mesh axis (`fsdp_axis`), as
-    ZeRO-3 / FSDP do: each device keeps 1/fsdp of it, and XLA gathers a parameter where the
-    step uses it and reduce-scatters its gradient. The numbers are those of the replicated
-    step, up to the order of float additions.
+    ZeRO-3 / FSDP do: each device keeps 1/fsdp of it between steps; in the step XLA gathers
+    the parameters for the forward and backward passes, and each device updates its own
+    part. The numbers are those of the replicated step, up to the order of float additions.
     """
 
     axis_name = None  # The jitted step sees the global batch.
@@ -91,18 +91,19 @@ class Sharded:
         """The state as checkpoints store it (global arrays)."""
         return state
 
-    def gathered(self, tree: Any) -> Any:
-        """`tree` whole on every device, for the evaluators that every process runs alone on
-        its own rows (a leaf split by FSDP has parts on other processes' devices)."""
-        return tree if self.fsdp == 1 else jax.device_put(tree, self.replicated)
-
     def place_batch(self, batch: dict) -> dict:
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
             batch)
 
     def train_step(self, task, tx, grad_accum_steps: int, frozen=None) -> Callable:
-        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, frozen=frozen)
+        # Split parameters are gathered whole where the loss reads them: the forward and
+        # backward passes are then split over the batch alone, instead of following the
+        # parameters' splits into the activations.
+        gather = None if self.fsdp == 1 else (
+            lambda params: jax.lax.with_sharding_constraint(params, self.replicated))
+        step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps, frozen=frozen,
+                               params_in_use=gather)
 
         def sharded_step(state: TrainState, batch: dict):
             # The state's shardings follow from its shapes, so they are set here, at trace
@@ -168,10 +169,6 @@ class Pmap:
             return jax.make_array_from_callback(copy.shape, self.replicated, lambda _: copy)
 
         return jax.tree.map(unstack, state)
-
-    def gathered(self, tree: Any) -> Any:
-        """One copy of `tree`, for the evaluators that every process runs alone."""
-        return self.host_state(tree)
 
     def place_batch(self, batch: dict) -> dict:
         n = jax.local_device_count()

@@ -34,7 +34,8 @@ def create_state(task: Task, tx: optax.GradientTransformation, seed: int,
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1,
-                    axis_name: str | None = None, frozen: Any = None):
+                    axis_name: str | None = None, frozen: Any = None,
+                    params_in_use: Callable[[Any], Any] | None = None):
     """Returns `train_step(state, batch) -> (state, metrics)`, metrics as float32 scalars.
 
     The task's loss is a sum over the items of its (micro-)batch with a count (see
@@ -43,10 +44,14 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
     `axis_name` (pmap), over devices; the gradient is then divided by the total count, so the
     step is one pass over the global batch whatever the split. `frozen`, a tree of bools like
     the params, stops gradients at the frozen ones, so that their backward pass is not computed.
+    `params_in_use` maps the params as stored to the params the loss reads (FSDP: gathered
+    whole, so that the passes are split over the batch alone).
     """
 
     def summed_grads(params, batch, rng):
         def total(params):
+            if params_in_use is not None:
+                params = params_in_use(params)
             if frozen is not None:
                 params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
                                       params, frozen)

@@ -83,10 +83,6 @@ def test_fsdp_splits_the_state_and_trains_as_replicated(tmp_path, data_dir):
     expected = sum(leaf.nbytes // (1 if parallel.fsdp_axis(leaf.shape, 4) is None else 4)
                    for leaf in jax.tree.leaves(state))
     assert device_bytes(state, device) == expected < device_bytes(replicated, device)
-    # What the per-process evaluators get: every leaf whole on every device, same values.
-    whole = fsdp.gathered(state.params)
-    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(whole))
-    assert_same_params(jax.device_get(whole), jax.device_get(state.params))
 
 
 @pytest.mark.slow
