@@ -38,6 +38,7 @@ from jaxformer.train import parallel, transfer
 from jaxformer.train.checkpoint import Checkpointer, CheckpointMismatchError
 from jaxformer.train.metrics import MetricWriter, progress_line, read_metrics
 from jaxformer.train.optimizer import make_optimizer, make_schedule
+from jaxformer.train.profiler import StepProfiler
 from jaxformer.train.state import TrainState, abstract_state, create_state
 from jaxformer.train.workdir import check_workdir_path, lock_workdir
 
@@ -297,7 +298,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
         log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         return scalars
 
-    profiler = _Profiler(workdir, cfg.profile_start, cfg.profile_steps)
+    profiler = StepProfiler(workdir, cfg.profile_start, cfg.profile_steps)
     pending: list[tuple[int, Any]] = []
     last: dict[str, float] = {}
     timer, timed_steps = time.perf_counter(), 0
@@ -366,37 +367,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
         checkpointer.close()
         writer.close()
     return last
-
-
-class _Profiler:
-    """A `jax.profiler` trace of steps `start ... start + count - 1` (of this run; none if
-    it resumes past `start`), written to `workdir/profile` for TensorBoard's profile plugin
-    or Perfetto; each step is annotated, so the viewers split the trace by step."""
-
-    def __init__(self, workdir: str, start: int, count: int):
-        self.directory = os.path.join(workdir, "profile")
-        self.start, self.end = start, start + count - 1
-        self.enabled = count > 0
-        self.traced: list[int] = []  # The steps of the trace under way.
-
-    def before(self, step: int) -> None:
-        if self.enabled and step == self.start:
-            jax.profiler.start_trace(self.directory)
-            self.traced = [step]
-
-    def after(self, step: int, metrics: Any) -> None:
-        if self.traced and step > self.traced[-1]:
-            self.traced.append(step)
-        if self.traced and step == self.end:
-            jax.block_until_ready(metrics)  # The trace holds the whole last step.
-            self.stop()
-
-    def stop(self) -> None:
-        if self.traced:
-            jax.profiler.stop_trace()
-            log(f"profile of steps {self.traced[0]}-{self.traced[-1]} written to "
-                f"{self.directory}")
-            self.traced = []
 
 
 def _fresh_state(config: ml_collections.ConfigDict, parts: _Parts) -> TrainState:

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 
 from jaxformer.errors import UserError
-from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, trainer
-from jaxformer.train.optimizer import make_optimizer
-from jaxformer.train.state import create_state
 from tests.train.test_trainer import (
     assert_close_params,
     assert_same_params,
     final_params,
+    losses_and_state,
     tiny_config,
 )
 
@@ -46,24 +44,10 @@ def device_bytes(tree, device):
                for shard in leaf.addressable_shards if shard.device == device)
 
 
-def train_steps(config, strategy, steps, workdir):
-    data, task = build_data_and_task(config, str(workdir))
-    tx = make_optimizer(config.optim)
-    batches = data.train_iter(batch_size=config.train.batch_size, seed=config.seed)
-    state = strategy.init_state(lambda: create_state(task, tx, config.seed))
-    step = strategy.train_step(task, tx, config.train.grad_accum_steps)
-    losses = []
-    for _ in range(steps):
-        state, metrics = step(state, strategy.place_batch(next(batches)))
-        losses.append(float(metrics["loss"]))
-    return state, np.array(losses)
-
-
 def test_fsdp_splits_the_state_and_trains_as_replicated(tmp_path, data_dir):
     config = tiny_config("train.batch_size=16", data_dir=data_dir)
-    replicated, losses = train_steps(config, parallel.Sharded(), 4, tmp_path)
-    fsdp = parallel.Sharded(fsdp=4)
-    state, fsdp_losses = train_steps(config, fsdp, 4, tmp_path)
+    losses, replicated = losses_and_state(config, parallel.Sharded(), 4, tmp_path)
+    fsdp_losses, state = losses_and_state(config, parallel.Sharded(fsdp=4), 4, tmp_path)
 
     np.testing.assert_allclose(fsdp_losses, losses, rtol=1e-6)
     assert_close_params(jax.device_get(state.params), jax.device_get(replicated.params))

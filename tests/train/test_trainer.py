@@ -50,7 +50,8 @@ def _env():
     return env
 
 
-def losses_and_params(config, strategy, steps, tmp_path):
+def losses_and_state(config, strategy, steps, tmp_path):
+    """The losses of `steps` train steps of `config` under `strategy`, and the state after."""
     data, task = build_data_and_task(config, str(tmp_path))
     tx = make_optimizer(config.optim)
     batch_size = config.train.batch_size
@@ -61,7 +62,12 @@ def losses_and_params(config, strategy, steps, tmp_path):
     for _ in range(steps):
         state, metrics = step(state, strategy.place_batch(next(batches)))
         losses.append(float(metrics["loss"]))
-    return np.array(losses), jax.device_get(strategy.host_state(state).params)
+    return np.array(losses), state
+
+
+def losses_and_params(config, strategy, steps, tmp_path):
+    losses, state = losses_and_state(config, strategy, steps, tmp_path)
+    return losses, jax.device_get(strategy.host_state(state).params)
 
 
 @pytest.mark.slow
