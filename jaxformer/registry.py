@@ -61,3 +61,17 @@ def build_data_and_task(config: ml_collections.ConfigDict, workdir: str | None):
     data = lookup("data", config.data.name).build(config.data, workdir=workdir)
     task = lookup("tasks", config.task.name).build(config, data)
     return data, task
+
+
+def check_variant_overrides(config: ml_collections.ConfigDict, override_keys) -> None:
+    """Refuses an override of a model size field that `model.variant` sets (it would do
+    nothing): `override_keys` are the overridden keys, `model.num_layers`..."""
+    from jaxformer.models import variants
+
+    size_keys = getattr(lookup("models", config.model.name), "SIZE_KEYS", ())
+    shadowed = variants.shadowed_overrides(config.model, override_keys, size_keys)
+    if shadowed:
+        raise UserError(f"--config.{shadowed[0]} has no effect: model.variant="
+                        f"{config.model.variant!r} sets the model's sizes "
+                        f"({', '.join(size_keys)}); add --config.model.variant= to use the "
+                        "explicit fields")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxformer import config as config_lib
+from jaxformer import registry
 from jaxformer.errors import UserError
 from launch import hyper
 
@@ -152,7 +153,9 @@ def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
             spec_i = with_arg(spec, point.arg)
             if spec_i not in bases:
                 bases[spec_i] = base_config(spec_i, overrides)
-            point_config(bases[spec_i], point)
+            registry.check_variant_overrides(
+                point_config(bases[spec_i], point),
+                [*(o.partition("=")[0] for o in overrides), *point.overrides])
         except UserError as e:
             raise UserError(f"sweep point {i} ({_describe(point)}): {e}") from None
         named.add(point.name)

@@ -105,6 +105,8 @@ TRAIN_USER_ERRORS = [
     (["--config.data.block_size=0"], ["block_size"]),
     (["--config.data.tokenizer=nope"], ["nope"]),
     (["--config.model.variant=nope"], ["nope"]),
+    (["--config.model.num_layers=3"], ["--config.model.num_layers", "no effect", "'tiny'"]),
+    (["--config.model.variant=", "--config.model.num_layers=0"], ["model.num_layers", "0"]),
     (["--config.evals.val.type=nope"], ["nope"]),
     (["--config.freeze=('nomatch/.*',)"], ["nomatch"]),
     (["--config.train.num_steps=2"], ["num_steps 2", "(4)"]),  # Below the saved step 4.

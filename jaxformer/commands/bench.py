@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
 def run(args, overrides: list[str]) -> int:
     config = common.load_config(args.config, overrides)
     common.host_devices_per_core(common.micro_batch(config))
+    common.check_overrides(config, overrides)
     from jaxformer.train import bench
 
     print(json.dumps(bench.run(config, steps=args.steps, warmup=args.warmup,

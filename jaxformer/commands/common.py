@@ -18,6 +18,14 @@ def load_config(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
     return config
 
 
+def check_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """Refuses overrides that the config would ignore (a size field under a named variant).
+    Imports the model's module, so call it once the devices are set up."""
+    from jaxformer import registry
+
+    registry.check_variant_overrides(config, [o.partition("=")[0] for o in overrides])
+
+
 def host_devices_per_core(batch_size: int) -> None:
     """Exposes the CPU cores as host devices, so data parallelism uses all of them.
 

@@ -95,6 +95,7 @@ def summary(config, depth: int = 2) -> dict:
 
 def run(args, overrides: list[str]) -> int:
     config = common.load_config(args.config, overrides)
+    common.check_overrides(config, overrides)
     result = summary(config, args.depth)
     trained, frozen = result["trainable"], result["frozen"]
     if args.json:

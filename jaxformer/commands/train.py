@@ -21,6 +21,7 @@ def run(args, overrides: list[str]) -> int:
     if not common.is_distributed(args):
         common.host_devices_per_core(common.micro_batch(config))
     common.init_distributed(args)
+    common.check_overrides(config, overrides)
     from jaxformer.console import log
     from jaxformer.train import trainer
 

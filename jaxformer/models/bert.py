@@ -42,9 +42,11 @@ from jaxformer.layers import (
     gelu_tanh,
     make_padding_mask,
 )
+from jaxformer.models import variants
 
 # Sizes of BERT (Table 1 of the paper) and of the miniatures of Turc et al. (2019), which fit
 # a CPU. The MLP is 4x the width everywhere.
+SIZE_KEYS = ("num_layers", "d_model", "num_heads", "mlp_dim")  # What a variant sets.
 VARIANTS: dict[str, dict[str, int]] = {
     "base": dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072),
     "large": dict(num_layers=24, d_model=1024, num_heads=16, mlp_dim=4096),
@@ -275,13 +277,7 @@ class BertTokenClassifier(_EncoderFields):
 def sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
     """`num_layers`, `d_model`, `num_heads`, `mlp_dim` of a `config.model` block: its variant's,
     or its explicit fields when `variant` is ""."""
-    variant = config.get("variant", "")
-    if variant:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown BERT variant {variant!r}; known: {', '.join(VARIANTS)}")
-        return dict(VARIANTS[variant])
-    found = dict(num_layers=config.num_layers, d_model=config.d_model,
-                 num_heads=config.num_heads, mlp_dim=config.mlp_dim)
+    found = variants.choose(config, SIZE_KEYS, family="BERT", variants=VARIANTS)
     if found["d_model"] % found["num_heads"]:
         raise ValueError(f"d_model {found['d_model']} is not divisible by "
                          f"{found['num_heads']} heads")

@@ -46,12 +46,12 @@ from jaxformer.layers import (
     TransformerStack,
     gelu_exact,
 )
-from jaxformer.models import vit
+from jaxformer.models import variants, vit
 from jaxformer.models.vit import POOL_TYPES, ViTEncoder
 
 LOSSES = ("softmax", "sigmoid")
-SIZE_KEYS = ("embed_dim", "vision_width", "vision_layers", "vision_heads", "vision_mlp_dim",
-             "text_width", "text_layers", "text_heads", "text_mlp_dim")
+SIZE_KEYS = ("embed_dim", "patch_size", "vision_width", "vision_layers", "vision_heads",
+             "vision_mlp_dim", "text_width", "text_layers", "text_heads", "text_mlp_dim")
 
 # Sizes of the OpenAI models (B and L; a variant name is "<size>/<patch size>", e.g. "B/32")
 # and of small ones for a CPU.
@@ -258,10 +258,7 @@ class CLIP(nn.Module):
 def model_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
     """The size fields of a `config.model` subtree (its variant's, or its explicit ones),
     checked to be positive integers."""
-    if config.get("variant", ""):
-        sizes = parse_variant(config.variant)
-    else:
-        sizes = {key: config[key] for key in (*SIZE_KEYS, "patch_size")}
+    sizes = variants.choose(config, SIZE_KEYS, family="CLIP", parse=parse_variant)
     for key, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{key} must be a positive integer, got {value!r}")

@@ -52,7 +52,7 @@ from flax import traverse_util
 
 from jaxformer.layers import Dense, TransformerBlock, TransformerStack
 from jaxformer.layers.position_2d import sine_position_encoding_2d
-from jaxformer.models import resnet
+from jaxformer.models import resnet, variants
 
 SIZE_KEYS = ("backbone", "d_model", "num_heads", "num_encoder_layers", "num_decoder_layers",
              "mlp_dim", "num_queries")
@@ -240,12 +240,8 @@ def parameter_counts(params: Any) -> dict[str, int]:
 def model_sizes(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `SIZE_KEYS` of `config.model`: those of `config.variant`, or the explicit fields
     when the variant is ""."""
-    variant = config.get("variant", "")
-    if not variant:
-        return {k: config[k] for k in SIZE_KEYS}
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown DETR variant {variant!r}; available: {', '.join(VARIANTS)}")
-    return dict(VARIANTS[variant])
+    return variants.choose(config, SIZE_KEYS, family="DETR", variants=VARIANTS,
+                           may_be_zero=("num_encoder_layers",))
 
 
 def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype: Any = jnp.float32,
@@ -267,12 +263,6 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype: Any = j
     if d_model % 4:
         raise ValueError(f"model.d_model must be a multiple of 4 (2-D sine positions), got "
                          f"{d_model}")
-    if sizes["num_encoder_layers"] < 0:
-        raise ValueError(f"model.num_encoder_layers must be >= 0, got "
-                         f"{sizes['num_encoder_layers']}")
-    for key in ("num_decoder_layers", "mlp_dim", "num_queries"):
-        if sizes[key] < 1:
-            raise ValueError(f"model.{key} must be positive, got {sizes[key]}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     dropout_rate = config.get("dropout_rate", 0.1)

@@ -19,7 +19,9 @@ import ml_collections
 from flax import linen as nn
 
 from jaxformer.layers import LearnedPositionalEmbedding, TokenEmbedding, TransformerStack
+from jaxformer.models import variants
 
+SIZE_KEYS = ("num_layers", "num_heads", "d_model")  # What a variant sets.
 VARIANTS: dict[str, dict[str, int]] = {
     "gpt2-small": dict(num_layers=12, num_heads=12, d_model=768),
     "gpt2-medium": dict(num_layers=24, num_heads=16, d_model=1024),
@@ -115,6 +117,8 @@ def build(
     table, at least `block_size`; 0 or absent: `block_size`, e.g. a pretrained model's
     1024 positions read in shorter windows). A variant overrides the size fields.
     """
+    if config.mlp_ratio < 1:
+        raise ValueError(f"model.mlp_ratio must be at least 1, got {config.mlp_ratio}")
     return GPT(
         vocab_size=vocab_size, block_size=max_positions(config, block_size),
         mlp_ratio=config.mlp_ratio,
@@ -135,10 +139,4 @@ def max_positions(config: ml_collections.ConfigDict, block_size: int) -> int:
 def sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
     """`num_layers`, `num_heads`, `d_model` of a `config.model` subtree: its variant's, or
     its explicit fields."""
-    variant = config.get("variant", "")
-    if variant:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown GPT variant {variant!r}; known: {', '.join(VARIANTS)}")
-        return dict(VARIANTS[variant])
-    return dict(num_layers=config.num_layers, num_heads=config.num_heads,
-                d_model=config.d_model)
+    return variants.choose(config, SIZE_KEYS, family="GPT", variants=VARIANTS)

@@ -27,7 +27,9 @@ from jaxformer.layers import (
     make_padding_mask,
 )
 from jaxformer.layers.dense import matmul_2d
+from jaxformer.models import variants
 
+SIZE_KEYS = ("num_layers", "d_model", "num_heads", "mlp_dim", "dropout_rate")  # A variant's.
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, dropout_rate=0.1),
     "big": dict(num_layers=6, d_model=1024, num_heads=16, mlp_dim=4096, dropout_rate=0.3),
@@ -166,12 +168,7 @@ def build(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, b
     `norm_first`, `positions`, `share_embeddings` and, optionally, `head_dim` (0, the default:
     d_model // num_heads). A variant overrides the size fields.
     """
-    sizes = {k: config[k] for k in VARIANTS["base"]}
-    if config.variant:
-        if config.variant not in VARIANTS:
-            raise ValueError(f"unknown Transformer variant {config.variant!r}; known: "
-                             f"{', '.join(VARIANTS)}")
-        sizes = dict(VARIANTS[config.variant])
+    sizes = variants.choose(config, SIZE_KEYS, family="Transformer", variants=VARIANTS)
     return Transformer(
         vocab_size=vocab_size, max_len=max_len, bos_id=bos_id, dtype=dtype, remat=remat,
         attention_dropout_rate=config.attention_dropout_rate, norm_first=config.norm_first,

@@ -36,12 +36,14 @@ from flax import linen as nn
 from flax import traverse_util
 
 from jaxformer.layers import Dense, TransformerStack, gelu_exact
+from jaxformer.models import variants
 
 Initializer = Callable[..., jax.Array]
 POOL_TYPES = ("tok", "gap")
 
 # Sizes of the named variants (ViT paper, Table 1; Ti and S from DeiT / "How to train your
 # ViT"). A variant name is "<size>/<patch size>", e.g. "B/16".
+SIZE_KEYS = ("patch_size", "num_layers", "num_heads", "d_model", "mlp_dim")  # A variant's.
 VARIANTS: dict[str, dict[str, int]] = {
     "Ti": dict(d_model=192, num_layers=12, num_heads=3, mlp_dim=768),
     "S": dict(d_model=384, num_layers=12, num_heads=6, mlp_dim=1536),
@@ -315,10 +317,7 @@ def build(
     `scan_layers` and `layer_norm_epsilon` (default 1e-6). A variant overrides the size
     fields.
     """
-    sizes = dict(patch_size=config.patch_size, num_layers=config.num_layers,
-                 num_heads=config.num_heads, d_model=config.d_model, mlp_dim=config.mlp_dim)
-    if config.get("variant", ""):
-        sizes = parse_variant(config.variant)
+    sizes = variants.choose(config, SIZE_KEYS, family="ViT", parse=parse_variant)
     height, width = image_shape[:2]
     if height % sizes["patch_size"] or width % sizes["patch_size"]:
         raise ValueError(f"image size {height}x{width} is not a multiple of the patch size "

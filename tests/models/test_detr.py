@@ -150,7 +150,7 @@ def test_build_variants_and_explicit_sizes():
     (dict(backbone="resnet152"), "unknown DETR backbone 'resnet152'"),
     (dict(d_model=30, num_heads=4), "not divisible by 4 heads"),
     (dict(d_model=30, num_heads=3), "multiple of 4"),
-    (dict(num_queries=0), "num_queries must be positive"),
+    (dict(num_queries=0), "num_queries must be a positive integer"),
     (dict(num_encoder_layers=-1), "num_encoder_layers must be >= 0"),
     (dict(dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
 ])
