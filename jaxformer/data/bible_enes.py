@@ -127,13 +127,8 @@ def split_verses(verses: list[Verse]) -> dict[str, list[Verse]]:
 
 def prepare(data_dir: str) -> BibleEnes:
     """Returns the builder for `data_dir`, preparing the data there if needed."""
-    try:
-        builder = BibleEnes(data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
-            builder.download_and_prepare()
-    except Exception as e:  # tfds raises many kinds of errors for unwritable or damaged files.
-        raise ValueError(f"cannot prepare bible_enes in {data_dir!r}: {e}") from e
-    return builder
+    return common.prepare_builder(
+        lambda: BibleEnes(data_dir=data_dir, file_format="array_record"), "bible_enes", data_dir)
 
 
 def read_splits(builder: BibleEnes) -> dict[str, list[Verse]]:

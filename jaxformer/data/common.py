@@ -9,7 +9,9 @@ global batch) sees the same examples.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import numbers
 import os
 import threading
@@ -203,6 +205,35 @@ def resolve_data_dir(data_dir: str, *, create: bool) -> str:
     if create and not data_dir and "://" not in path:
         os.makedirs(path, exist_ok=True)
     return path
+
+
+def prepare_builder(make: Callable[[], Any], name: str, data_dir: str,
+                    check: Callable[[], None] | None = None) -> Any:
+    """`make()`'s tfds builder, its data prepared in `data_dir` if it is not yet.
+
+    Preparation holds `<data_dir>/<name>.prepare.lock` (flock), so that processes started
+    together prepare it once: the others wait, then find it prepared. `check()` runs before
+    a preparation (e.g. to say plainly that a source package is missing).
+    """
+    try:
+        builder = make()
+        if builder.is_prepared():
+            return builder
+        remote = "://" in data_dir  # No flock on object stores: prepare those beforehand.
+        if not remote:
+            os.makedirs(data_dir, exist_ok=True)
+        with contextlib.nullcontext() if remote else open(
+                os.path.join(data_dir, f"{name}.prepare.lock"), "a") as lock:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            builder = make()  # Another process may have prepared it meanwhile.
+            if not builder.is_prepared():
+                if check is not None:
+                    check()
+                builder.download_and_prepare()
+        return builder
+    except Exception as e:  # tfds raises many kinds of errors for unwritable or damaged files.
+        raise ValueError(f"cannot prepare {name} in {data_dir!r}: {e}") from e
 
 
 def require_int(config: ml_collections.ConfigDict, key: str, *, minimum: int,

@@ -207,14 +207,9 @@ def _clean(text: str) -> str:
 
 def prepare(data_dir: str, *, dictd_dir: str = DICTD_DIR) -> DingEnde:
     """Returns the builder for `data_dir`, preparing the data there from `dictd_dir` if needed."""
-    try:
-        builder = DingEnde(data_dir=data_dir, file_format="array_record", dictd_dir=dictd_dir)
-        if not builder.is_prepared():
-            dictionary_files(dictd_dir)  # A missing package, said plainly.
-            builder.download_and_prepare()
-    except Exception as e:  # tfds raises many kinds of errors for unwritable or damaged files.
-        raise ValueError(f"cannot prepare ding_ende in {data_dir!r}: {e}") from e
-    return builder
+    return common.prepare_builder(
+        lambda: DingEnde(data_dir=data_dir, file_format="array_record", dictd_dir=dictd_dir),
+        "ding_ende", data_dir, check=lambda: dictionary_files(dictd_dir))  # A missing package.
 
 
 def read_splits(builder: DingEnde) -> dict[str, list[Pair]]:

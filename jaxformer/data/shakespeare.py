@@ -94,13 +94,8 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
 
 def prepare(data_dir: str) -> Shakespeare:
     """Returns the builder for `data_dir`, preparing the data there if needed."""
-    try:
-        builder = Shakespeare(data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
-            builder.download_and_prepare()
-    except Exception as e:  # tfds raises many kinds of errors for unwritable or damaged files.
-        raise ValueError(f"cannot prepare shakespeare in {data_dir!r}: {e}") from e
-    return builder
+    return common.prepare_builder(
+        lambda: Shakespeare(data_dir=data_dir, file_format="array_record"), "shakespeare", data_dir)
 
 
 def read_splits(builder: Shakespeare) -> dict[str, list[str]]:

@@ -28,10 +28,20 @@ class WorkdirBusyError(UserError):
 
 
 def check_workdir_path(path: str) -> None:
-    """Raises UserError if `path` exists and is not a directory (a workdir must be one)."""
+    """Raises UserError if `path` exists and is not a directory (a workdir must be one), or
+    if it cannot be written (a read-only file system, no permission): checked before a run
+    builds anything."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"--workdir {path} exists and is not a directory; "
                          "choose a directory (new or existing)")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # A new workdir is made in its nearest existing parent.
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--workdir {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir {path}: {existing} is not writable (read-only file system "
+                        "or no permission); choose another --workdir")
 
 
 def _holder(handle: int) -> str:
@@ -59,10 +69,13 @@ def lock_workdir(workdir: str) -> Iterator[None]:
     Raises WorkdirBusyError naming the holder if another process holds it.
     """
     check_workdir_path(workdir)
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_NAME)
-    # No O_TRUNC: the file holds the current holder's record until the lock is ours.
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        # No O_TRUNC: the file holds the current holder's record until the lock is ours.
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write the workdir {workdir}: {e.strerror}") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

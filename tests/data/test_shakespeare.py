@@ -2,6 +2,8 @@ import collections
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -105,6 +107,20 @@ def test_tfds_data_source_reads_the_prepared_data(data_dir, corpus):
     assert [int(r["index"]) for r in records] == list(range(len(records)))
     text = b"".join(r["text"] for r in records).decode("utf-8")
     assert text == corpus[shakespeare.split_index(corpus):]
+
+
+PREPARE = "import sys; from jaxformer.data import shakespeare; shakespeare.prepare(sys.argv[1])"
+
+
+def test_processes_started_together_prepare_the_data_once(tmp_path, corpus):
+    """Two runs on a fresh data dir: one prepares, the other waits for it, both read it."""
+    runs = [subprocess.Popen([sys.executable, "-c", PREPARE, str(tmp_path)],
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    builder = shakespeare.prepare(str(tmp_path))
+    assert builder.info.splits["train"].num_examples > 0
+    assert [p.name for p in (tmp_path / "shakespeare").iterdir()] == ["1.0.0"]
 
 
 def test_missing_data_dir_is_a_value_error(tmp_path):

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from jaxformer.errors import UserError
 from jaxformer.train.workdir import WorkdirBusyError, check_workdir_path, lock_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -64,3 +65,35 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
         pytest.fail("a file was locked as a workdir")
     check_workdir_path(str(tmp_path))
     check_workdir_path(str(tmp_path / "new"))
+
+
+def test_a_workdir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="notes.txt is not a directory"):
+        check_workdir_path(str(tmp_path / "notes.txt" / "run"))
+
+
+def test_an_unwritable_parent_is_refused_before_anything_is_made(tmp_path, monkeypatch):
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    parent.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere but on a read-only file system: stand one in.
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: (
+            False if os.path.samefile(path, parent) else real_access(path, mode)))
+    try:
+        with pytest.raises(UserError, match=r"readonly is not writable"):
+            check_workdir_path(str(parent / "run" / "deeper"))
+    finally:
+        parent.chmod(0o755)
+    assert list(parent.iterdir()) == []
+
+
+def test_a_lock_that_cannot_be_written_is_a_user_error(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    with pytest.raises(UserError, match="cannot write the workdir .*: Read-only file system"):
+        with lock_workdir(str(tmp_path / "run")):
+            pass
