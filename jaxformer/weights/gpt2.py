@@ -27,7 +27,7 @@ import numpy as np
 from jaxformer.data.tokenizers import END_OF_TEXT, ByteLevelBPETokenizer, load_tokenizer
 from jaxformer.errors import UserError
 from jaxformer.models import gpt
-from jaxformer.weights import hf_files
+from jaxformer.weights import data_spec, hf_files
 from jaxformer.weights.rules import Rule, conv1d, embedding, layer_norm
 
 MODEL_TYPES = ("gpt2",)
@@ -85,19 +85,22 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
 
 
 def hf_config(config: ml_collections.ConfigDict) -> dict:
-    """The GPT2LMHeadModel `config.json` of a `gpt` run."""
+    """The GPT2LMHeadModel `config.json` of a `gpt` run: its vocabulary is the tokenizer's
+    (a character vocabulary ignores `data.vocab_size`); bos and eos are set where the run's
+    tokenizer has an end of text (`export_tokenizer`)."""
     model, data = config.model, config.data
     sizes = gpt.sizes(model)
     d_model, dropout = sizes["d_model"], model.get("dropout_rate", 0.0)
     return dict(
-        architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=data.vocab_size,
+        architectures=["GPT2LMHeadModel"], model_type="gpt2",
+        vocab_size=data_spec(config).vocab_size,
         n_positions=model.get("max_positions", 0) or data.block_size, n_embd=d_model,
         n_layer=sizes["num_layers"], n_head=sizes["num_heads"],
         n_inner=None if model.mlp_ratio == 4 else model.mlp_ratio * d_model,
         activation_function="gelu_new", resid_pdrop=dropout, embd_pdrop=dropout,
         attn_pdrop=dropout, layer_norm_epsilon=model.get("layer_norm_epsilon", 1e-5),
         initializer_range=0.02, scale_attn_weights=True, use_cache=True,
-        bos_token_id=data.vocab_size - 1, eos_token_id=data.vocab_size - 1,  # GPT-2's place.
+        bos_token_id=None, eos_token_id=None,
         tie_word_embeddings=True, dtype="float32")
 
 

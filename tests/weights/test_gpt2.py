@@ -254,3 +254,23 @@ def test_fine_tuning_config_starts_from_the_imported_run(imported, tmp_path):
     assert sorted(loaded) == sorted(expected)
     for path, array in loaded.items():
         np.testing.assert_array_equal(array, expected[path])
+
+
+@pytest.mark.slow
+def test_a_character_level_run_exports_with_its_own_vocabulary(tmp_path):
+    """A run of the character tokenizer (73 symbols; `data.vocab_size` unused) loads in
+    `transformers` with the run's vocabulary, no end-of-text ids, and its logits."""
+    (tmp_path / "tfds").mkdir()
+    assert cli.main(["train", "--config=configs/gpt/shakespeare_char.py:runlocal",
+                     f"--workdir={tmp_path / 'run'}",
+                     f"--config.data.data_dir={tmp_path / 'tfds'}"]) == 0
+    assert cli.main(["export-weights", f"--workdir={tmp_path / 'run'}",
+                     f"--to={tmp_path / 'hf'}"]) == 0
+    exported = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert exported.config.vocab_size == 73
+    assert exported.config.bos_token_id is None and exported.config.eos_token_id is None
+    run = load_run(str(tmp_path / "run"))
+    tokens = np.random.default_rng(0).integers(0, 73, (2, 32)).astype(np.int32)
+    ours = jax.jit(run.task.model.apply)({"params": run.params}, tokens)
+    np.testing.assert_allclose(np.asarray(ours), _logits(exported, tokens), rtol=1e-4,
+                               atol=1e-4)
