@@ -7,6 +7,7 @@ Variants (arg string):
   variant=X   a named model size from jaxformer.models.gpt.VARIANTS (e.g. gpt2-small).
 
   jaxformer train --config=configs/gpt/shakespeare_char.py:cpu --workdir=/tmp/shakespeare
+  jaxformer sweep --config=configs/gpt/shakespeare_char.py:cpu --workdir=/tmp/lr_sweep  # get_sweep
 """
 
 import ml_collections
@@ -55,3 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.update(warmup_steps=1, decay_steps=4)
         config.sample.max_new_tokens = 20
     return config
+
+
+def get_sweep(hyper, arg=None):
+    """Peak learning rates around nanoGPT's 1e-3 (`jaxformer sweep --config=...:cpu`)."""
+    del arg
+    return hyper.sweep("config.optim.lr", [3e-4, 1e-3, 3e-3])

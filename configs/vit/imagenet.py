@@ -88,3 +88,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             entry.update(every_steps=2, num_batches=2)
         config.optim.update(warmup_steps=1, decay_steps=4)
     return config
+
+
+def get_sweep(hyper, arg=None):
+    """Peak learning rate x weight decay around the recipe's (4 runs): 1e-3 and 3e-3, with
+    AdamW weight decay 0.1 and 0.3 (the values of the big_vision and paper recipes)."""
+    del arg
+    return hyper.product([hyper.sweep("config.optim.lr", [1e-3, 3e-3]),
+                          hyper.sweep("config.optim.weight_decay", [0.1, 0.3])])
