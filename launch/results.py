@@ -1,5 +1,7 @@
 """A sweep's results: the table of points x final metrics, and plots (metric against the swept
-hyperparameters, and every point's loss curve), from ROOT/sweep.json and the workdirs."""
+hyperparameters, and every point's loss curve), from ROOT/sweep.json and the workdirs. Only
+finished points are plotted against the hyperparameters; failed ones say so in the table's
+status column and have a dashed loss curve."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import math
 import os
 from collections.abc import Sequence
 
-from launch.sweep import run_seconds
+from jaxformer.errors import UserError
+from launch.sweep import DONE, FAILED, run_seconds
 
 LOSS = "train/loss"
 
@@ -102,7 +105,9 @@ def plot(state: dict, metric: str, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    done = [p for p in state["points"] if metric in p.get("metrics", {})]
+    # Only finished points are results; a failed point's last value would be one.
+    done = [p for p in state["points"]
+            if p["status"] == DONE and metric in p.get("metrics", {})]
     keys = swept_keys(state)
     numeric = [k for k in keys if all(_is_number(p["overrides"].get(k)) for p in done)]
     if done and numeric:
@@ -129,14 +134,21 @@ def plot(state: dict, metric: str, path: str) -> None:
     for point in state["points"]:
         steps, values = loss_curve(point["workdir"])
         if steps:
-            right.plot(steps, values, label=point["name"], linewidth=1)
+            failed = point["status"] == FAILED
+            right.plot(steps, values, "--" if failed else "-", linewidth=1,
+                       label=point["name"] + (" (failed)" if failed else ""))
     right.set_xlabel("step")
     right.set_title(LOSS)
     if len(state["points"]) <= 20:
         right.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise UserError(f"cannot write the plot {path}: {e.strerror}; choose --plot=FILE") \
+            from None
+    finally:
+        plt.close(fig)
 
 
 def _follows(points: list[dict], key: str, x_key: str) -> bool:

@@ -1,12 +1,20 @@
-"""Runs a sweep on SLURM: one job array, one task per point.
+"""Runs a sweep on SLURM: job arrays, one task per point.
 
   jaxformer sweep --launcher=slurm --config=configs/gpt/shakespeare_char.py:cpu \\
       --workdir=/scratch/sweeps/lr --partition=gpu --time=04:00:00 --gpus_per_node=1
   python -m launch.slurm --config=... --workdir=...     # the same
 
 The array's script is written to ROOT/logs/sweep.sbatch (`--dry_run` prints it) and submitted
-with `sbatch`. Task i trains the i-th point with `<python> -m jaxformer train ...`, appending
-its output to ROOT/logs/<name>.log and writing the command's exit code to ROOT/logs/<name>.exit;
+with `sbatch`. Points that use an earlier point's workdir (`hyper.workdir_of`) go into a
+further array, ROOT/logs/sweep-1.sbatch (and so on), submitted with
+`--dependency=afterany:<the arrays of those points>`; each such task first checks the exit
+files of its points' dependencies: when one failed the point is recorded as failed without
+running, when one did not finish (stopped) it is left pending for a rerun. A task stopped by
+SIGTERM (scancel, preemption, time limit) records no exit code: the point is interrupted and
+resumes from its checkpoint on a rerun.
+
+Task i trains the i-th point with `<python> -m jaxformer train ...`, appending its output to
+ROOT/logs/<name>.log and writing the command's exit code to ROOT/logs/<name>.exit;
 SLURM's own output of the task goes to ROOT/logs/slurm-<job>_<task>.out. A point on several
 nodes (`--nodes=N`) runs under `srun` with `--distributed`: one process per node, and
 `jax.distributed.initialize()` reads the SLURM environment. Tasks run in the directory the
@@ -31,7 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from jaxformer.errors import UserError
-from launch.sweep import LOGS, Point, Sweep
+from launch import depends
+from launch.sweep import LOGS, Point, Sweep, read_state
 
 SCRIPT = "sweep.sbatch"
 # The options `--slurm_config` may set: their types, and defaults when neither sets them.
@@ -95,7 +104,20 @@ class SlurmLauncher:
         return cls(**options)
 
     def script(self, sweep: Sweep, points: Sequence[Point]) -> str:
-        """The sbatch script of one job array whose task i trains `points[i]`."""
+        """The sbatch scripts `launch` submits: one job array per wave of points (a point
+        follows the points it depends on, see launch/depends.py)."""
+        waves = depends.levels(points)
+        texts = [self.wave_script(sweep, waves[0])]
+        for k, wave in enumerate(waves[1:], 1):
+            texts.append(f"# {script_name(k)}: submitted with --dependency=afterany:<the job "
+                         f"arrays of {', '.join(script_name(j) for j in range(k))}>\n"
+                         + self.wave_script(sweep, wave, "afterany:<ID>"))
+        return "\n".join(texts)
+
+    def wave_script(self, sweep: Sweep, points: Sequence[Point], dependency: str = "") -> str:
+        """The sbatch script of one job array whose task i trains `points[i]`, once the jobs
+        of `dependency` (`afterany:ID:...`) have ended and the points it depends on have
+        finished with exit 0."""
         if not points:
             raise ValueError("a job array needs at least one point")
         logs = os.path.abspath(os.path.join(sweep.root, LOGS))
@@ -106,6 +128,8 @@ class SlurmLauncher:
             array += f"%{self.parallel}"
         options = [f"--job-name={name}", f"--array={array}", f"--output={output}",
                    f"--nodes={self.nodes}", "--ntasks-per-node=1"]
+        if dependency:
+            options.append(f"--dependency={dependency}")
         if self.cpus_per_task:
             options.append(f"--cpus-per-task={self.cpus_per_task}")
         if self.gpus_per_node:
@@ -119,24 +143,13 @@ class SlurmLauncher:
         lines += _bash_array("names", [p.name for p in points])
         lines += _bash_array("logs", [os.path.abspath(sweep.log_path(p)) for p in points])
         lines += _bash_array("exits", [os.path.abspath(sweep.exit_path(p)) for p in points])
+        lines += _bash_array("needs", [" ".join(p.after) for p in points])  # Names: no spaces.
         # Each command is one string for `eval`: its arguments shell-quoted, the whole in "...".
         lines += ["commands=(", *(f"  {_double_quote(shlex.join(self.command(sweep, p)))}"
                                   for p in points), ")"]
-        cwd = shlex.quote(os.getcwd())
-        lines += [
-            "",
-            "i=$SLURM_ARRAY_TASK_ID",
-            "# On scancel or at the time limit SLURM sends SIGTERM to every process of the task:",
-            "# the trainer saves a checkpoint and exits, and this script still records its code.",
-            "trap 'echo \"task $i: SIGTERM\"' TERM",
-            'rm -f "${exits[i]}"',
-            'echo "== $(date \'+%F %T\') slurm job ${SLURM_ARRAY_JOB_ID}_$i on $(hostname):'
-            ' ${names[i]}" >> "${logs[i]}"',
-            f'{{ cd {cwd} && eval "${{commands[i]}}"; }} >> "${{logs[i]}}" 2>&1',
-            "code=$?",
-            'echo "$code" > "${exits[i]}.tmp" && mv -f "${exits[i]}.tmp" "${exits[i]}"',
-            'exit "$code"',
-        ]
+        lines += ["", f"logdir={shlex.quote(logs)}", "i=$SLURM_ARRAY_TASK_ID",
+                  *_TASK.replace("{cwd}", shlex.quote(os.getcwd()))
+                  .replace("{not_started}", str(depends.NOT_STARTED)).splitlines()]
         return "\n".join(lines) + "\n"
 
     def command(self, sweep: Sweep, point: Point) -> list[str]:
@@ -151,29 +164,46 @@ class SlurmLauncher:
 
     def launch(self, sweep: Sweep, points: Sequence[Point], *, wait: bool = False,
                on_change: OnChange | None = None) -> dict[str, dict]:
-        """Submits `points` as one job array and returns each point's launcher fields,
-        `{"job_id": "<array id>_<task>"}` (and `started` once seen running). With `wait`, it
-        returns when none of the array's tasks is queued or running any more, and calls
-        `on_change` whenever that set changes."""
+        """Submits `points` as job arrays, one per wave (see `script`), and returns each
+        point's launcher fields, `{"job_id": "<array id>_<task>"}` (and `started` once seen
+        running). With `wait`, it returns when none of the tasks is queued or running any
+        more, and calls `on_change` whenever that set changes."""
         if not points:
             return {}
-        path = os.path.join(sweep.root, LOGS, SCRIPT)
+        for point in points:  # Exit codes of earlier attempts must not satisfy a dependent.
+            if os.path.exists(sweep.exit_path(point)):
+                os.remove(sweep.exit_path(point))
+        running_before = {name: fields for name, fields in _previous_jobs(sweep).items()
+                          if sweep.exit_code(sweep.point_named(name)) is None}
+        jobs: dict[str, dict] = {}
+        for k, wave in enumerate(depends.levels(points)):
+            after = sorted({_array_of(jobs.get(n) or running_before.get(n))
+                            for p in wave for n in p.after} - {""})
+            dependency = f"afterany:{':'.join(after)}" if after else ""
+            array_id = self._submit(sweep, wave, script_name(k), dependency)
+            jobs.update({p.name: {"job_id": f"{array_id}_{i}"} for i, p in enumerate(wave)})
+        if on_change:
+            on_change(set(jobs), jobs)
+        if wait:
+            self._wait({f["job_id"].split("_")[0] for f in jobs.values()}, jobs, on_change)
+        return jobs
+
+    def _submit(self, sweep: Sweep, points: Sequence[Point], name: str, dependency: str) -> str:
+        """Writes ROOT/logs/<name> and submits it; returns the job array's id."""
+        path = os.path.join(sweep.root, LOGS, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(self.script(sweep, points))
+            f.write(self.wave_script(sweep, points, dependency))
         result = _run(["sbatch", "--parsable", path])
         if result is None:
             raise UserError("sbatch not found: --launcher=slurm needs the SLURM commands on PATH")
         if result.returncode != 0:
             raise UserError(f"sbatch failed: {_last_line(result)}")
         array_id = result.stdout.strip().split(";")[0]  # `ID;CLUSTER` on a federation.
-        print(f"submitted SLURM job array {array_id} ({len(points)} tasks): {path}", flush=True)
-        jobs = {p.name: {"job_id": f"{array_id}_{i}"} for i, p in enumerate(points)}
-        if on_change:
-            on_change(set(jobs), jobs)
-        if wait:
-            self._wait(array_id, jobs, on_change)
-        return jobs
+        after = f", after {dependency}" if dependency else ""
+        print(f"submitted SLURM job array {array_id} ({len(points)} tasks{after}): {path}",
+              flush=True)
+        return array_id
 
     @staticmethod
     def running(sweep: Sweep, state: dict) -> set[str]:
@@ -189,12 +219,13 @@ class SlurmLauncher:
             return set()
         return {name for job, name in jobs.items() if job in queued}
 
-    def _wait(self, array_id: str, jobs: dict[str, dict], on_change: OnChange | None) -> None:
+    def _wait(self, array_ids: set[str], jobs: dict[str, dict],
+              on_change: OnChange | None) -> None:
         names = {fields["job_id"]: name for name, fields in jobs.items()}
         last, line, failures = set(jobs), "", 0
         while True:
             try:
-                queued = _squeue({array_id})
+                queued = _squeue(array_ids)
             except UserError:
                 failures += 1  # The controller may be restarting: give it a few polls.
                 if failures > 10:
@@ -210,7 +241,7 @@ class SlurmLauncher:
             states = list(queued.values())
             counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
             if counts and counts != line:
-                print(f"job {array_id}: {counts}", flush=True)
+                print(f"job {','.join(sorted(array_ids))}: {counts}", flush=True)
             line = counts
             now = {names[job] for job in queued if job in names}
             if on_change and now != last:
@@ -219,6 +250,57 @@ class SlurmLauncher:
             if not queued:
                 return
             time.sleep(self.poll_seconds)
+
+
+def _previous_jobs(sweep: Sweep) -> dict[str, dict]:
+    """The launcher fields (job ids) of the points in the sweep's sweep.json, if any."""
+    try:
+        return {p["name"]: p for p in read_state(sweep.root)["points"] if p.get("job_id")}
+    except UserError:
+        return {}
+
+
+def _array_of(fields: dict | None) -> str:
+    """The job array id of a point's launcher fields (`{"job_id": "123_4"}`: "123")."""
+    return (fields or {}).get("job_id", "").split("_")[0]
+
+
+def script_name(wave: int) -> str:
+    """ROOT/logs/<this>: the sbatch script of the `wave`-th job array of a launch."""
+    return SCRIPT if wave == 0 else SCRIPT.replace(".", f"-{wave}.", 1)
+
+
+# A task: skip the point if a point it depends on failed (recorded: exit {not_started}) or has
+# not finished (left pending); run it; record its exit code unless SIGTERM stopped it.
+_TASK = """\
+# On scancel, preemption or the time limit SLURM sends SIGTERM to every process of the task:
+# the trainer saves a checkpoint and exits; the point is left unfinished, to resume on a rerun.
+trap 'stopped=1; echo "task $i: SIGTERM"' TERM
+rm -f "${exits[i]}"
+echo "== $(date '+%F %T') slurm job ${SLURM_ARRAY_JOB_ID}_$i on $(hostname): ${names[i]}" \\
+  >> "${logs[i]}"
+for dep in ${needs[i]}; do
+  dep_code=$(cat "$logdir/$dep.exit" 2>/dev/null)
+  if [ -z "$dep_code" ]; then
+    echo "jaxformer sweep: point $dep has not finished: ${names[i]} not started" >> "${logs[i]}"
+    exit 0
+  elif [ "$dep_code" != 0 ]; then
+    echo "jaxformer sweep: point $dep failed (exit $dep_code): ${names[i]} not started" \\
+      >> "${logs[i]}"
+    echo {not_started} > "${exits[i]}"
+    exit {not_started}
+  fi
+done
+{ cd {cwd} && eval "${commands[i]}"; } >> "${logs[i]}" 2>&1
+code=$?
+if [ -n "$stopped" ]; then
+  echo "jaxformer sweep: ${names[i]} stopped by SIGTERM (exit $code): resumes on a rerun" \\
+    >> "${logs[i]}"
+  exit "$code"
+fi
+echo "$code" > "${exits[i]}.tmp" && mv -f "${exits[i]}.tmp" "${exits[i]}"
+exit "$code"
+"""
 
 
 def _read_config(path: str) -> dict:

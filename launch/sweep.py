@@ -15,7 +15,6 @@ import dataclasses
 import inspect
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from jaxformer import config as config_lib
 from jaxformer import registry
 from jaxformer.errors import UserError
 from launch import hyper
+from launch.naming import format_value, name_points
 
 SWEEP_FILE = "sweep.json"
 LOGS = "logs"
@@ -42,6 +42,7 @@ class Point:
     arg: str = ""
     command: str = "train"
     row: str = ""
+    after: list[str] = dataclasses.field(default_factory=list)  # Points whose workdir it uses.
 
     @property
     def table_row(self) -> str:
@@ -69,6 +70,9 @@ class Sweep:
     def exit_path(self, point: Point) -> str:
         return os.path.join(self.root, LOGS, f"{point.name}.exit")
 
+    def point_named(self, name: str) -> Point:
+        return next(p for p in self.points if p.name == name)
+
     def config_spec(self, point: Point) -> str:
         """The point's config, FILE[:ARGS]: the sweep's arg string and the point's `arg`."""
         return with_arg(self.config, point.arg)
@@ -93,13 +97,6 @@ class Sweep:
                 return int(f.read().strip())
         except (FileNotFoundError, ValueError):
             return None
-
-
-def format_value(value: Any) -> str:
-    """A value as the command line writes it (`--config.key=<this>`)."""
-    if isinstance(value, (tuple, list)):
-        return repr(tuple(value))
-    return str(value)
 
 
 def with_arg(spec: str, arg: str) -> str:
@@ -145,36 +142,43 @@ def plan(spec: str, root: str, overrides: Sequence[str] = ()) -> Sweep:
                       row=str(raw.get(hyper.ROW, "")),
                       overrides={k[len(hyper.PREFIX):]: v for k, v in raw.items()
                                  if k.startswith(hyper.PREFIX)})
+        after: list[str] = []
         try:
-            point.overrides = {k: _resolve(v, root, named)
+            point.overrides = {k: _resolve(v, root, named, after)
                                for k, v in point.overrides.items()}
-            point.arg = ",".join(_resolve(item, root, named) for item in point.arg.split(",")
+            point.arg = ",".join(_resolve(item, root, named, after)
+                                 for item in point.arg.split(",")
                                  if item) if hyper.WORKDIR_OF in point.arg else point.arg
             spec_i = with_arg(spec, point.arg)
             if spec_i not in bases:
-                bases[spec_i] = base_config(spec_i, overrides)
+                bases[spec_i] = config_lib.load_config(spec_i)
+                _apply_common(bases[spec_i], overrides, point)
             registry.check_variant_overrides(
                 point_config(bases[spec_i], point),
                 [*(o.partition("=")[0] for o in overrides), *point.overrides])
+        except CommonOverrideError as e:
+            raise UserError(str(e)) from None
         except UserError as e:
             raise UserError(f"sweep point {i} ({_describe(point)}): {e}") from None
+        point.after = list(dict.fromkeys(after))
         named.add(point.name)
         points.append(point)
-    _name_points(points)
+    name_points(points)
     return Sweep(config=spec, root=root, points=points, overrides=list(overrides))
 
 
-def _resolve(value: Any, root: str, earlier: set[str]) -> Any:
+def _resolve(value: Any, root: str, earlier: set[str], after: list[str]) -> Any:
     """`value`, or for `hyper.workdir_of(name)` the workdir of the earlier point `name` (also
-    as the value of an arg-string item, `key=<workdir_of(name)>`)."""
+    as the value of an arg-string item, `key=<workdir_of(name)>`), whose name goes to `after`."""
     if isinstance(value, str) and "=" in value and not value.startswith(hyper.WORKDIR_OF):
         key, _, item = value.partition("=")
-        return f"{key}={_resolve(item, root, earlier)}"
+        return f"{key}={_resolve(item, root, earlier, after)}"
     if not (isinstance(value, str) and value.startswith(hyper.WORKDIR_OF)):
         return value
     name = value[len(hyper.WORKDIR_OF):]
     if name not in earlier:
         raise UserError(f"workdir_of({name!r}): no earlier point is named {name!r}")
+    after.append(name)
     return os.path.join(root, name)
 
 
@@ -187,6 +191,20 @@ def point_config(base, point: Point):
     return config
 
 
+class CommonOverrideError(UserError):
+    """A `--config.*` override of the whole sweep does not apply."""
+
+
+def _apply_common(config, overrides: Sequence[str], point: Point) -> None:
+    """Applies the sweep's common overrides; an error names them, not the point (unless the
+    point's own arg made the config they do not fit)."""
+    try:
+        config_lib.apply_overrides(config, overrides)
+    except UserError as e:
+        where = f" (config with the arg of point {point.arg!r})" if point.arg else ""
+        raise CommonOverrideError(f"{e}{where}") from None
+
+
 def base_config(spec: str, overrides: Sequence[str]):
     """The config `spec` (FILE[:ARGS]) with a sweep's common overrides."""
     config = config_lib.load_config(spec)
@@ -196,33 +214,6 @@ def base_config(spec: str, overrides: Sequence[str]):
 
 def _describe(point: Point) -> str:
     return point.name or ", ".join(f"{k}={format_value(v)}" for k, v in point.overrides.items())
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
-
-
-def _name_points(points: list[Point]) -> None:
-    """Names unnamed points from their overrides (`lr=0.001,num_layers=2`), with each key's
-    shortest unambiguous suffix; names are made safe for paths and unique."""
-    keys = sorted({k for p in points if not p.name for k in p.overrides})
-    short = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            suffix = ".".join(parts[-n:])
-            if sum(1 for k in keys if k == suffix or k.endswith("." + suffix)) == 1:
-                short[key] = suffix
-                break
-    seen: dict[str, int] = {}
-    for point in points:
-        name = point.name or ",".join(f"{short[k]}={format_value(v)}"
-                                      for k, v in point.overrides.items()) or "base"
-        name = _UNSAFE.sub("_", name).strip("_.") or "point"
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        seen.setdefault(name, 0)
-        point.name = name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,20 +255,48 @@ def log_tail(sweep: Sweep, point: Point, lines: int = 15) -> str:
 
 
 def read_state(root: str) -> dict:
+    """ROOT/sweep.json, with ROOT as the sweep's root: a sweep copied or moved elsewhere reads
+    (and refreshes) its points there, its paths to the old root mapped to ROOT."""
     path = os.path.join(root, SWEEP_FILE)
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.exists(root) else "is not a directory"
+        raise UserError(f"{root} {what}: give a sweep's --workdir")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            state = json.load(f)
     except FileNotFoundError:
         raise UserError(f"{root} holds no {SWEEP_FILE}: not a sweep directory") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
         raise UserError(f"cannot read {path}: {e}") from None
+    return _moved(state, os.path.abspath(root))
+
+
+def _moved(state: dict, root: str) -> dict:
+    """`state` with `root` as its root, workdir paths under its old root rewritten to it."""
+    old = state.get("root")
+    if not old or os.path.abspath(old) == root:
+        return state
+
+    def remap(value):
+        if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+            return root + value[len(old):]
+        if isinstance(value, str) and f"={old}" in value:  # An arg-string item.
+            return value.replace(f"={old}", f"={root}")
+        return value
+
+    for point in state.get("points", []):
+        point["overrides"] = {k: remap(v) for k, v in point.get("overrides", {}).items()}
+        point["arg"] = remap(point.get("arg", ""))
+    return {**state, "root": root}
 
 
 def sweep_from_state(state: dict) -> Sweep:
     return Sweep(config=state["config"], root=state["root"], overrides=state["overrides"],
                  points=[Point(p["name"], p["overrides"], p.get("arg", ""),
-                               p.get("subcommand", "train"), p.get("row", ""))
+                               p.get("subcommand", "train"), p.get("row", ""),
+                               p.get("after", []))
                          for p in state["points"]])
 
 
@@ -301,7 +320,7 @@ def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
             _keep_interrupted_time(entry, sweep.workdir(point))
         entry.update(
             name=point.name, overrides=point.overrides, arg=point.arg, subcommand=point.command,
-            row=point.row,
+            row=point.row, after=point.after,
             workdir=sweep.workdir(point),
             command=[sys.executable, "-m", "jaxformer", *sweep.train_args(point)],
             log=sweep.log_path(point), status=status(sweep, point, running),
@@ -312,12 +331,21 @@ def refresh(sweep: Sweep, *, launcher: str, running: set[str] = frozenset(),
         points.append(entry)
     state = dict(config=sweep.config, root=sweep.root, overrides=sweep.overrides,
                  launcher=launcher, updated=time.time(), points=points)
-    os.makedirs(sweep.root, exist_ok=True)
-    path = os.path.join(sweep.root, SWEEP_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)
+    _write_state(sweep.root, state)
     return state
+
+
+def _write_state(root: str, state: dict) -> None:
+    """Writes ROOT/sweep.json atomically; a root that cannot be written (a read-only copy of
+    a sweep) keeps its old file, with a warning."""
+    path = os.path.join(root, SWEEP_FILE)
+    try:
+        os.makedirs(root, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, default=str)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        print(f"warning: cannot update {path}: {e.strerror}", file=sys.stderr)
 
 
 def _keep_interrupted_time(entry: dict, workdir: str) -> None:

@@ -1,6 +1,7 @@
 """The `tpu` sweep launcher: points on Cloud TPU VM pod slices, through `gcloud`.
 
-The points are dealt round-robin over the named slices; each slice runs its points one after
+The points are dealt round-robin over the named slices (a point that uses another's workdir,
+`hyper.workdir_of`, goes to that point's slice, after it); each slice runs its points one after
 another, every point on all workers of the slice at once (`--worker=all`), the trainer
 joining them with `jax.distributed.initialize()` (`--distributed`), which finds the pod's
 workers itself. Before its first point each slice receives this checkout (`git archive` of
@@ -27,6 +28,7 @@ import threading
 import time
 
 from jaxformer.errors import UserError
+from launch import depends
 
 REMOTE_DIR = "jaxformer"
 SETUP = 'python3 -m pip install -q -U "jax[tpu]" && python3 -m pip install -q -e .'
@@ -60,8 +62,11 @@ class TpuLauncher:
         return cls(tpus, args.zone, args.project, args.remote_dir, args.setup)
 
     def assignment(self, points) -> dict[str, list]:
-        """The points of each slice, dealt round-robin."""
-        return {tpu: list(points[i::len(self.tpus)]) for i, tpu in enumerate(self.tpus)}
+        """The points of each slice: chains of dependent points (see launch/depends.py) dealt
+        round-robin, so that a point runs on the slice of, and after, those it depends on."""
+        groups = depends.chains(points)
+        return {tpu: [p for group in groups[i::len(self.tpus)] for p in group]
+                for i, tpu in enumerate(self.tpus)}
 
     def _gcloud(self, verb: str, *args: str) -> list[str]:
         command = ["gcloud", "compute", "tpus", "tpu-vm", verb, *args, f"--zone={self.zone}"]
@@ -112,6 +117,10 @@ class TpuLauncher:
 
         def run_slice(tpu: str, assigned) -> None:
             for name, command in self.slice_commands(sweep, tpu, assigned):
+                if name and _held_back(sweep, by_name[name]):
+                    with lock:
+                        notify(set(running), extra)
+                    continue
                 log_path = (sweep.log_path(by_name[name]) if name
                             else os.path.join(sweep.root, "logs", f"setup-{tpu}.log"))
                 with lock:
@@ -142,6 +151,19 @@ class TpuLauncher:
 
     def running(self, sweep, state: dict) -> set[str]:
         return set()  # Points run under the launching process; the sweep lock excludes others.
+
+
+def _held_back(sweep, point) -> bool:
+    """Whether `point` must not start: a point it depends on failed (then it is recorded as
+    failed) or has not finished."""
+    failed = depends.failed_dependency(sweep, point)
+    unfinished = depends.unfinished_dependency(sweep, point)
+    if failed:
+        depends.skip(sweep, point, failed)
+    elif unfinished:
+        depends.note(sweep, point, f"point {unfinished} has not finished: {point.name} not "
+                                   "started")
+    return bool(failed or unfinished)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ what the launcher would run, and writes nothing. `--config.*` overrides apply to
 from __future__ import annotations
 
 import os
+import shlex
 
 HELP = "run a config's hyperparameter sweep (local, SLURM, TPU pod slices)"
 TAKES_OVERRIDES = True
@@ -49,7 +50,8 @@ def run_sweep(sweep, launcher, args) -> int:
     if args.dry_run:
         print(f"{len(sweep.points)} points under {sweep.root}:")
         for point in sweep.points:
-            print(f"  {point.name}: {' '.join(point.override_flags()) or '(base config)'}")
+            described = [*([f"arg={point.arg}"] if point.arg else []), *point.override_flags()]
+            print(f"  {point.name}: {shlex.join(described) or '(base config)'}")
         print(launcher.script(sweep, sweep.points))
         return 0
     check_workdir_path(sweep.root)
@@ -82,7 +84,7 @@ def run_sweep(sweep, launcher, args) -> int:
     for point in failed:
         print(f"\npoint {point.name} failed (exit {sweep.exit_code(point)}); "
               f"the end of {sweep.log_path(point)}:\n{sweep_lib.log_tail(sweep, point)}")
-    print(f"results: jaxformer results {sweep.root}")
+    print(f"results: jaxformer results {shlex.quote(sweep.root)}")
     return 1 if failed else 0
 
 

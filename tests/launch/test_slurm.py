@@ -230,7 +230,7 @@ def get_sweep(hyper, arg=None):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_cancelled_point_saves_and_records_its_exit(slurm_cluster, data_dir, tmp_path):  # noqa: F811
+def test_cancelled_point_saves_and_is_left_interrupted(slurm_cluster, data_dir, tmp_path):  # noqa: F811
     sweep = Sweep(config=f"{CHAR}:runlocal", root=str(tmp_path / "long"),
                   points=[Point("long", {"train.num_steps": 100000})],
                   overrides=[f"data.data_dir={data_dir}", "train.checkpoint_every=100000",
@@ -248,6 +248,91 @@ def test_cancelled_point_saves_and_records_its_exit(slurm_cluster, data_dir, tmp
     while SlurmLauncher.running(sweep, state):
         assert time.monotonic() < deadline + 60, "the cancelled point did not end"
         time.sleep(0.5)
-    assert sweep.exit_code(point) == 128 + 15  # SIGTERM, recorded by the task's script.
-    assert "checkpoint saved" in open(sweep.log_path(point)).read()
+    assert sweep.exit_code(point) is None  # Stopped by SIGTERM: interrupted, resumable.
+    log = open(sweep.log_path(point)).read()
+    assert "checkpoint saved" in log and "stopped by SIGTERM (exit 143)" in log
     assert os.listdir(os.path.join(sweep.workdir(point), "checkpoints"))
+
+
+def dependent_sweep(root) -> Sweep:
+    return Sweep(config="configs/gpt/shakespeare_char.py:runlocal", root=str(root),
+                 points=[Point("pretrain", {}), Point("other", {}),
+                         Point("tune", {"init_from.workdir": f"{root}/pretrain"},
+                               after=["pretrain"])])
+
+
+def fake_python(tmp_path, body: str) -> str:
+    path = tmp_path / "python"
+    path.write_text(f"#!/bin/sh\necho ran\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("pretrain_code, tune_code, tune_log", [
+    (3, 1, "point pretrain failed (exit 3): tune not started"),
+    (None, None, "point pretrain has not finished: tune not started"),
+    (0, 0, "ran"),
+])
+def test_a_dependent_task_runs_only_after_its_dependency_succeeded(
+        tmp_path, pretrain_code, tune_code, tune_log):
+    sweep = dependent_sweep(tmp_path / "root")
+    os.makedirs(tmp_path / "root" / "logs")
+    if pretrain_code is not None:
+        sweep.record_exit(sweep.points[0], pretrain_code)
+    slurm = launcher(f"--python={fake_python(tmp_path, 'exit 0')}")
+    script = slurm.script(sweep, sweep.points)
+    first, second = script.split("\n# sweep-1.sbatch: ")
+    assert sbatch_options(first)["array"] == "0-1" and "dependency" not in sbatch_options(first)
+    assert sbatch_options(second)["array"] == "0-0"
+    assert sbatch_options(second)["dependency"] == "afterany:<ID>"
+    run_task(slurm.wave_script(sweep, sweep.points[2:], "afterany:7"), 0, tmp_path)
+    assert sweep.exit_code(sweep.points[2]) == tune_code
+    log = open(sweep.log_path(sweep.points[2])).read()
+    assert tune_log in log and (tune_code == 0) == ("ran" in log)
+
+
+def test_a_task_stopped_by_sigterm_leaves_its_point_interrupted(tmp_path):
+    sweep = make_sweep(tmp_path / "root")
+    os.makedirs(tmp_path / "root" / "logs")
+    python = fake_python(tmp_path, "trap 'echo saved; exit 143' TERM; sleep 30 & wait")
+    path = tmp_path / "task.sh"
+    path.write_text(launcher(f"--python={python}").wave_script(sweep, sweep.points[:1]))
+    task = subprocess.Popen(["bash", str(path)], start_new_session=True,
+                            env=dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7"))
+    log = sweep.log_path(sweep.points[0])
+    deadline = time.monotonic() + 20
+    while "ran" not in (open(log).read() if os.path.exists(log) else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(task.pid, 15)  # As SLURM signals every process of the task.
+    assert task.wait(timeout=20) == 143
+    assert sweep.exit_code(sweep.points[0]) is None  # Pending: resumes on a rerun.
+    text = open(log).read()
+    assert "saved" in text and "stopped by SIGTERM (exit 143): resumes on a rerun" in text
+
+
+def test_dependent_points_are_submitted_after_their_dependencies(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # sbatch: records each script and answers ids 100, 101, ...
+    (bin_dir / "sbatch").write_text(
+        '#!/bin/sh\nn=$(ls "$0.d" 2>/dev/null | wc -l)\nmkdir -p "$0.d"\n'
+        'cp "$2" "$0.d/$n"\necho $((100 + n))\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    sweep = dependent_sweep(tmp_path / "root")
+    os.makedirs(tmp_path / "root" / "logs")
+    sweep.record_exit(sweep.points[2], 3)  # An earlier attempt's code does not stay.
+    jobs = launcher().launch(sweep, sweep.points)
+    assert jobs == {"pretrain": {"job_id": "100_0"}, "other": {"job_id": "100_1"},
+                    "tune": {"job_id": "101_0"}}
+    scripts = [(bin_dir / "sbatch.d" / str(n)).read_text() for n in range(2)]
+    assert "dependency" not in sbatch_options(scripts[0])
+    assert sbatch_options(scripts[1])["dependency"] == "afterany:100"
+    assert sweep.exit_code(sweep.points[2]) is None
+    assert os.path.isfile(tmp_path / "root" / "logs" / "sweep-1.sbatch")
+    # A later launch of the fine-tuning alone waits for the pretraining's job still on.
+    sweep_lib.refresh(sweep, launcher="slurm", extra=jobs)
+    jobs = launcher().launch(sweep, sweep.points[2:])
+    assert sbatch_options((bin_dir / "sbatch.d" / "2").read_text())["dependency"] == (
+        "afterany:100")

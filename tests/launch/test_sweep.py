@@ -133,7 +133,7 @@ def test_workdir_of_a_later_or_unknown_point_is_an_error(tmp_path):
 
 def test_a_config_without_get_sweep_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="defines no get_sweep"):
-        sweep_lib.plan(os.path.join(ROOT, "configs/gpt/shakespeare_char.py"), str(tmp_path))
+        sweep_lib.plan(os.path.join(ROOT, "configs/translation/bible_enes.py"), str(tmp_path))
 
 
 def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):

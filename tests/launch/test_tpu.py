@@ -83,3 +83,37 @@ def _fake_run(real):
             return subprocess.CompletedProcess(command, 127)
         return real(command, **kwargs)
     return run
+
+
+def test_a_dependent_point_runs_on_its_dependencys_slice_after_it(tmp_path):
+    sweep = make_sweep(tmp_path, ["pre", "free", "tune", "tune2"])
+    sweep.points[2].after = ["pre"]
+    sweep.points[3].after = ["tune"]
+    launcher = TpuLauncher(["pod-a", "pod-b"], "z")
+    assignment = {tpu: [p.name for p in points]
+                  for tpu, points in launcher.assignment(sweep.points).items()}
+    assert assignment == {"pod-a": ["pre", "tune", "tune2"], "pod-b": ["free"]}
+
+
+def test_a_point_whose_dependency_failed_is_not_started(tmp_path, monkeypatch):
+    sweep = make_sweep(tmp_path, ["pre", "tune"])
+    sweep.points[1].after = ["pre"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.chdir(tmp_path)
+    ran, real = [], subprocess.run
+
+    def run(command, **kwargs):
+        if command[0] != "gcloud":
+            return real(command, **kwargs)
+        remote = command[-2] if command[4] == "ssh" else ""
+        ran.append(remote)
+        return subprocess.CompletedProcess(command, 3 if "--workdir" in remote else 0)
+
+    monkeypatch.setattr("launch.tpu.subprocess.run", run)
+    TpuLauncher(["pod-a", "pod-b"], "z").launch(sweep, sweep.points)
+    assert [sweep.exit_code(p) for p in sweep.points] == [3, 1]
+    assert sum("--workdir" in r for r in ran) == 1  # Only "pre" was run.
+    assert "point pre failed (exit 3): tune not started" in open(
+        sweep.log_path(sweep.points[1])).read()
