@@ -164,8 +164,9 @@ def _get(config: ml_collections.ConfigDict, key: str):
     return config.get(key, DEFAULTS[key])
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError for settings `build` would reject, before anything is written."""
+def check_config(config: ml_collections.ConfigDict, *, files: bool = True) -> None:
+    """Raises ValueError for settings `build` would reject, before anything is written (with
+    `files`, also a missing corpus, data dir or `tokenizer_workdir` vocabulary)."""
     seq_length = common.require_int(config, "seq_length", minimum=8,
                                     default=DEFAULTS["seq_length"])
     if seq_length > MAX_SEQ_LENGTH:
@@ -178,10 +179,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("whole_word_masking", "next_sentence"):
         if not isinstance(_get(config, key), bool):
             raise ValueError(f"data.{key} must be true or false, got {_get(config, key)!r}")
-    wordpiece.check_source_workdir(_get(config, "tokenizer_workdir"))
     source = _get(config, "source")
     if not isinstance(source, str) or not source:
         raise ValueError(f"data.source must be 'embedded' or a tfds name, got {source!r}")
+    if not files:
+        return
+    wordpiece.check_source_workdir(_get(config, "tokenizer_workdir"))
     if source == "embedded":
         for path in (AUSTEN_PATH, PLAYS_PATH, shakespeare.CORPUS_PATH, bible_enes.CORPUS_PATH):
             if not path.is_file():
@@ -192,8 +195,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def spec(config: ml_collections.ConfigDict) -> DataSpec:
-    """`vocab_size` WordPiece tokens, [PAD] id 0, without reading any text."""
-    check_config(config)
+    """`vocab_size` WordPiece tokens, [PAD] id 0, without reading anything."""
+    check_config(config, files=False)
     return DataSpec(vocab_size=config.vocab_size,
                     tokenizer=TokenizerSpec(config.vocab_size, pad_id=wordpiece.WordPiece.pad_id))
 

@@ -65,3 +65,11 @@ def test_paper_pretraining_has_bert_base_reference_count(capsys):
     assert cli.main(["params", f"--config={CONFIG}:scale=paper,{point.arg}", "--json"]) == 0
     total = json.loads(capsys.readouterr().out)["total"]
     assert total == _expected()["rows"]["base-128"]["reference_params"] == 110_106_428
+
+
+def test_paper_counts_need_no_trained_row():
+    """Every row's parameter count (what `reproduce --dry_run` prints) from the config alone,
+    phase 2 and the fine-tunings included, though no pretraining has run."""
+    counts = reproduce.parameter_counts(sweep.plan(f"{CONFIG}:scale=paper", "/nonexistent"))
+    assert counts["base-128"] == counts["base-512"] == 110_106_428
+    assert counts["sst2-lr5e-5"] == 109_483_778  # The pooler and a 2-way classifier, no MLM head.
