@@ -40,7 +40,8 @@ def run(args, overrides: list[str]) -> int:
     train_iter = run_.data.train_iter(batch_size=config.train.batch_size, seed=config.seed)
     abstract = abstract_state(config, run_.task,
                               jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    source = Checkpointer(args.workdir, keep=config.train.keep_checkpoints, async_save=False)
+    source = Checkpointer(args.workdir, keep=config.train.keep_checkpoints, async_save=False,
+                          set_aside_corrupt=False)
     try:
         newest = source.restore(abstract, train_iter, step=run_.step)
     finally:

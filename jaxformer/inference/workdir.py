@@ -54,7 +54,8 @@ def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
         data, task = build_data_and_task(config, workdir)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = abstract_state(config, task, sharding)
-    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False,
+                                set_aside_corrupt=False)
     try:
         if average_last > 1:
             params, steps = checkpointer.average_params(abstract, average_last)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import warnings
 from typing import Any
 
@@ -104,7 +105,7 @@ def _reason(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     line = (str(error).splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
-    return f"{type(error).__name__}: {line[:200]}"
+    return f"{type(error).__name__}: {textwrap.shorten(line, 200, placeholder=' ...')}"
 
 
 def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
@@ -152,9 +153,15 @@ def _check_shapes(manager: ocp.CheckpointManager, step: int, params: Any) -> boo
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+    """The checkpoints of one workdir. `set_aside_corrupt`: a corrupt newest step met by
+    `restore` is moved to `checkpoints_corrupt/` (training, which will save again); commands
+    that only read a workdir pass False and skip it, leaving the workdir as it is."""
+
+    def __init__(self, workdir: str, *, keep: int, async_save: bool = True,
+                 set_aside_corrupt: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.corrupt_directory = os.path.join(os.path.abspath(workdir), "checkpoints_corrupt")
+        self.set_aside_corrupt = set_aside_corrupt
         self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
 
@@ -240,9 +247,12 @@ class Checkpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 -- any failure to read means "corrupt".
-                target = self._quarantine(newest)
-                log.warning("checkpoint step %d cannot be restored (%s); moved to %s",
-                            newest, _reason(e), target)
+                if self.set_aside_corrupt:
+                    where = f"moved to {self._quarantine(newest)}"
+                else:
+                    where = "skipped"
+                log.warning("checkpoint step %d cannot be restored (%s); %s", newest,
+                            _reason(e), where)
         if steps:
             raise CheckpointError(f"none of the checkpoints in {self.directory} "
                                   f"(steps {steps}) can be restored")

@@ -162,7 +162,8 @@ _RESTORE_AFTER_CORRUPTION = textwrap.dedent("""
                           opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
 
     workdir = pathlib.Path(sys.argv[1])
-    checkpointer = Checkpointer(str(workdir), keep=3, async_save=False)
+    checkpointer = Checkpointer(str(workdir), keep=3, async_save=False,
+                                set_aside_corrupt=sys.argv[2] == "set_aside")
     checkpointer.save(1, state(1), Iterator())
     checkpointer.save(2, state(2), Iterator())
     for path in (workdir / "checkpoints" / "2" / "state").rglob("*"):
@@ -178,14 +179,21 @@ _RESTORE_AFTER_CORRUPTION = textwrap.dedent("""
 """)
 
 
-def test_a_corrupt_newest_checkpoint_costs_one_warning_line(tmp_path):
-    result = subprocess.run([sys.executable, "-c", _RESTORE_AFTER_CORRUPTION, str(tmp_path)],
-                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("mode", ["set_aside", "read_only"])
+def test_a_corrupt_newest_checkpoint_costs_one_warning_line(tmp_path, mode):
+    """Training sets the corrupt step aside; a command that only reads leaves it in place."""
+    result = subprocess.run([sys.executable, "-c", _RESTORE_AFTER_CORRUPTION, str(tmp_path),
+                             mode], check=False, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "restored step 1"
     lines = result.stderr.splitlines()
     assert len(lines) <= 3, result.stderr[-3000:]
     warnings = [line for line in lines if "checkpoint step 2 cannot be restored" in line]
     corrupt = tmp_path / "checkpoints_corrupt" / "2"
-    assert len(warnings) == 1 and warnings[0].endswith(f"; moved to {corrupt}")
-    assert corrupt.is_dir()
+    assert len(warnings) == 1
+    if mode == "set_aside":
+        assert warnings[0].endswith(f"; moved to {corrupt}") and corrupt.is_dir()
+    else:
+        assert warnings[0].endswith("; skipped") and not corrupt.exists()
+        assert (tmp_path / "checkpoints" / "2").is_dir()
