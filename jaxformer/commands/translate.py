@@ -29,6 +29,8 @@ def run(args, overrides: list[str]) -> int:
         raise UserError(f"--input {args.input}: no such file")
     if args.beam_size < 1 or args.batch_size < 1:
         raise UserError("--beam_size and --batch_size must be >= 1")
+    if args.extra_decode_length < 0:
+        raise UserError(f"--extra_decode_length must be >= 0, got {args.extra_decode_length}")
     common.host_devices_per_core(os.cpu_count() or 1)
     from jaxformer.inference.seq2seq import translate_texts
     from jaxformer.inference.workdir import load_run
