@@ -82,10 +82,30 @@ def test_command_scores_the_configs_evaluator_splits(tmp_path, monkeypatch, caps
      "task 'lm' is not text_classification"),
     ([f"--config={TWEETS}:runlocal,train_examples=300", "--select_on=dev"],
      "no split dev; available: validation, test"),
+    ([f"--config={TWEETS}:runlocal,train_examples=0"], "train_examples"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(ROOT)
     assert main(["baseline", *args, f"--workdir={tmp_path / 'w'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
-    assert not (tmp_path / "w" / "metrics.jsonl").exists()
+    assert not (tmp_path / "w").exists()  # Nothing made before the config is known good.
+
+
+def test_a_workdir_of_another_run_is_refused_and_a_refit_replaces_its_figures(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    workdir = tmp_path / "tfidf"
+    args = ["baseline", f"--config={TWEETS}:train_examples=300,runlocal", f"--workdir={workdir}"]
+    assert main(args) == 0
+    first = (workdir / "metrics.jsonl").read_text()
+    assert main(args) == 0  # The same config again: one record, the same figures.
+    assert (workdir / "metrics.jsonl").read_text().count("\n") == 1
+    assert json.loads((workdir / "metrics.jsonl").read_text())["eval/test/top1"] == (
+        json.loads(first)["eval/test/top1"])
+    config = (workdir / "config.json").read_text()
+    capsys.readouterr()
+    assert main([*args[:1], f"--config={TWEETS}:train_examples=400,runlocal", args[2]]) == 2
+    assert "holds another run" in capsys.readouterr().err
+    assert (workdir / "config.json").read_text() == config
+    assert (workdir / "metrics.jsonl").read_text().count("\n") == 1
