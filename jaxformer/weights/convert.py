@@ -161,6 +161,9 @@ def import_config(hf_dir: str, family: str, *, config_spec: str | None = None,
         module.configure(config, hf_config)
     with config.unlocked(), as_user_error(hf_dir):
         module.configure_from_dir(config, hf_dir)
+    # The imported model computes as the checkpoint does, whatever its base recipe trains in
+    # (ViT's ImageNet recipe: bfloat16); `--config.train.compute_dtype` sets another.
+    config.train.compute_dtype = "float32"
     config_lib.apply_overrides(config, overrides)
     return config, hf_config
 
