@@ -19,14 +19,23 @@ def test_parse_arg_unknown_name():
         config_lib.parse_arg("gpu", cpu=False)
 
 
+# The args a config cannot do without (a source run that need not exist yet).
+REQUIRED_ARGS = {"configs/vit/fashion_mnist_transfer.py": ":init_from=/nonexistent"}
+
+
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_config_loads_locked(path):
+    config = config_lib.load_config(os.path.join(ROOT, path) + REQUIRED_ARGS.get(path, ""))
     path = os.path.join(ROOT, path)
-    config = config_lib.load_config(path)
     with pytest.raises(AttributeError):
         config.no_such_field = 1
     runlocal = config_lib.load_config(path + ":runlocal")
     assert runlocal.train.num_steps <= 10
+
+
+def test_a_transfer_needs_its_source():
+    with pytest.raises(config_lib.ConfigError, match="init_from=DIR is required"):
+        config_lib.load_config(os.path.join(ROOT, "configs/vit/fashion_mnist_transfer.py"))
 
 
 def test_cpu_recipe_is_nanogpt_cpu():
@@ -79,7 +88,7 @@ def test_configs_import_no_library_code():
     import sys
 
     code = ("import sys; from jaxformer import config as c; from tests.helpers import CONFIGS; "
-            "[c.load_config(p) for p in CONFIGS]; print('jax' in sys.modules)")
+            "[c.load_config(p + ':runlocal') for p in CONFIGS]; print('jax' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr

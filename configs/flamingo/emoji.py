@@ -39,7 +39,7 @@ import ml_collections
 from configs import common
 from configs.clip import emoji as clip_emoji
 from configs.flamingo import lm as flamingo_lm
-from jaxformer.config import parse_arg, read_workdir_config
+from jaxformer.config import ConfigError, parse_arg, read_workdir_config
 
 # The GPT run's parameters under the model's `lm` (its gated blocks are new).
 LM_MAPPING = (("lm/token_embedding", "token_embedding"),
@@ -49,20 +49,29 @@ FROZEN_VISION = ("vision_encoder/.*",)
 FROZEN_LM = ("lm/(token_embedding|position_embedding|transformer)/.*",)
 
 
-def _run_config(workdir: str, default: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _run_config(key: str, workdir: str, default: ml_collections.ConfigDict, *,
+                same_data: bool) -> ml_collections.ConfigDict:
     """The config a source run was trained with, or `default` (the config it will be trained
-    with) while it has not started: a sweep checks every point before the first trains."""
-    if workdir and os.path.isfile(os.path.join(workdir, "config.json")):
-        return read_workdir_config(workdir)
-    return default
+    with) while it has not started: a sweep checks every point before the first trains. The
+    run must be of `default`'s model (and, with `same_data`, of its data)."""
+    if not (workdir and os.path.isfile(os.path.join(workdir, "config.json"))):
+        return default
+    run = read_workdir_config(workdir)
+    if run.model.get("name") != default.model.name:
+        raise ConfigError(f"{key}={workdir} holds a {run.model.get('name')!r} run; it must be "
+                          f"a {default.model.name!r} one")
+    if same_data and run.data.get("name") != default.data.name:
+        raise ConfigError(f"{key}={workdir} was trained on {run.data.get('name')!r}; it must "
+                          f"be trained on {default.data.name!r} (its held-out classes)")
+    return run
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, clip="", lm="", steps=1500, connector="resampler", every=1,
                     gated=True, frozen_lm=True, runlocal=False)
     local = "runlocal" if arg.runlocal else ""
-    clip_run = _run_config(arg.clip, clip_emoji.get_config(local))
-    lm_run = _run_config(arg.lm, flamingo_lm.get_config(local))
+    clip_run = _run_config("clip", arg.clip, clip_emoji.get_config(local), same_data=True)
+    lm_run = _run_config("lm", arg.lm, flamingo_lm.get_config(local), same_data=False)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(dict(

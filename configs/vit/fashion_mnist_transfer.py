@@ -9,7 +9,7 @@ is fine-tuned, otherwise it is new (zero-initialised). Position embeddings are r
 bilinearly to the patch grid of `image_size`.
 
 Variants (arg string):
-  init_from=DIR   the source workdir (required).
+  init_from=DIR   the source workdir (required, but for runlocal).
   mode=probe      linear probe: the encoder is loaded and frozen, a new zero-initialised head
                   is trained for 2 epochs (AdamW lr 1e-3, cosine).
   mode=finetune   full fine-tuning at `image_size` (default 56: the 4x4 patch grid becomes
@@ -31,7 +31,7 @@ import os
 import ml_collections
 
 from configs.vit import fashion_mnist
-from jaxformer.config import parse_arg, read_workdir_config
+from jaxformer.config import ConfigError, parse_arg, read_workdir_config
 
 MODES = ("probe", "finetune")
 # The encoder's fields of `config.model`, taken from the source run.
@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                     source="auto")
     if arg.mode not in MODES:
         raise ValueError(f"unknown mode {arg.mode!r}; available: {', '.join(MODES)}")
+    if not arg.init_from and not arg.runlocal:  # A probe of a random encoder would be noise.
+        raise ConfigError("init_from=DIR is required: the ViT workdir to transfer from (only "
+                          "runlocal runs without one, on a fresh encoder)")
     config = fashion_mnist.get_config(f"source={arg.source}" + (",runlocal" if arg.runlocal
                                                                  else ""))
     config.init_from.workdir = arg.init_from

@@ -212,3 +212,16 @@ def test_frozen_parts_are_the_source_runs_and_step_0_is_the_language_model(chain
     other = task.model.apply({"params": params}, jnp.asarray(batch["images"]) + 1.0,
                              jnp.asarray(batch["inputs"]))
     np.testing.assert_allclose(other, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arg,source,message", [
+    ("clip", "configs/vit/fashion_mnist.py:runlocal", "clip=.* holds a 'vit' run; it must be "
+                                                     "a 'clip' one"),
+    ("lm", "configs/clip/emoji.py:runlocal", "lm=.* holds a 'clip' run; it must be a 'gpt'"),
+    ("clip", "configs/clip/coco_captions.py:runlocal", "was trained on 'coco_captions'"),
+])
+def test_a_source_run_of_another_kind_is_one_config_error(tmp_path, arg, source, message):
+    (tmp_path / "config.json").write_text(
+        config_lib.to_json(config_lib.load_config(os.path.join(ROOT, source))))
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load_config(f"{FLAMINGO}:runlocal,{arg}={tmp_path}")
