@@ -30,7 +30,7 @@ def run(args, overrides: list[str]) -> int:
     from jaxformer.evaluators.base import Context, build_evaluators
     from jaxformer.inference.workdir import load_run
     from jaxformer.train import parallel
-    from jaxformer.train.metrics import MetricWriter
+    from jaxformer.train.metrics import AVERAGED, MetricWriter
 
     # A run that split its state (train.fsdp) gets its parameters split as far as the
     # devices here allow.
@@ -51,7 +51,8 @@ def run(args, overrides: list[str]) -> int:
         metrics = evaluators[name].run(run_.params)
         scalars.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
     writer = MetricWriter(args.workdir)
-    writer.write(run_.step, scalars)
+    # Rows of this command beside training's at the same step: which parameters they scored.
+    writer.write(run_.step, {**scalars, AVERAGED: len(run_.averaged_steps) or 1})
     writer.close()
     log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
     return 0

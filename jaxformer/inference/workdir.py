@@ -8,6 +8,7 @@ the mean of the last K.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import jax
@@ -20,6 +21,8 @@ from jaxformer.registry import build_data_and_task
 from jaxformer.tasks.base import Task
 from jaxformer.train.checkpoint import Checkpointer
 from jaxformer.train.state import abstract_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,9 @@ def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
     try:
         if average_last > 1:
             params, steps = checkpointer.average_params(abstract, average_last)
+            if len(steps) < average_last:
+                log.warning("--average_last=%d: only %d readable checkpoints to average",
+                            average_last, len(steps))
             return Run(workdir, config, data, task, params, steps[-1], tuple(steps))
         state = checkpointer.restore(abstract, step=step)
     finally:

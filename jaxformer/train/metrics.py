@@ -13,6 +13,9 @@ from jaxformer.errors import UserError
 from jaxformer.train.tensorboard import EventWriter
 
 METRICS_FILE = "metrics.jsonl"
+# In a record of evaluations of averaged parameters, and in every `jaxformer evaluate` record:
+# how many checkpoints' mean was scored (1: one checkpoint).
+AVERAGED = "averaged_checkpoints"
 
 
 def _read_lines(path: str) -> list[tuple[str, dict]]:

@@ -36,7 +36,7 @@ from jaxformer.evaluators.base import Context, build_evaluators
 from jaxformer.registry import build_data_and_task
 from jaxformer.train import parallel, transfer
 from jaxformer.train.checkpoint import Checkpointer, CheckpointMismatchError
-from jaxformer.train.metrics import MetricWriter, progress_line, read_metrics
+from jaxformer.train.metrics import AVERAGED, MetricWriter, progress_line, read_metrics
 from jaxformer.train.optimizer import make_optimizer, make_schedule
 from jaxformer.train.profiler import StepProfiler
 from jaxformer.train.state import TrainState, abstract_state, create_state
@@ -284,17 +284,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
         due = {name: e for name, e in evaluators.items() if e.due(step, final=final)}
         if not due:
             return {}
-        params = state.params
+        params, averaged = state.params, {}
         if final and cfg.average_last > 1:
             checkpointer.wait()  # The average includes the step just saved.
             host = strategy.host_state(state)
             mean, steps = checkpointer.average_params(parts.abstract, cfg.average_last)
             log(f"final evaluation of the average of the checkpoints at steps {steps}")
             params = strategy.place_state(host.replace(params=mean)).params
+            averaged = {AVERAGED: len(steps)}
         scalars = {}
         for name, evaluator in due.items():
             scalars.update({f"eval/{name}/{k}": v for k, v in evaluator.run(params).items()})
-        writer.write(step, scalars)
+        writer.write(step, {**scalars, **averaged})
         log(" | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         return scalars
 

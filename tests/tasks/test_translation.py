@@ -163,6 +163,12 @@ def test_evaluate_command_appends_final_metrics(trained, tmp_path):
     final = [m for m in before if BLEU in m][-1]
     for key in ("eval/val/loss", "eval/val/accuracy", BLEU):
         assert after[-1][key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
+    # Both rows say they scored the mean of two checkpoints; a plain evaluate says one.
+    assert final["averaged_checkpoints"] == after[-1]["averaged_checkpoints"] == 2
+    assert run_cli("evaluate", f"--workdir={workdir}").returncode == 0
+    assert _metrics(workdir)[-1]["averaged_checkpoints"] == 1
+    three = run_cli("evaluate", f"--workdir={workdir}", "--average_last=3")
+    assert three.returncode == 0 and "only 2 readable checkpoints" in three.stderr
     empty = run_cli("evaluate", f"--workdir={tmp_path / 'none'}")
     assert empty.returncode == 2 and "no such directory" in empty.stderr
 
