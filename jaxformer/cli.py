@@ -54,7 +54,9 @@ def make_parser() -> tuple[argparse.ArgumentParser, dict]:
     modules = {}
     for name, path in COMMANDS.items():
         module = importlib.import_module(path)
-        module.add_arguments(subparsers.add_parser(name, help=module.HELP))
+        epilog = ("any --config.a.b=VALUE overrides the config's field a.b (type checked)"
+                  if module.TAKES_OVERRIDES else None)
+        module.add_arguments(subparsers.add_parser(name, help=module.HELP, epilog=epilog))
         modules[name] = module
     return parser, modules
 

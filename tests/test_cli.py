@@ -138,6 +138,7 @@ COMMAND_USER_ERRORS = [
     (["sample", "--workdir={missing}"], ["no such directory"]),
     (["evaluate", "--workdir={missing}"], ["no such directory"]),
     (["bench", f"--config={CHAR}", "--steps=0"], ["--steps"]),
+    (["params", f"--config={CHAR}", "--depth=-1"], ["--depth"]),
     (["sample", "--workdir={trained}", "--num_samples=0"], ["--num_samples"]),
     (["sample", "--workdir={trained}", "--max_new_tokens=0"], ["--max_new_tokens"]),
     (["evaluate", "--workdir={trained}", "--average_last=-1"], ["--average_last"]),

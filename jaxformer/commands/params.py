@@ -94,6 +94,10 @@ def summary(config, depth: int = 2) -> dict:
 
 
 def run(args, overrides: list[str]) -> int:
+    from jaxformer.errors import UserError
+
+    if args.depth < 0:
+        raise UserError(f"--depth must be >= 0, got {args.depth}")
     config = common.load_config(args.config, overrides)
     common.check_overrides(config, overrides)
     result = summary(config, args.depth)
