@@ -44,6 +44,10 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # A flag's prefix is a typo, not the flag.
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
 

@@ -139,6 +139,7 @@ COMMAND_USER_ERRORS = [
     (["evaluate", "--workdir={missing}"], ["no such directory"]),
     (["bench", f"--config={CHAR}", "--steps=0"], ["--steps"]),
     (["params", f"--config={CHAR}", "--depth=-1"], ["--depth"]),
+    (["sample", "--workdir={trained}", "--max_new=5"], ["--max_new=5"]),  # No abbreviations.
     (["sample", "--workdir={trained}", "--num_samples=0"], ["--num_samples"]),
     (["sample", "--workdir={trained}", "--max_new_tokens=0"], ["--max_new_tokens"]),
     (["evaluate", "--workdir={trained}", "--average_last=-1"], ["--average_last"]),
