@@ -11,15 +11,17 @@ TAKES_OVERRIDES = False
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
-    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--out", required=True,
+                        help="the PNG to write (its directory is made if missing)")
     common.add_checkpoint_choice(parser)
 
 
 def run(args, overrides: list[str]) -> int:
     from jaxformer.errors import UserError
-    from jaxformer.inference import attention_map
+    from jaxformer.inference import attention_map, images
     from jaxformer.inference.workdir import load_run
 
+    images.prepare_output(args.out, make_directory=True)
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
     if run_.config.model.name != "vit":
         raise UserError(f"attention maps need a ViT; {args.workdir} trained "

@@ -9,8 +9,9 @@ few captioned examples (in-context shots):
 
 `--shots` is a comma list of `PATH=caption` pairs (so captions cannot hold commas), or a
 directory of images each captioned by its file stem with underscores as spaces
-(`red_apple.png` -> "red apple"), shown in the order of their names. Images are read with
-Pillow, converted to the run's channels and given its evaluation view and normalisation.
+(`red_apple.png` -> "red apple"), shown in the order of their names. Captions are plain text:
+one holding a special token's text (`<image>`, `<|endofchunk|>`) is refused. Images are read
+with Pillow, converted to the run's channels and given its evaluation view and normalisation.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def run(args, overrides: list[str]) -> int:
     from jaxformer.inference.workdir import load_run
 
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
+    prompt = captioning.prompt_ids(run_.task, [text for _, text in shots])
     image = captioning.load_image(run_.data, args.image)
     examples = [(captioning.load_image(run_.data, path), text) for path, text in shots]
-    prompt = captioning.prompt_ids(run_.task, [text for _, text in examples])
     block_size = run_.task.model.lm_spec.block_size
     if len(prompt) + args.max_new_tokens > block_size:
         raise UserError(f"the prompt ({len(examples)} shots, {len(prompt)} tokens) and "

@@ -7,7 +7,6 @@ image, written to `--out` (enlarged `--scale` times, so that labels of small ima
 
 from __future__ import annotations
 
-import os
 import sys
 
 from jaxformer.commands import common
@@ -30,27 +29,24 @@ def add_arguments(parser) -> None:
 def run(args, overrides: list[str]) -> int:
     from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
-    from jaxformer.inference import detection
-    from jaxformer.inference.two_tower import read_image
+    from jaxformer.inference import detection, images
     from jaxformer.inference.workdir import load_run
 
     if not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.scale < 0:
         raise UserError(f"--scale must be >= 0, got {args.scale}")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise UserError(f"--out: no such directory {out_dir}")
+    images.prepare_output(args.out, make_directory=False)
     config = read_workdir_config(args.workdir)
     if config.task.name != "detection":
         raise UserError(f"{args.workdir} holds a {config.task.name!r} run; this command needs "
                         "a detection run (e.g. configs/detr/composed.py)")
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
-    pixels = read_image(args.image, run_.data.preprocess.channels)
+    pixels = images.read_image(args.image, run_.data.preprocess.channels)
     found = detection.detect(run_.task, run_.data, run_.params, pixels,
                              threshold=args.threshold)
     scale = args.scale or max(1, -(-512 // max(pixels.shape[:2])))
-    detection.draw(pixels, found, scale=scale).save(args.out, format="PNG")
+    images.save_png(detection.draw(pixels, found, scale=scale), args.out)
     print(f"{len(found)} objects at score >= {args.threshold} by {run_.describe()} of "
           f"{args.workdir}; drawn to {args.out}", file=sys.stderr)
     for d in found:

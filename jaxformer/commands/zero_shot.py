@@ -2,7 +2,8 @@
 
 Prints each label's probability for the image, most likely first, from a contrastive
 image-text run: the labels become prompts through the run's templates (or `--template`, with
-"{}" for the label) and the image is compared with each.
+"{}" exactly once for the label; other braces are kept as written) and the image is compared
+with each.
 
     0.912  cat
     0.061  owl
@@ -23,8 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image", required=True, help="an image file")
     parser.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,owl"')
     parser.add_argument("--template", default="",
-                        help='one prompt template, e.g. "a photo of a {}." (default: the '
-                             "run's templates, ensembled)")
+                        help='one prompt template with "{}" exactly once for the label, e.g. '
+                             '"a photo of a {}." (other braces are kept as written; default: '
+                             "the run's templates, ensembled)")
     common.add_checkpoint_choice(parser)
 
 
@@ -36,6 +38,8 @@ def run(args, overrides: list[str]) -> int:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:
         raise UserError(f"--labels needs at least two labels, got {args.labels!r}")
+    if args.template:
+        two_tower.user_template(args.template)
     two_tower.check_config(read_workdir_config(args.workdir), args.workdir)
     from jaxformer.inference.workdir import load_run
 

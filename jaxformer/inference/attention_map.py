@@ -14,7 +14,6 @@ both maps side by side, and the predicted class with its probability.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jaxformer.errors import UserError
+from jaxformer.inference import images
 
 PANEL = 224  # Side of each square panel, in pixels.
 MARGIN = 8
@@ -157,25 +156,14 @@ def render(view: np.ndarray, maps: AttentionMaps) -> Image.Image:
     return figure
 
 
-def load_image(path: str, channels: int) -> np.ndarray:
-    """uint8 `[H, W, channels]` pixels of an image file."""
-    try:
-        with Image.open(path) as pil:
-            pixels = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
-    except (OSError, ValueError) as e:  # Missing, unreadable or not an image.
-        raise UserError(f"cannot read image {path}: {e}") from e
-    return pixels[:, :, None] if pixels.ndim == 2 else pixels
-
-
 def write_attention_map(run: Any, image_path: str, out_path: str) -> AttentionMaps:
     """Writes the attention-map figure of `image_path` under a loaded ViT run
     (`inference.workdir.Run`) as a PNG (`WIDTH x HEIGHT` pixels) at `out_path`; returns the
     prediction and the maps."""
     preprocess = run.data.preprocess
-    view = preprocess.eval_view(load_image(image_path, preprocess.channels))
+    view = preprocess.eval_view(images.read_image(image_path, preprocess.channels))
     maps = compute_maps(run.task.model, run.params, preprocess.normalize(view),
                         run.data.class_names)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    render(view, maps).save(out_path, format="PNG")
+    images.prepare_output(out_path, make_directory=True)
+    images.save_png(render(view, maps), out_path)
     return maps

@@ -12,7 +12,8 @@ the first `<|endofchunk|>` (or `<image>`, which would start another chunk), deco
 Prompts of one length and image count are decoded together, in batches split over the
 host's local devices (each device decodes its own rows; the parameters are copied to every
 one), so the evaluator and the command share one path. Images are float32 `[H, W, C]` as the
-run's evaluation sees them: `load_image` reads a file that way (`data.eval_image`).
+run's evaluation sees them: `load_image` reads a file that way (`images.read_image`, then
+`data.eval_image`). Shot captions are plain text: special-token text in one is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxformer.data.interleaved_pipeline import chunk_ids
 from jaxformer.errors import UserError
 from jaxformer.inference import generate
+from jaxformer.inference.images import IMAGE_EXTENSIONS, read_image
 
 Shot = tuple[np.ndarray, str]  # (float32 image [H, W, C], its caption)
 
@@ -43,10 +45,24 @@ def check_config(config, workdir: str) -> None:
 
 
 def prompt_ids(task: Any, shot_captions: Sequence[str]) -> list[int]:
-    """The shots' chunks (`<image>` caption `<|endofchunk|>` each), then `<image>`."""
+    """The shots' chunks (`<image>` caption `<|endofchunk|>` each), then `<image>`.
+
+    A caption is text only: one whose text encodes to `<image>` or `<|endofchunk|>` (the
+    tokenizer splits those out of any text) is a UserError."""
+    for caption in shot_captions:
+        check_plain_caption(task, caption)
     ids = [i for caption in shot_captions
            for i in chunk_ids(task.tokenizer, caption, task.media_id, task.end_of_chunk_id)]
     return [*ids, task.media_id]
+
+
+def check_plain_caption(task: Any, caption: str) -> None:
+    """Raises UserError if `caption` encodes to a special token of the prompt."""
+    special = {task.media_id: "<image>", task.end_of_chunk_id: "<|endofchunk|>"}
+    found = [special[i] for i in task.tokenizer.encode(caption) if i in special]
+    if found:
+        raise UserError(f"the caption {caption!r} holds the special token {found[0]}; "
+                        "captions must be plain text")
 
 
 def cut_caption(ids: Sequence[int], end_id: int, media_id: int) -> list[int]:
@@ -154,8 +170,6 @@ def caption(task: Any, params: Any, image: np.ndarray, shots: Sequence[Shot] = (
 def load_image(data: Any, path: str) -> np.ndarray:
     """The image file at `path` as the run's evaluation sees it (converted to its channels,
     resized and cropped, normalised: `data.eval_image`), float32 `[H, W, C]`."""
-    from jaxformer.inference.two_tower import read_image
-
     return data.eval_image({"image": read_image(path, data.preprocess.channels)})
 
 
@@ -166,8 +180,6 @@ def parse_shots(spec: str) -> list[tuple[str, str]]:
     if not spec:
         return []
     if os.path.isdir(spec):
-        from jaxformer.inference.two_tower import IMAGE_EXTENSIONS
-
         names = sorted(n for n in os.listdir(spec) if n.lower().endswith(IMAGE_EXTENSIONS))
         if not names:
             raise UserError(f"--shots: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "

@@ -1,10 +1,10 @@
 """Zero-shot classification and image retrieval with a contrastive image-text run
 (`jaxformer zero-shot`, `jaxformer retrieve`).
 
-Images are read from files (any format Pillow opens), converted to the run's channels and
-given the run's evaluation view (shorter side resized, central crop, normalised). Class
-names become prompts through the run's templates, their embeddings averaged per class (prompt
-ensembling), as the zero-shot evaluator does.
+Images are read from files (`images.read_image`: any format Pillow opens), converted to the
+run's channels and given the run's evaluation view (shorter side resized, central crop,
+normalised). Class names become prompts through the run's templates (or one given template),
+their embeddings averaged per class (prompt ensembling), as the zero-shot evaluator does.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import jax
 import numpy as np
 
 from jaxformer.errors import UserError
+from jaxformer.inference.images import IMAGE_EXTENSIONS, read_image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+PLACEHOLDER = "{}"
 
 
 def check_config(config, workdir: str) -> None:
@@ -27,27 +28,6 @@ def check_config(config, workdir: str) -> None:
     if config.task.name != "contrastive":
         raise UserError(f"{workdir} holds a {config.task.name!r} run; this command needs a "
                         "contrastive image-text run (e.g. configs/clip/emoji.py)")
-
-
-def read_image(path: str, channels: int) -> np.ndarray:
-    """uint8 `[H, W, channels]` pixels of the image file at `path`; transparency is laid on
-    white."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "P"):
-                image = image.convert("RGBA")
-                canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(canvas, image)
-            image = image.convert("RGB" if channels == 3 else "L")
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    pixels = np.asarray(image, np.uint8)
-    return pixels if channels == 3 else pixels[..., None]
 
 
 def image_batch(data: Any, paths: Sequence[str]) -> np.ndarray:
@@ -64,13 +44,26 @@ def image_embeddings(run: Any, paths: Sequence[str], batch_size: int = 64) -> np
     return np.concatenate([np.asarray(part) for part in parts])
 
 
+def user_template(template: str) -> str:
+    """`--template` as a format string: it must hold exactly one "{}" (the label's place);
+    any other brace is kept as written (escaped for `str.format`)."""
+    count = template.count(PLACEHOLDER)
+    if count != 1:
+        raise UserError(f"--template must contain {PLACEHOLDER} exactly once (the label's "
+                        f"place), got {count} in {template!r}")
+    before, after = template.split(PLACEHOLDER)
+    return PLACEHOLDER.join(_escape_braces(part) for part in (before, after))
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def prompt_templates(run: Any, template: str) -> tuple[str, ...]:
-    """`template` (with "{}" for the label), or the run's templates (those of its data's
-    default eval split)."""
+    """`template` (`user_template`), or the run's templates (those of its data's default
+    eval split)."""
     if template:
-        if "{}" not in template:
-            raise UserError(f"--template must contain {{}} for the label, got {template!r}")
-        return (template,)
+        return (user_template(template),)
     return tuple(run.data.templates(None))
 
 

@@ -113,7 +113,7 @@ def test_rgb_image_is_converted_for_a_grayscale_model(trained_run, tmp_path):
 
 
 def test_errors(trained_run, tmp_path):
-    with pytest.raises(UserError, match="cannot read image"):
+    with pytest.raises(UserError, match="image not found"):
         attention_map.write_attention_map(trained_run, str(tmp_path / "none.png"),
                                           str(tmp_path / "out.png"))
     with pytest.raises(UserError, match="no config.json"):
