@@ -12,6 +12,7 @@ import sys
 from jaxformer.commands import common
 
 HELP = "draw the boxes a DETR workdir finds in an image"
+MAX_DRAWN_SIDE = 8192  # Pixels of the drawing's longer side.
 TAKES_OVERRIDES = False
 
 
@@ -46,6 +47,10 @@ def run(args, overrides: list[str]) -> int:
     found = detection.detect(run_.task, run_.data, run_.params, pixels,
                              threshold=args.threshold)
     scale = args.scale or max(1, -(-512 // max(pixels.shape[:2])))
+    if scale * max(pixels.shape[:2]) > MAX_DRAWN_SIDE:
+        raise UserError(f"--scale {scale} would draw the {pixels.shape[1]}x{pixels.shape[0]} "
+                        f"image {scale * max(pixels.shape[:2])} px wide; at most "
+                        f"{MAX_DRAWN_SIDE} px a side")
     images.save_png(detection.draw(pixels, found, scale=scale), args.out)
     print(f"{len(found)} objects at score >= {args.threshold} by {run_.describe()} of "
           f"{args.workdir}; drawn to {args.out}", file=sys.stderr)

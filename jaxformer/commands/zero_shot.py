@@ -38,6 +38,9 @@ def run(args, overrides: list[str]) -> int:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:
         raise UserError(f"--labels needs at least two labels, got {args.labels!r}")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # Two equal prompts would share one probability between them.
+        raise UserError(f"--labels names {', '.join(map(repr, repeated))} more than once")
     if args.template:
         two_tower.user_template(args.template)
     two_tower.check_config(read_workdir_config(args.workdir), args.workdir)

@@ -46,12 +46,14 @@ def shorter_side_shape(height: int, width: int, size: int,
     `get_size_with_aspect_ratio`, the longer side rounded down)."""
     short, long = min(height, width), max(height, width)
     if max_size is not None and long / short * size > max_size:
-        size = int(round(max_size * short / long))
+        size = max(int(round(max_size * short / long)), 1)  # A sliver keeps one pixel.
     if short == size:
         return height, width
-    if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+    shape = (int(size * height / width), size) if width < height else (
+        size, int(size * width / height))
+    if max_size is not None:  # That one pixel may not pull the longer side past max_size.
+        shape = (min(shape[0], max_size), min(shape[1], max_size))
+    return shape
 
 
 def resize_with_boxes(features: Features, height: int, width: int) -> Features:

@@ -95,8 +95,9 @@ def list_images(directory: str) -> list[str]:
     """The image files directly in `directory`, sorted by name."""
     if not os.path.isdir(directory):
         raise UserError(f"--images: not a directory: {directory}")
-    paths = sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    paths = sorted(path for path in (os.path.join(directory, name)
+                                     for name in os.listdir(directory))
+                   if path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path))
     if not paths:
         raise UserError(f"--images: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
                         f"{directory}")

@@ -101,6 +101,7 @@ def test_resize_scales_boxes_with_the_image():
     ((20, 40), 30, 40, (20, 40)),         # Capped: the shorter side becomes 20.
     ((480, 640), 800, 1333, (800, 1066)),
     ((480, 1280), 800, 1333, (500, 1333)),
+    ((3, 500), 64, 64, (1, 64)),          # A sliver keeps one pixel (not 0) across.
 ])
 def test_shorter_side_shape(shape, size, max_size, expected):
     assert box_transforms.shorter_side_shape(*shape, size, max_size) == expected

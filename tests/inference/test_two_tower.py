@@ -37,6 +37,7 @@ def images(tmp_path_factory):
     rgba = np.dstack([pixels[3], np.full(pixels[3].shape[:2], 255, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(directory / "emoji03.png")
     (directory / "notes.txt").write_text("not an image")
+    (directory / "album.png").mkdir()  # A directory named like an image is not one.
     return directory
 
 
@@ -76,7 +77,7 @@ def test_retrieve_ranks_the_directory_by_cosine_similarity(workdir, images):
     paths, scores = parse(result.stdout)
     run = load_run(str(workdir))
     every = two_tower.list_images(str(images))
-    assert len(every) == 4  # notes.txt is not an image.
+    assert len(every) == 4  # notes.txt and album.png/ are not images.
     query = np.asarray(run.task.encode_texts(run.params, run.data.tokenize(["a red apple"])))[0]
     similarity = two_tower.image_embeddings(run, every) @ query
     order = np.argsort(-similarity, kind="stable")[:3]
@@ -89,6 +90,8 @@ def test_retrieve_ranks_the_directory_by_cosine_similarity(workdir, images):
     ("zero-shot", ["--image=IMAGES/missing.png", "--labels=a,b"], ["image not found"]),
     ("zero-shot", ["--image=IMAGES/notes.txt", "--labels=a,b"], ["cannot read image"]),
     ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=a"], ["at least two labels"]),
+    ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=cat,dog,cat"],
+     ["'cat' more than once"]),
     ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=a,b", "--template=a photo"],
      ["--template must contain {}"]),
     ("retrieve", ["--text=x", "--images=IMAGES/emoji00.png"], ["not a directory"]),
