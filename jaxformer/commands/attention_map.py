@@ -21,7 +21,7 @@ def run(args, overrides: list[str]) -> int:
     from jaxformer.inference import attention_map, images
     from jaxformer.inference.workdir import load_run
 
-    images.prepare_output(args.out, make_directory=True)
+    images.prepare_output(args.out, make_directory=True, image=args.image)
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
     if run_.config.model.name != "vit":
         raise UserError(f"attention maps need a ViT; {args.workdir} trained "

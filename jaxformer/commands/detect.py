@@ -37,7 +37,7 @@ def run(args, overrides: list[str]) -> int:
         raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.scale < 0:
         raise UserError(f"--scale must be >= 0, got {args.scale}")
-    images.prepare_output(args.out, make_directory=False)
+    images.prepare_output(args.out, make_directory=False, image=args.image)
     config = read_workdir_config(args.workdir)
     if config.task.name != "detection":
         raise UserError(f"{args.workdir} holds a {config.task.name!r} run; this command needs "

@@ -78,11 +78,13 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("RGB" if channels == 3 else "L")
 
 
-def prepare_output(path: str, *, make_directory: bool) -> None:
-    """Raises UserError unless a file can be written at `path` (`--out`): not a directory, in
-    a directory that exists (or, with `make_directory`, is made now)."""
+def prepare_output(path: str, *, make_directory: bool, image: str) -> None:
+    """Raises UserError unless a file can be written at `path` (`--out`): not a directory, not
+    the input `image`, in a directory that exists (or, with `make_directory`, is made now)."""
     if os.path.isdir(path):
         raise UserError(f"--out: {path} is a directory; give a file name")
+    if os.path.exists(path) and os.path.exists(image) and os.path.samefile(path, image):
+        raise UserError(f"--out: {path} is the input image; give another file name")
     directory = os.path.dirname(os.path.abspath(path))
     if not make_directory and not os.path.isdir(directory):
         raise UserError(f"--out: no such directory {directory}")

@@ -81,14 +81,20 @@ def test_missing_and_unreadable_files_are_user_errors(tmp_path):
 
 
 def test_prepare_output(tmp_path):
+    image = str(tmp_path / "in.png")
+    Image.new("L", (4, 4)).save(image)
     with pytest.raises(UserError, match="is a directory"):
-        images.prepare_output(str(tmp_path), make_directory=True)
+        images.prepare_output(str(tmp_path), make_directory=True, image=image)
+    with pytest.raises(UserError, match="is the input image"):
+        images.prepare_output(str(tmp_path / "." / "in.png"), make_directory=True, image=image)
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="cannot create directory"):
-        images.prepare_output(str(tmp_path / "file" / "x.png"), make_directory=True)
+        images.prepare_output(str(tmp_path / "file" / "x.png"), make_directory=True,
+                              image=image)
     with pytest.raises(UserError, match="no such directory"):
-        images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=False)
-    images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=True)
+        images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=False,
+                              image=image)
+    images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=True, image=image)
     assert (tmp_path / "new").is_dir()
 
 
