@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from jaxformer.errors import UserError
 
 log = logging.getLogger(__name__)
+WINDOW = "metrics_window"  # The checkpoint item of a run stopped between metrics records.
 
 
 class _FrozenIteratorState:
@@ -127,7 +128,8 @@ def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.Check
     return ocp.CheckpointManager(
         directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       WINDOW: ocp.JsonCheckpointHandler()})
 
 
 def _check_shapes(manager: ocp.CheckpointManager, step: int, params: Any) -> bool:
@@ -211,13 +213,25 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iter: Any) -> None:
-        """Saves `state` and, unless `data_iter` is None (imported weights), the data position."""
+    def save(self, step: int, state: Any, data_iter: Any,
+             window: list[dict[str, float]] | None = None) -> None:
+        """Saves `state`, the data position (unless `data_iter` is None: imported weights)
+        and, for a run stopped between two metrics records, the metrics of the steps since
+        the last record (`window`), which the resumed run's next record includes."""
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(
                 _FrozenIteratorState(data_iter.get_state()))
+        if window:
+            items[WINDOW] = ocp.args.JsonSave(window)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def read_window(self, step: int) -> list[dict[str, float]]:
+        """The metrics window saved with `step` ([] if none: the step ended a record)."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), WINDOW)):
+            return []
+        return self.manager.restore(step, args=ocp.args.Composite(
+            **{WINDOW: ocp.args.JsonRestore()}))[WINDOW]
 
     def restore(self, abstract_state: Any, data_iter: Any = None, *,
                 step: int | None = None) -> Any | None:

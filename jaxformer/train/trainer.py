@@ -300,13 +300,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
         return scalars
 
     profiler = StepProfiler(workdir, cfg.profile_start, cfg.profile_steps)
-    pending: list[tuple[int, Any]] = []
+    pending: list[tuple[int, Any]] = []  # Steps whose metrics are still on the devices.
+    # The fetched metrics of the steps since the last record (a stopped run's, restored).
+    window = checkpointer.read_window(start) if restored is not None else []
     last: dict[str, float] = {}
     timer, timed_steps = time.perf_counter(), 0
 
-    def flush(step: int) -> None:
-        """Fetches the metrics of the steps since the last flush; stops on a non-finite loss."""
-        nonlocal timer, timed_steps, last
+    def fetch() -> None:
+        """Moves the pending steps' metrics into `window`; stops on a non-finite loss."""
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), metrics in zip(pending, fetched):
             if not math.isfinite(float(metrics["loss"])):
@@ -315,16 +316,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
                 raise NonFiniteLossError(
                     f"loss is {float(metrics['loss'])} at step {s}; stopping. Last good "
                     f"checkpoint: {'step ' + str(good[-1]) if good else 'none'} in {workdir}")
+        window.extend({k: float(v) for k, v in metrics.items()} for metrics in fetched)
+        pending.clear()
+
+    def flush(step: int) -> None:
+        """Writes the record of the steps since the last one."""
+        nonlocal timer, timed_steps, last
+        fetch()
         elapsed = time.perf_counter() - timer
         rate = timed_steps * cfg.batch_size * items_per_example / elapsed if timed_steps else 0.0
-        mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        mean = {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[-1]}
         mean["train/lr"] = float(schedule(step - 1))
         mean[f"train/{item_name}_per_sec"] = rate
         writer.write(step, mean)
         eta = (cfg.num_steps - step) * elapsed / max(timed_steps, 1)
         log(progress_line(step, cfg.num_steps, {k: mean[k] for k in ("train/loss", "train/lr")},
                           items_per_sec=rate, item_name=item_name, eta_seconds=eta))
-        pending.clear()
+        window.clear()
         last = mean
         timer, timed_steps = time.perf_counter(), 0
 
@@ -350,11 +358,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, parts: _Parts) -> di
                     timed_steps += 1
                 is_last = step == cfg.num_steps
                 signum = stop.signum  # Read once: a signal may arrive at any moment.
-                save_now = is_last or signum is not None or step % cfg.checkpoint_every == 0
-                if save_now or step % cfg.log_every == 0:
+                on_schedule = is_last or step % cfg.checkpoint_every == 0
+                # A stop between two records writes none: its window goes into the checkpoint,
+                # so that the resumed run writes the records an uninterrupted one would.
+                stopped_mid_window = (signum is not None and not on_schedule
+                                      and step % cfg.log_every != 0)
+                if stopped_mid_window:
+                    fetch()
+                elif on_schedule or step % cfg.log_every == 0:
                     flush(step)
-                if save_now:
-                    checkpointer.save(step, strategy.host_state(state), train_iter)
+                if on_schedule or signum is not None:
+                    checkpointer.save(step, strategy.host_state(state), train_iter,
+                                      window=window if stopped_mid_window else None)
                 scalars = evaluate(state, step, final=is_last)
                 if scalars:
                     last.update(scalars)
