@@ -164,6 +164,6 @@ def write_attention_map(run: Any, image_path: str, out_path: str) -> AttentionMa
     view = preprocess.eval_view(images.read_image(image_path, preprocess.channels))
     maps = compute_maps(run.task.model, run.params, preprocess.normalize(view),
                         run.data.class_names)
-    images.prepare_output(out_path, make_directory=True)
+    images.prepare_output(out_path, make_directory=True, image=image_path)
     images.save_png(render(view, maps), out_path)
     return maps
