@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -27,7 +26,6 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxformer import config as config_lib
 from jaxformer import registry
 from jaxformer.console import log
 from jaxformer.data import common as data_common
@@ -40,13 +38,7 @@ from jaxformer.train.metrics import AVERAGED, MetricWriter, progress_line, read_
 from jaxformer.train.optimizer import make_optimizer, make_schedule
 from jaxformer.train.profiler import StepProfiler
 from jaxformer.train.state import TrainState, abstract_state, create_state
-from jaxformer.train.workdir import check_workdir_path, lock_workdir
-
-# Config fields that may change between a run and its resume without a warning: the step
-# budget, how the state is split over devices (a checkpoint restores into any split) and the
-# profiler window.
-RESUMABLE_CHANGES = ("train.num_steps", "train.fsdp", "train.profile_steps",
-                     "train.profile_start")
+from jaxformer.train.workdir import check_workdir_path, lock_workdir, save_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,50 +159,6 @@ def _commit(config: ml_collections.ConfigDict, workdir: str, staging: str | None
     save_config(config, workdir)
     if staging is not None and os.path.isdir(os.path.join(staging, "assets")):
         shutil.move(os.path.join(staging, "assets"), os.path.join(workdir, "assets"))
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes config.json; an earlier run's different config is kept beside it, and any
-    difference beyond the step budget is reported."""
-    path = os.path.join(workdir, "config.json")
-    text = config_lib.to_json(config)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = f.read()
-        if old == text:
-            return
-        kept = os.path.join(workdir, time.strftime("config.%Y%m%d-%H%M%S.json"))
-        kept = _unused_name(kept)
-        os.replace(path, kept)
-        changed = [k for k in _diff(json.loads(old), json.loads(text))
-                   if k not in RESUMABLE_CHANGES]
-        if changed:
-            log(f"WARNING: this config differs from the workdir's previous one in "
-                f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}; the previous "
-                f"config is kept as {os.path.basename(kept)}")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _unused_name(path: str) -> str:
-    """`path`, or `path` with `.1`, `.2`, ... before its extension when it exists."""
-    stem, ext = os.path.splitext(path)
-    candidate, n = path, 0
-    while os.path.exists(candidate):
-        n += 1
-        candidate = f"{stem}.{n}{ext}"
-    return candidate
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON configs."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(old.keys() | new.keys())
-        return [k for key in keys
-                for k in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _saved_steps(workdir: str) -> list[int]:

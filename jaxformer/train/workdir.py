@@ -1,4 +1,5 @@
-"""The workdir of a run: its path checked, and an exclusive lock for the run that writes it.
+"""The workdir of a run: its path checked, an exclusive lock for the run that writes it, and
+its config.json (an earlier, different one kept beside it).
 
 Two runs writing one workdir would interleave checkpoints and metrics. The lock is
 `fcntl.flock` on `<workdir>/.lock`, so the kernel releases it when its holder dies, even by
@@ -17,10 +18,21 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import ml_collections
+
+from jaxformer import config as config_lib
+from jaxformer.console import log
 from jaxformer.errors import UserError
 
 LOCK_NAME = ".lock"
+
+# Config fields that may change between a run and its resume without a warning: the step
+# budget, how the state is split over devices (a checkpoint restores into any split) and the
+# profiler window.
+RESUMABLE_CHANGES = ("train.num_steps", "train.fsdp", "train.profile_steps",
+                     "train.profile_start")
 
 
 class WorkdirBusyError(UserError):
@@ -106,3 +118,47 @@ def is_locked(workdir: str) -> bool:
     finally:
         os.close(handle)
     return False
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes config.json; an earlier run's different config is kept beside it, and any
+    difference beyond the step budget is reported."""
+    path = os.path.join(workdir, "config.json")
+    text = config_lib.to_json(config)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        if old == text:
+            return
+        kept = os.path.join(workdir, time.strftime("config.%Y%m%d-%H%M%S.json"))
+        kept = _unused_name(kept)
+        os.replace(path, kept)
+        changed = [k for k in _diff(json.loads(old), json.loads(text))
+                   if k not in RESUMABLE_CHANGES]
+        if changed:
+            log(f"WARNING: this config differs from the workdir's previous one in "
+                f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}; the previous "
+                f"config is kept as {os.path.basename(kept)}")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _unused_name(path: str) -> str:
+    """`path`, or `path` with `.1`, `.2`, ... before its extension when it exists."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = path, 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{stem}.{n}{ext}"
+    return candidate
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old.keys() | new.keys())
+        return [k for key in keys
+                for k in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]

@@ -237,7 +237,7 @@ def import_weights(hf_dir: str, family: str, workdir: str, *, config_spec: str |
             "nothing written")
         return config
     params.update(initial_params(config, new))
-    from jaxformer.train.trainer import save_config
+    from jaxformer.train.workdir import save_config
 
     with _new_directory(workdir, "--workdir") as staging:
         assets = os.path.join(staging, "assets")
