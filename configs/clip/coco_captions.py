@@ -35,12 +35,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         text_width=512, text_heads=8, text_mlp_dim=2048, pool_type="tok",
         activation="quick_gelu", loss=arg.loss, dropout_rate=0.0))
     config.task = ml_collections.ConfigDict(dict(name="contrastive", loss=arg.loss))
-    # OpenAI CLIP's pixel statistics.
+    # OpenAI CLIP's pixel statistics and resize filter.
     config.data = ml_collections.ConfigDict(dict(
         name="coco_captions", data_dir=arg.data_dir, train_split="train+restval",
         eval_split="val", image_size=224, crop="inception", min_area=0.9, flip=False,
         mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),
-        context_length=77, vocab_size=49_408, tokenizer_examples=TRAIN_IMAGES,
+        resample="bicubic", context_length=77, vocab_size=49_408, tokenizer_examples=TRAIN_IMAGES,
         read_threads=8))
     batch_size = 256
     num_steps = EPOCHS * TRAIN_IMAGES // batch_size

@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(dict(name="contrastive", loss=arg.loss))
     config.data = ml_collections.ConfigDict(dict(
         name="emoji", image_size=224 if openai else 32, crop="none", flip=False,
-        mean=(0.5,), std=(0.5,), context_length=77 if openai else 32,
+        mean=(0.5,), std=(0.5,), resample="bilinear", context_length=77 if openai else 32,
         vocab_size=49_408 if openai else 2048, template_probability=0.5,
         holdout_subcategories=("animal-mammal", "animal-bird", "animal-marine", "food-fruit",
                                "food-vegetable"),

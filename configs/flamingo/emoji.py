@@ -85,6 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="emoji_interleaved", tokenizer_workdir=arg.lm, vocab_size=lm_run.data.vocab_size,
         seq_length=64, max_images=4, template_probability=0.5, image_size=image.image_size,
         crop="none", flip=False, mean=tuple(image.mean), std=tuple(image.std),
+        resample=image.get("resample", "bilinear"),
         holdout_subcategories=tuple(image.holdout_subcategories),
         fashion_mnist=True, fashion_mnist_examples=2000, fashion_mnist_source="subset",
         data_dir="", read_threads=1))

@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # trials, 83.7% test accuracy with them and 86.8% without.
     config.data = ml_collections.ConfigDict(dict(
         name="fashion_mnist", source=arg.source, data_dir="", image_size=28, crop="none",
-        crop_padding=0, flip=True, resize_size=0, mean=(MEAN,), std=(STD,), read_threads=1))
+        crop_padding=0, flip=True, resize_size=0, mean=(MEAN,), std=(STD,), resample="bilinear",
+        read_threads=1))
     batch_size, epochs = 128, 10
     num_steps = epochs * TRAIN_EXAMPLES // batch_size
     config.train = common.train(batch_size=batch_size, num_steps=num_steps, log_every=100,

@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", train_split="train", eval_split="validation",
         image_size=224, crop="inception", min_area=0.05, flip=True, resize_size=256,
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), read_threads=16))
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bilinear", read_threads=16))
     batch_size, epochs = 4096, 300
     num_steps = epochs * TRAIN_EXAMPLES // batch_size  # 93,835
     config.train = common.train(batch_size=batch_size, num_steps=num_steps,

@@ -46,6 +46,7 @@ from jaxformer.data.transforms import (
     ResizeShorter,
     no_draws,
     normalize,
+    resampling,
 )
 from jaxformer.errors import UserError
 
@@ -61,7 +62,8 @@ class Preprocess:
     `image_size`, zero-pad by `crop_padding`, random crop back) or "none" (resize to
     `image_size`); then a random horizontal flip if `flip`. Evaluation: the shorter side
     resized to `resize_size` (0: to `image_size`), then the central `image_size` crop. Both
-    end with `(pixel / 255 - mean) / std` per channel.
+    end with `(pixel / 255 - mean) / std` per channel. Every resize uses PIL's filter
+    `resample` ("bilinear"; "bicubic" for CLIP's processors).
     """
 
     image_size: int
@@ -73,8 +75,10 @@ class Preprocess:
     resize_size: int = 0
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    resample: str = "bilinear"
 
     def __post_init__(self):
+        resampling(self.resample)
         if self.crop not in TRAIN_CROPS:
             raise ValueError(f"unknown crop {self.crop!r}; available: {', '.join(TRAIN_CROPS)}")
         if self.image_size < 1:
@@ -103,11 +107,11 @@ class Preprocess:
         so that the crops do not depend on `flip`."""
         size = self.image_size
         if self.crop == "inception":
-            crop = (InceptionCrop(size, self.min_area),)
+            crop = (InceptionCrop(size, self.min_area, self.resample),)
         elif self.crop == "pad":
-            crop = (Resize(size, size), PadAndRandomCrop(size, self.crop_padding))
+            crop = (Resize(size, size, self.resample), PadAndRandomCrop(size, self.crop_padding))
         else:
-            crop = (Resize(size, size),)
+            crop = (Resize(size, size, self.resample),)
         return Compose((Decode(self.channels), *crop, Flip(0.5 if self.flip else 0.0),
                         Normalize(self.mean, self.std)))
 
@@ -124,20 +128,23 @@ class Preprocess:
         return normalize(images, self.mean, self.std)
 
     def _eval_view(self) -> Compose:
-        return Compose((Decode(self.channels), ResizeShorter(self.resize_size or self.image_size),
+        return Compose((Decode(self.channels),
+                        ResizeShorter(self.resize_size or self.image_size, self.resample),
                         CenterCrop(self.image_size)))
 
 
 def preprocess_from_config(config: ml_collections.ConfigDict, *, channels: int,
                            image_size: int) -> Preprocess:
     """A `Preprocess` from the `config.data` keys `image_size` (0: the dataset's default),
-    `crop`, `crop_padding`, `min_area`, `flip`, `resize_size`, `mean`, `std` (each optional)."""
+    `crop`, `crop_padding`, `min_area`, `flip`, `resize_size`, `mean`, `std`, `resample`
+    (each optional)."""
     return Preprocess(
         image_size=config.get("image_size", 0) or image_size, channels=channels,
         crop=config.get("crop", "none"), crop_padding=config.get("crop_padding", 0),
         min_area=config.get("min_area", 0.05), flip=config.get("flip", False),
         resize_size=config.get("resize_size", 0),
-        mean=tuple(config.get("mean", (0.5,))), std=tuple(config.get("std", (0.5,))))
+        mean=tuple(config.get("mean", (0.5,))), std=tuple(config.get("std", (0.5,))),
+        resample=config.get("resample", "bilinear"))
 
 
 def check_image_config(config: ml_collections.ConfigDict, *, channels: int,

@@ -22,6 +22,10 @@ from PIL import Image
 Features = dict[str, Any]
 
 INCEPTION_ATTEMPTS = 10
+# PIL's filters by name; the numbers transformers' image processors write as `resample`.
+RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+              "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 class Draws:
@@ -84,21 +88,30 @@ def decode(image: Any, channels: int) -> np.ndarray:
     raise ValueError(f"cannot make a {channels}-channel image from shape {array.shape}")
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize (PIL, antialiased when shrinking) of a uint8 `[H, W, C]` image."""
+def resize(image: np.ndarray, height: int, width: int, method: str = "bilinear") -> np.ndarray:
+    """Resize of a uint8 `[H, W, C]` image with PIL's filter `method` (one of `RESAMPLING`;
+    antialiased when shrinking, as PIL and transformers' image processors do)."""
     if image.shape[:2] == (height, width):
         return image
     channels = image.shape[-1]
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR))
+    out = np.asarray(pil.resize((width, height), resampling(method)))
     return out.reshape(height, width, channels)
 
 
-def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
+def resampling(method: str) -> Image.Resampling:
+    """PIL's filter named `method`."""
+    if method not in RESAMPLING:
+        raise ValueError(f"unknown resampling {method!r}; available: {', '.join(RESAMPLING)}")
+    return RESAMPLING[method]
+
+
+def resize_shorter(image: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
     """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
     height, width = image.shape[:2]
     scale = size / min(height, width)
-    return resize(image, max(size, round(height * scale)), max(size, round(width * scale)))
+    return resize(image, max(size, round(height * scale)), max(size, round(width * scale)),
+                  method)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -126,7 +139,8 @@ def pad_and_random_crop(image: np.ndarray, size: int, padding: int, draws: Draws
 
 def inception_crop(image: np.ndarray, size: int, draws: Draws, *, min_area: float = 0.05,
                    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                   attempts: int = INCEPTION_ATTEMPTS) -> np.ndarray:
+                   attempts: int = INCEPTION_ATTEMPTS, method: str = "bilinear"
+                   ) -> np.ndarray:
     """Random-area, random-aspect crop resized to `size x size` (Szegedy et al. 2015).
 
     The crop covers a uniform fraction in `[min_area, 1]` of the image with a log-uniform
@@ -141,8 +155,8 @@ def inception_crop(image: np.ndarray, size: int, draws: Draws, *, min_area: floa
         if 0 < crop_w <= width and 0 < crop_h <= height:
             top = draws.integers(height - crop_h + 1)
             left = draws.integers(width - crop_w + 1)
-            return resize(image[top:top + crop_h, left:left + crop_w], size, size)
-    return resize(image, size, size)
+            return resize(image[top:top + crop_h, left:left + crop_w], size, size, method)
+    return resize(image, size, size, method)
 
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -187,17 +201,19 @@ class Decode(ImageStep):
 class Resize(ImageStep):
     height: int
     width: int
+    method: str = "bilinear"
 
     def apply(self, image: np.ndarray, draws: Draws) -> np.ndarray:
-        return resize(image, self.height, self.width)
+        return resize(image, self.height, self.width, self.method)
 
 
 @dataclasses.dataclass(frozen=True)
 class ResizeShorter(ImageStep):
     size: int
+    method: str = "bilinear"
 
     def apply(self, image: np.ndarray, draws: Draws) -> np.ndarray:
-        return resize_shorter(image, self.size)
+        return resize_shorter(image, self.size, self.method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +238,12 @@ class PadAndRandomCrop(ImageStep):
 class InceptionCrop(ImageStep):
     size: int
     min_area: float = 0.05
+    method: str = "bilinear"
     num_draws: ClassVar[int] = 2 * INCEPTION_ATTEMPTS + 2
 
     def apply(self, image: np.ndarray, draws: Draws) -> np.ndarray:
-        return inception_crop(image, self.size, draws, min_area=self.min_area)
+        return inception_crop(image, self.size, draws, min_area=self.min_area,
+                              method=self.method)
 
 
 @dataclasses.dataclass(frozen=True)

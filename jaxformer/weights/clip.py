@@ -9,8 +9,9 @@ checks that `CLIPTextModel` pools the same one (the first `eos_token_id`, or wit
 
 The tokenizer (`tokenizer.json`, or `vocab.json` and `merges.txt`) becomes the workdir's
 caption tokenizer (`assets/caption_bpe.json`); images are preprocessed as CLIP's processor
-does (shorter side resized, centre crop, and the mean and std of `preprocessor_config.json`,
-else OpenAI's). The base config is configs/clip/emoji.py with the checkpoint's sizes.
+does (shorter side resized with its filter, centre crop, and the mean and std of
+`preprocessor_config.json`; else OpenAI's: bicubic, OpenAI's mean and std). The base config
+is configs/clip/emoji.py with the checkpoint's sizes.
 
 An export lays the vocabulary out as CLIP's, the start and end of text last: a vocabulary
 trained here (special tokens first) is reordered, embedding rows and tokenizer ids alike, and
@@ -44,6 +45,7 @@ OPTIONAL: dict[str, str] = {}  # Every part is in every checkpoint.
 LEGACY_EOS_ID = 2  # Older configs': `CLIPTextModel` then pools the largest token id.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+RESAMPLE = "bicubic"  # CLIPImageProcessor's default filter, as OpenAI's preprocessing.
 TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE = "tokenizer.json", "vocab.json", "merges.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
@@ -117,7 +119,7 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
     config.data.update(image_size=_square(vision["image_size"], "image_size"),
                        context_length=text["max_position_embeddings"],
                        vocab_size=text["vocab_size"], crop="none", flip=False,
-                       mean=OPENAI_MEAN, std=OPENAI_STD)
+                       mean=OPENAI_MEAN, std=OPENAI_STD, resample=RESAMPLE)
 
 
 def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
@@ -127,7 +129,8 @@ def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
     if processor is None:
         return
     mean, std = hf_files.image_normalisation(processor, OPENAI_MEAN, OPENAI_STD)
-    config.data.update(mean=mean, std=std)
+    config.data.update(mean=mean, std=std,
+                       resample=hf_files.image_resampling(processor, RESAMPLE))
     size = processor.get("size")
     if (isinstance(size, dict) and "shortest_edge" in size
             and processor.get("do_center_crop", True)):
@@ -321,7 +324,7 @@ def _image_processor(data: ml_collections.ConfigDict) -> dict:
         "do_convert_rgb": True,
         "do_resize": True,
         "size": {"shortest_edge": int(data.get("resize_size", 0) or size)},
-        "resample": 2,  # Bilinear, as the pipeline resizes.
+        "resample": hf_files.pil_filter(data.get("resample", "bilinear")),
         "do_center_crop": True,
         "crop_size": {"height": size, "width": size},
         "do_rescale": True,

@@ -17,6 +17,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PROCESSOR_NAME = "preprocessor_config.json"
+# The numbers of PIL's filters (`PIL.Image.Resampling`), as processors write `resample`.
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 def read_json(path: str) -> dict:
@@ -95,6 +97,23 @@ def read_image_processor(directory: str) -> dict | None:
     """The image processor's settings (`preprocessor_config.json`); None without one."""
     path = os.path.join(directory, PROCESSOR_NAME)
     return read_json(path) if os.path.exists(path) else None
+
+
+def image_resampling(processor: dict, default: str) -> str:
+    """jaxformer's `data.resample` for the processor's `resample` (PIL's filter number);
+    `default` is the processor class's."""
+    value = processor.get("resample")
+    if value is None:
+        return default
+    if value not in PIL_FILTERS:
+        raise ValueError(f"{PROCESSOR_NAME}: resample {value!r} is not one of PIL's filters "
+                         f"{sorted(PIL_FILTERS)}")
+    return PIL_FILTERS[value]
+
+
+def pil_filter(method: str) -> int:
+    """The processor's `resample` number of jaxformer's `data.resample`."""
+    return {name: number for number, name in PIL_FILTERS.items()}[method]
 
 
 def write_image_processor(directory: str, processor: dict) -> str:

@@ -97,7 +97,8 @@ def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
     if processor is None:
         return
     mean, std = hf_files.image_normalisation(processor, (0.5,), (0.5,))  # ViTImageProcessor's
-    config.data.update(mean=mean, std=std)
+    config.data.update(mean=mean, std=std,
+                       resample=hf_files.image_resampling(processor, "bilinear"))
     size = processor.get("size") or {}
     if (isinstance(size, dict) and "shortest_edge" in size
             and processor.get("do_center_crop", False)):
@@ -208,7 +209,7 @@ def export_tokenizer(workdir: str, hf_dir: str) -> list[str]:
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
         "size": {"height": size, "width": size},
-        "resample": 2,  # Bilinear.
+        "resample": hf_files.pil_filter(data.get("resample", "bilinear")),
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,

@@ -237,6 +237,32 @@ def test_image_processor_sets_the_normalisation(tmp_path):
     np.testing.assert_allclose(config.data.std, [0.2, 0.25, 0.3])
 
 
+@pytest.mark.parametrize("resample, method", [(3, "bicubic"), (2, "bilinear")])
+def test_imported_eval_view_is_the_processors(tmp_path, resample, method):
+    """The evaluation view of an imported CLIP is its processor's output, whose filter
+    (bicubic by default) it takes; with the other filter it is off by tens of levels."""
+    from jaxformer.data import image_pipeline
+
+    (tmp_path / "config.json").write_text(json.dumps(B32))
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 240},
+                                                resample=resample)
+    processor.save_pretrained(tmp_path)
+    config, _ = convert.import_config(str(tmp_path), "clip")
+    assert config.data.resample == method
+    image = np.random.default_rng(0).integers(0, 256, (300, 380, 3), dtype=np.uint8)
+    theirs = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+
+    def levels_apart(data) -> np.ndarray:
+        preprocess = image_pipeline.preprocess_from_config(data, channels=3, image_size=224)
+        ours = preprocess.normalize(preprocess.eval_view(image))
+        return np.abs(ours - theirs) * np.asarray(data["std"]) * 255
+
+    levels = levels_apart(config.data)
+    assert levels.max() < 1.01 and levels.mean() < 0.1
+    other = "bilinear" if method == "bicubic" else "bicubic"
+    assert levels_apart(dict(config.data.to_dict(), resample=other)).max() > 10
+
+
 @pytest.mark.parametrize("change, named", [
     ("drop", "text_model.final_layer_norm.bias"),
     ("add", "text_model.extra.weight"),

@@ -118,6 +118,7 @@ def test_image_processor_sets_the_normalisation_and_is_exported(imagenet, tmp_pa
     assert data.resize_size == 0
     convert.export_weights(workdir, str(tmp_path / "hf"), log=lambda _: None)
     processor = ViTImageProcessor.from_pretrained(tmp_path / "hf")
+    assert processor.resample == 2  # The run's filter, bilinear.
     image = np.random.default_rng(2).integers(0, 256, (24, 24, 3), dtype=np.uint8)
     theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
     preprocess = image_pipeline.preprocess_from_config(data, channels=3, image_size=224)
@@ -289,3 +290,24 @@ def test_fine_tune_from_an_imported_workdir(imagenet, tmp_path):
     images = np.random.default_rng(3).standard_normal((2, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(_logits(str(tmp_path / "probe"), images),
                                _hf_logits(exported, images), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("resample, method", [(None, "bilinear"), (3, "bicubic")])
+def test_processor_filter_is_imported_and_exported(tmp_path, resample, method):
+    """The processor's resize filter (ViTImageProcessor's default: bilinear) becomes
+    `data.resample`; the export writes it back."""
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(
+        ViTConfig(image_size=224, architectures=["ViTModel"]).to_json_string())
+    processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+                 "size": {"height": 224, "width": 224}, **IMAGENET_STATS}
+    if resample is not None:
+        processor["resample"] = resample
+    (hf_dir / "preprocessor_config.json").write_text(json.dumps(processor))
+    config, _ = convert.import_config(str(hf_dir), "vit")
+    assert config.data.resample == method
+    bad = dict(processor, resample=9)
+    (hf_dir / "preprocessor_config.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="resample 9"):
+        convert.import_config(str(hf_dir), "vit")
