@@ -77,9 +77,11 @@ class Sweep:
         """The point's config, FILE[:ARGS]: the sweep's arg string and the point's `arg`."""
         return with_arg(self.config, point.arg)
 
-    def train_args(self, point: Point) -> list[str]:
-        """`jaxformer` arguments that train (or resume) the point."""
-        return [point.command, f"--config={self.config_spec(point)}",
+    def train_args(self, point: Point, config: str | None = None) -> list[str]:
+        """`jaxformer` arguments that train (or resume) the point; `config` is the sweep's
+        config spec as the machine that runs it names it (default: as given)."""
+        spec = with_arg(config, point.arg) if config else self.config_spec(point)
+        return [point.command, f"--config={spec}",
                 f"--workdir={self.workdir(point)}", *[f"--config.{o}" for o in self.overrides],
                 *point.override_flags()]
 

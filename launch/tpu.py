@@ -9,6 +9,10 @@ HEAD, copied with `gcloud ... scp`) and installs it with JAX's TPU wheels. Slice
 side; the output of each point is streamed into its log here, and its exit code, as
 `gcloud` returns it, into its exit file.
 
+Only committed code travels: the config file must be a committed, unchanged file of this
+checkout (the workers are given its path inside the archive), and other uncommitted changes
+are named in a warning, since the workers run without them.
+
   jaxformer sweep --config=configs/vit/imagenet.py:variant=B/16 --workdir=/mnt/sweeps/vit \
       --launcher=tpu --tpu=pod-a,pod-b --zone=us-central2-b --dry_run
 
@@ -20,6 +24,7 @@ the metrics. `python -m launch.tpu ...` is `jaxformer sweep --launcher=tpu ...`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import subprocess
@@ -31,6 +36,8 @@ from jaxformer.errors import UserError
 from launch import depends
 
 REMOTE_DIR = "jaxformer"
+# The checkout that holds this package: what `git archive` ships to the workers.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = 'python3 -m pip install -q -U "jax[tpu]" && python3 -m pip install -q -e .'
 
 
@@ -78,8 +85,10 @@ class TpuLauncher:
     def archive_path(self, sweep) -> str:
         return os.path.join(sweep.root, "logs", "code.tar.gz")
 
-    def slice_commands(self, sweep, tpu: str, points) -> list[tuple[str | None, list[str]]]:
-        """(point name or None for set-up, command) in the order the slice runs them."""
+    def slice_commands(self, sweep, tpu: str, points, config: str
+                       ) -> list[tuple[str | None, list[str]]]:
+        """(point name or None for set-up, command) in the order the slice runs them; `config`
+        is the sweep's config spec as the workers see it (`shipped_config`)."""
         archive = self.archive_path(sweep)
         unpack = (f"mkdir -p {self.remote_dir} && tar -xzf code.tar.gz -C {self.remote_dir} "
                   f"&& cd {self.remote_dir} && {self.setup}")
@@ -88,25 +97,26 @@ class TpuLauncher:
             (None, self._ssh(tpu, unpack)),
         ]
         for point in points:
-            train = shlex.join(["python3", "-m", "jaxformer", *sweep.train_args(point),
-                                "--distributed"])
+            train = shlex.join(["python3", "-m", "jaxformer",
+                                *sweep.train_args(point, config=config), "--distributed"])
             steps.append((point.name, self._ssh(tpu, f"cd {self.remote_dir} && {train}")))
         return steps
 
     def script(self, sweep, points) -> str:
-        lines = [f"git archive --format=tar.gz -o {shlex.quote(self.archive_path(sweep))} HEAD"]
+        config = shipped_config(sweep.config)
+        lines = [shlex.join(_archive_command(self.archive_path(sweep)))]
         for tpu, assigned in self.assignment(points).items():
             lines.append(f"# slice {tpu}: {len(assigned)} point(s), one after another")
             lines += [shlex.join(command) for _, command in
-                      self.slice_commands(sweep, tpu, assigned)]
+                      self.slice_commands(sweep, tpu, assigned, config)]
         return "\n".join(lines)
 
     def launch(self, sweep, points, *, wait: bool = True, on_change=None) -> dict[str, dict]:
         """Runs every slice's commands (slices in parallel) until all points have ended."""
+        config = shipped_config(sweep.config)
         os.makedirs(os.path.join(sweep.root, "logs"), exist_ok=True)
-        archive = subprocess.run(["git", "archive", "--format=tar.gz", "-o",
-                                  self.archive_path(sweep), "HEAD"], capture_output=True,
-                                 text=True)
+        archive = subprocess.run(_archive_command(self.archive_path(sweep)),
+                                 capture_output=True, text=True)
         if archive.returncode:
             raise UserError(f"git archive of this checkout failed: {archive.stderr.strip()}")
         extra: dict[str, dict] = {}
@@ -116,7 +126,7 @@ class TpuLauncher:
         by_name = {p.name: p for p in points}
 
         def run_slice(tpu: str, assigned) -> None:
-            for name, command in self.slice_commands(sweep, tpu, assigned):
+            for name, command in self.slice_commands(sweep, tpu, assigned, config):
                 if name and _held_back(sweep, by_name[name]):
                     with lock:
                         notify(set(running), extra)
@@ -151,6 +161,44 @@ class TpuLauncher:
 
     def running(self, sweep, state: dict) -> set[str]:
         return set()  # Points run under the launching process; the sweep lock excludes others.
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", CHECKOUT, *args], capture_output=True, text=True)
+
+
+def _archive_command(path: str) -> list[str]:
+    return ["git", "-C", CHECKOUT, "archive", "--format=tar.gz", "-o", path, "HEAD"]
+
+
+def shipped_config(spec: str) -> str:
+    """The config spec `FILE[:ARGS]` with FILE as a path inside the archive the workers get.
+
+    Raises `UserError` when FILE is outside this checkout, not committed, or changed since
+    HEAD (the workers would read another file, or none); warns about other uncommitted changes.
+    """
+    path, colon, arg = spec.partition(":")
+    if _git("rev-parse", "HEAD").returncode:
+        raise UserError(f"--launcher=tpu ships this checkout with git archive, but {CHECKOUT} "
+                        "is not a git checkout with a commit")
+    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(CHECKOUT))
+    if relative.startswith(os.pardir + os.sep):
+        raise UserError(f"--launcher=tpu: the config {path} is outside the checkout the "
+                        f"workers receive ({CHECKOUT}); put it there and commit it")
+    if _git("ls-files", "--error-unmatch", "--", relative).returncode:
+        raise UserError(f"--launcher=tpu: the config {relative} is not committed, and the "
+                        "workers receive the last commit; commit it")
+    if _git("diff", "--quiet", "HEAD", "--", relative).returncode:
+        raise UserError(f"--launcher=tpu: the config {relative} has changes since the last "
+                        "commit, which the workers would not see; commit them")
+    changed = _git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    if changed:
+        names = ", ".join(line[3:] for line in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        logging.getLogger(__name__).warning(
+            "the workers run the last commit, without the uncommitted changes to %s%s",
+            names, more)
+    return relative + colon + arg
 
 
 def _held_back(sweep, point) -> bool:

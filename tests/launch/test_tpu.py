@@ -10,19 +10,38 @@ from jaxformer.errors import UserError
 from launch import sweep as sweep_lib
 from launch.tpu import TpuLauncher
 
+CONFIG = "configs/vit/imagenet.py"
 
-def make_sweep(root, names):
-    return sweep_lib.Sweep(config="configs/vit/imagenet.py:variant=B/16", root=str(root),
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A git checkout with the config committed, as the one the launcher ships; the tests
+    run from elsewhere."""
+    code = tmp_path / "code"
+    (code / "configs" / "vit").mkdir(parents=True)
+    (code / CONFIG).write_text("# a config\n")
+    (code / "README.md").write_text("x\n")
+    git = ["git", "-C", str(code), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(code)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    monkeypatch.setattr("launch.tpu.CHECKOUT", str(code))
+    monkeypatch.chdir(tmp_path)
+    return code
+
+
+def make_sweep(root, names, config=f"code/{CONFIG}:variant=B/16"):
+    return sweep_lib.Sweep(config=config, root=str(root),
                            points=[sweep_lib.Point(n, {"optim.lr": i + 1.0})
                                    for i, n in enumerate(names)])
 
 
-def test_points_are_dealt_over_slices_and_run_on_all_workers(tmp_path):
+def test_points_are_dealt_over_slices_and_run_on_all_workers(tmp_path, checkout):
     sweep = make_sweep(tmp_path, ["p0", "p1", "p2"])
     launcher = TpuLauncher(["pod-a", "pod-b"], "us-central2-b", project="proj")
     lines = launcher.script(sweep, sweep.points).splitlines()
     archive = f"{tmp_path}/logs/code.tar.gz"
-    assert lines[0] == f"git archive --format=tar.gz -o {archive} HEAD"
+    assert lines[0] == f"git -C {checkout} archive --format=tar.gz -o {archive} HEAD"
     assert lines[1] == "# slice pod-a: 2 point(s), one after another"
     gcloud = "gcloud compute tpus tpu-vm"
     flags = "--zone=us-central2-b --project=proj"
@@ -64,13 +83,9 @@ def _args(flags):
     return parser.parse_args(flags)
 
 
-def test_a_failed_set_up_fails_the_slices_points(tmp_path, monkeypatch):
+def test_a_failed_set_up_fails_the_slices_points(tmp_path, checkout, monkeypatch):
     """Without gcloud here, the copy fails: the slice's points are recorded as failed."""
     sweep = make_sweep(tmp_path, ["p0", "p1"])
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
-                    "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    monkeypatch.chdir(tmp_path)
     launcher = TpuLauncher(["pod-a"], "z")
     monkeypatch.setattr("launch.tpu.subprocess.run", _fake_run(subprocess.run))
     launcher.launch(sweep, sweep.points)
@@ -95,13 +110,9 @@ def test_a_dependent_point_runs_on_its_dependencys_slice_after_it(tmp_path):
     assert assignment == {"pod-a": ["pre", "tune", "tune2"], "pod-b": ["free"]}
 
 
-def test_a_point_whose_dependency_failed_is_not_started(tmp_path, monkeypatch):
+def test_a_point_whose_dependency_failed_is_not_started(tmp_path, checkout, monkeypatch):
     sweep = make_sweep(tmp_path, ["pre", "tune"])
     sweep.points[1].after = ["pre"]
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
-                    "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    monkeypatch.chdir(tmp_path)
     ran, real = [], subprocess.run
 
     def run(command, **kwargs):
@@ -117,3 +128,47 @@ def test_a_point_whose_dependency_failed_is_not_started(tmp_path, monkeypatch):
     assert sum("--workdir" in r for r in ran) == 1  # Only "pre" was run.
     assert "point pre failed (exit 3): tune not started" in open(
         sweep.log_path(sweep.points[1])).read()
+
+
+def test_the_workers_get_the_configs_path_in_the_archive(tmp_path, checkout):
+    """An absolute path, or one relative to another directory, becomes the path inside the
+    checkout; the archive is the checkout's whatever the working directory."""
+    sweep = make_sweep(tmp_path, ["p0"], config=f"{checkout}/{CONFIG}:variant=B/16")
+    script = TpuLauncher(["pod-a"], "z").script(sweep, sweep.points)
+    assert f"--config={CONFIG}:variant=B/16 " in script and str(checkout / CONFIG) not in script
+    archive = tmp_path / "logs" / "code.tar.gz"
+    archive.parent.mkdir()
+    subprocess.run(shlex.split(script.splitlines()[0]), check=True)
+    assert CONFIG in subprocess.run(["tar", "-tzf", archive], capture_output=True,
+                                    text=True).stdout.split()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("outside", "is outside the checkout"),
+    ("untracked", "is not committed"),
+    ("modified", "has changes since the last commit"),
+])
+def test_a_config_the_workers_would_not_get_is_refused(tmp_path, checkout, change, message):
+    config = f"code/{CONFIG}"
+    if change == "outside":
+        (tmp_path / "mine.py").write_text("# mine\n")
+        config = "mine.py"
+    elif change == "untracked":
+        (checkout / "configs" / "new.py").write_text("# new\n")
+        config = "code/configs/new.py"
+    else:
+        (checkout / CONFIG).write_text("# edited\n")
+    sweep = make_sweep(tmp_path, ["p0"], config=config)
+    with pytest.raises(UserError, match=message):
+        TpuLauncher(["pod-a"], "z").script(sweep, sweep.points)
+    with pytest.raises(UserError, match=message):
+        TpuLauncher(["pod-a"], "z").launch(sweep, sweep.points)
+    assert sweep.exit_code(sweep.points[0]) is None  # Nothing ran.
+
+
+def test_other_uncommitted_changes_are_named(tmp_path, checkout, caplog):
+    (checkout / "README.md").write_text("edited\n")
+    sweep = make_sweep(tmp_path, ["p0"])
+    with caplog.at_level("WARNING"):
+        TpuLauncher(["pod-a"], "z").script(sweep, sweep.points)
+    assert "without the uncommitted changes to README.md" in caplog.text
