@@ -1,4 +1,4 @@
-"""`jaxformer attention-map --workdir=DIR --image=PATH --out=PNG`."""
+"""`jaxformer attention-map --workdir=DIR --image=PATH --out=IMAGE`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
     parser.add_argument("--out", required=True,
-                        help="the PNG to write (its directory is made if missing)")
+                        help="the image to write, in the format its extension names (.png, "
+                             ".jpg, ...; PNG without one); its directory is made if missing")
     common.add_checkpoint_choice(parser)
 
 

@@ -1,4 +1,4 @@
-"""`jaxformer detect --workdir=DIR --image=PATH --out=PNG [--threshold=0.7]`.
+"""`jaxformer detect --workdir=DIR --image=PATH --out=IMAGE [--threshold=0.7]`.
 
 Prints the objects a DETR run finds in an image, one per line (`name score x0 y0 x1 y1`, in
 the image's pixels, best first), and draws their boxes with class names and scores on the
@@ -19,7 +19,9 @@ TAKES_OVERRIDES = False
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--image", required=True, help="an image file")
-    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--out", required=True,
+                        help="the image to write (.png, .jpg, ...: the format its extension "
+                             "names; PNG without one)")
     parser.add_argument("--threshold", type=float, default=0.7,
                         help="the lowest score shown (default 0.7)")
     parser.add_argument("--scale", type=int, default=0,
@@ -51,7 +53,7 @@ def run(args, overrides: list[str]) -> int:
         raise UserError(f"--scale {scale} would draw the {pixels.shape[1]}x{pixels.shape[0]} "
                         f"image {scale * max(pixels.shape[:2])} px wide; at most "
                         f"{MAX_DRAWN_SIDE} px a side")
-    images.save_png(detection.draw(pixels, found, scale=scale), args.out)
+    images.save_image(detection.draw(pixels, found, scale=scale), args.out)
     print(f"{len(found)} objects at score >= {args.threshold} by {run_.describe()} of "
           f"{args.workdir}; drawn to {args.out}", file=sys.stderr)
     for d in found:

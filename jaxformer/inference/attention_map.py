@@ -158,12 +158,12 @@ def render(view: np.ndarray, maps: AttentionMaps) -> Image.Image:
 
 def write_attention_map(run: Any, image_path: str, out_path: str) -> AttentionMaps:
     """Writes the attention-map figure of `image_path` under a loaded ViT run
-    (`inference.workdir.Run`) as a PNG (`WIDTH x HEIGHT` pixels) at `out_path`; returns the
-    prediction and the maps."""
+    (`inference.workdir.Run`) as an image (`WIDTH x HEIGHT` pixels, in the format of
+    `out_path`'s extension) at `out_path`; returns the prediction and the maps."""
     preprocess = run.data.preprocess
     view = preprocess.eval_view(images.read_image(image_path, preprocess.channels))
     maps = compute_maps(run.task.model, run.params, preprocess.normalize(view),
                         run.data.class_names)
     images.prepare_output(out_path, make_directory=True, image=image_path)
-    images.save_png(render(view, maps), out_path)
+    images.save_image(render(view, maps), out_path)
     return maps

@@ -80,9 +80,11 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
 
 def prepare_output(path: str, *, make_directory: bool, image: str) -> None:
     """Raises UserError unless a file can be written at `path` (`--out`): not a directory, not
-    the input `image`, in a directory that exists (or, with `make_directory`, is made now)."""
+    the input `image`, an image format its extension names (`output_format`), in a directory
+    that exists (or, with `make_directory`, is made now)."""
     if os.path.isdir(path):
         raise UserError(f"--out: {path} is a directory; give a file name")
+    output_format(path)
     if os.path.exists(path) and os.path.exists(image) and os.path.samefile(path, image):
         raise UserError(f"--out: {path} is the input image; give another file name")
     directory = os.path.dirname(os.path.abspath(path))
@@ -96,9 +98,26 @@ def prepare_output(path: str, *, make_directory: bool, image: str) -> None:
         raise UserError(f"--out: cannot write in {directory}")
 
 
-def save_png(image: Image.Image, path: str) -> None:
-    """Writes `image` as a PNG at `path`; UserError when the file cannot be written."""
+def output_format(path: str) -> str:
+    """The image format of `--out`, as its extension names it (.png, .jpg, .webp, ...); PNG
+    without an extension. UserError for an extension of no format Pillow writes."""
+    extension = os.path.splitext(path)[1].lower()
+    if not extension:
+        return "PNG"
+    name = Image.registered_extensions().get(extension)
+    if name is None or name not in Image.SAVE:
+        raise UserError(f"--out: {path}: {extension} is no image format that can be written; "
+                        "use .png or .jpg")
+    return name
+
+
+def save_image(image: Image.Image, path: str) -> None:
+    """Writes `image` at `path` in the format of its extension (`output_format`); UserError
+    when the file cannot be written."""
+    name = output_format(path)
+    if name == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
     try:
-        image.save(path, format="PNG")
+        image.save(path, format=name)
     except OSError as e:
         raise UserError(f"--out: cannot write {path}: {e.strerror or e}") from None

@@ -96,11 +96,25 @@ def test_prepare_output(tmp_path):
                               image=image)
     images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=True, image=image)
     assert (tmp_path / "new").is_dir()
+    with pytest.raises(UserError, match=r"\.xyz is no image format"):
+        images.prepare_output(str(tmp_path / "x.xyz"), make_directory=True, image=image)
+    assert not (tmp_path / "x.xyz").exists()
 
 
-def test_save_png_reports_an_unwritable_path(tmp_path):
+@pytest.mark.parametrize("name, format_", [
+    ("out.png", "PNG"), ("out.JPG", "JPEG"), ("out.jpeg", "JPEG"), ("out.webp", "WEBP"),
+    ("out", "PNG")])
+def test_the_output_is_in_the_format_its_extension_names(tmp_path, name, format_):
+    """An RGBA figure too: JPEG gets it as RGB."""
+    figure = Image.new("RGBA", (6, 4), (200, 30, 30, 255))
+    images.save_image(figure, str(tmp_path / name))
+    with Image.open(tmp_path / name) as written:
+        assert written.format == format_ and written.size == (6, 4)
+
+
+def test_save_image_reports_an_unwritable_path(tmp_path):
     with pytest.raises(UserError, match="cannot write"):
-        images.save_png(Image.new("RGB", (2, 2)), str(tmp_path))
+        images.save_image(Image.new("RGB", (2, 2)), str(tmp_path))
 
 
 @pytest.mark.parametrize("out", ["DIR", "DIR/file/x.png"])
