@@ -11,14 +11,16 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jaxformer.data.transforms import RESAMPLING
 from jaxformer.errors import UserError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PROCESSOR_NAME = "preprocessor_config.json"
-# The numbers of PIL's filters (`PIL.Image.Resampling`), as processors write `resample`.
-PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# The names of PIL's filters by their numbers (`PIL.Image.Resampling`), which processors write
+# as `resample`.
+PIL_FILTERS = {int(number): name for name, number in RESAMPLING.items()}
 
 
 def read_json(path: str) -> dict:
