@@ -8,7 +8,6 @@ Only the fields a scalar needs are encoded: Event {1: wall_time double, 2: step 
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import socket
@@ -17,7 +16,6 @@ import time
 from collections.abc import Mapping
 
 FILE_VERSION = "brain.Event:2"
-_FILE_NUMBERS = itertools.count()  # Tells apart the files one process opens in one second.
 
 
 def _crc32c_table() -> tuple[int, ...]:
@@ -91,13 +89,19 @@ def event(step: int, wall_time: float, *, scalars: Mapping[str, float] | None = 
 
 
 class EventWriter:
-    """Appends scalar events to a new events file in `logdir`, flushed after each write."""
+    """Appends scalar events to a new events file in `logdir`, flushed after each write.
+
+    TensorBoard reads a directory's events files in the order of their names: after the
+    time in seconds, a name holds the number of events files already there, so that a
+    resumed run's file comes after the earlier ones even within the same second (and from
+    another process)."""
 
     def __init__(self, logdir: str):
         os.makedirs(logdir, exist_ok=True)
         now = time.time()
-        name = (f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}."
-                f"{next(_FILE_NUMBERS)}")
+        earlier = sum("tfevents" in name for name in os.listdir(logdir))
+        name = (f"events.out.tfevents.{int(now):010d}.{earlier:06d}.{socket.gethostname()}."
+                f"{os.getpid()}")
         self._file = open(os.path.join(logdir, name), "ab")  # noqa: SIM115 -- open until close().
         self._write(event(0, now, file_version=FILE_VERSION))
 

@@ -51,3 +51,16 @@ def test_a_resumed_run_appends_a_second_file_that_tensorboard_reads_after_the_fi
 def test_negative_step_is_refused():
     with pytest.raises(ValueError, match="step must be >= 0"):
         tensorboard.event(-1, 0.0)
+
+
+def test_files_opened_in_one_second_are_read_in_the_order_they_were_opened(tmp_path,
+                                                                            monkeypatch):
+    """Twelve resumed runs within one second (a file number 10 once sorted before 9)."""
+    monkeypatch.setattr(tensorboard.time, "time", lambda: 1_700_000_000.5)
+    for step in range(12):
+        writer = tensorboard.EventWriter(str(tmp_path))
+        writer.scalars(step, {"train/loss": float(step)})
+        writer.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(12))
