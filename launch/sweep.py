@@ -80,8 +80,7 @@ class Sweep:
     def train_args(self, point: Point, config: str | None = None) -> list[str]:
         """`jaxformer` arguments that train (or resume) the point; `config` is the sweep's
         config spec as the machine that runs it names it (default: as given)."""
-        spec = with_arg(config, point.arg) if config else self.config_spec(point)
-        return [point.command, f"--config={spec}",
+        return [point.command, f"--config={with_arg(config or self.config, point.arg)}",
                 f"--workdir={self.workdir(point)}", *[f"--config.{o}" for o in self.overrides],
                 *point.override_flags()]
 

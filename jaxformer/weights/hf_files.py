@@ -115,7 +115,7 @@ def image_resampling(processor: dict, default: str) -> str:
 
 def pil_filter(method: str) -> int:
     """The processor's `resample` number of jaxformer's `data.resample`."""
-    return {name: number for number, name in PIL_FILTERS.items()}[method]
+    return int(RESAMPLING[method])
 
 
 def write_image_processor(directory: str, processor: dict) -> str:
