@@ -155,10 +155,13 @@ def _state_sharding(strategy):
 
 
 def _commit(config: ml_collections.ConfigDict, workdir: str, staging: str | None) -> None:
-    """Once the run is known to be valid: config.json and the new assets (process 0)."""
+    """Once the run is known to be valid: config.json and the new assets, moved out of
+    `staging`, which is removed (process 0)."""
     save_config(config, workdir)
-    if staging is not None and os.path.isdir(os.path.join(staging, "assets")):
-        shutil.move(os.path.join(staging, "assets"), os.path.join(workdir, "assets"))
+    if staging is not None:
+        if os.path.isdir(os.path.join(staging, "assets")):
+            shutil.move(os.path.join(staging, "assets"), os.path.join(workdir, "assets"))
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _saved_steps(workdir: str) -> list[int]:
@@ -191,6 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 except CheckpointMismatchError as e:
                     raise UserError(str(e)) from e
                 _commit(config, workdir, staging)
+                staging = None  # Gone: none is left behind by a run killed while it trains.
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("jaxformer: workdir ready")
             if not lead:  # The other processes read the assets process 0 wrote.

@@ -227,6 +227,26 @@ def test_bad_override_exits_2_and_leaves_workdir_alone(tmp_path, override, messa
     assert os.listdir(workdir) == ["notes.txt"]
 
 
+def test_the_assets_staging_directory_is_gone_once_training_starts(tmp_path, data_dir,
+                                                                    monkeypatch):
+    """New assets are built in a temporary directory and moved into the workdir once the run
+    is valid; that directory is removed then, not at the end, so a run killed while it trains
+    leaves nothing in the temporary directory."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    seen = {}
+
+    def train_loop(config, workdir, parts):
+        seen["temp"] = [name for name in os.listdir(temp) if name.startswith("jaxformer")]
+        seen["assets"] = os.listdir(os.path.join(workdir, "assets"))
+        return {}
+
+    monkeypatch.setattr(trainer, "_train", train_loop)
+    trainer.train(tiny_config(data_dir=data_dir), str(tmp_path / "run"))
+    assert seen == {"temp": [], "assets": ["tokenizer.json"]}
+
+
 def test_unknown_model_name_lists_models(tmp_path):
     result = run_cli("train", f"--config={CHAR}:runlocal", f"--workdir={tmp_path / 'w'}",
                      "--config.model.name=gtp")
