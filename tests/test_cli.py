@@ -168,6 +168,15 @@ def test_malformed_config_json(copy):
     assert_user_error(run_cli("sample", f"--workdir={copy}"), "config.json")
 
 
+def test_evaluate_with_no_end_of_run_evaluator_names_them(copy):
+    config = json.loads((copy / "config.json").read_text())
+    config["evals"]["val"]["at_end"] = False
+    (copy / "config.json").write_text(json.dumps(config))
+    before = snapshot(copy)
+    assert_user_error(run_cli("evaluate", f"--workdir={copy}"), "--eval", "(val)")
+    assert snapshot(copy) == before  # No empty record appended to metrics.jsonl.
+
+
 def test_malformed_input_file(trained, tmp_path):
     path = tmp_path / "in.txt"
     path.write_bytes(b"\xff\xfe not utf-8\n")

@@ -12,7 +12,7 @@ import sys
 from jaxformer.commands import common
 
 HELP = "draw the boxes a DETR workdir finds in an image"
-MAX_DRAWN_SIDE = 8192  # Pixels of the drawing's longer side.
+MAX_DRAWN_SIDE = 8192  # Pixels of an enlarged drawing's longer side.
 TAKES_OVERRIDES = False
 
 
@@ -46,13 +46,14 @@ def run(args, overrides: list[str]) -> int:
                         "a detection run (e.g. configs/detr/composed.py)")
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
     pixels = images.read_image(args.image, run_.data.preprocess.channels)
+    longer = max(pixels.shape[:2])
+    scale = args.scale or max(1, -(-512 // longer))
+    if scale > 1 and scale * longer > MAX_DRAWN_SIDE:  # Only enlargement is capped.
+        raise UserError(f"--scale {scale} would draw the {pixels.shape[1]}x{pixels.shape[0]} "
+                        f"image {scale * longer} px wide; at most {MAX_DRAWN_SIDE} px a side "
+                        "when enlarged")
     found = detection.detect(run_.task, run_.data, run_.params, pixels,
                              threshold=args.threshold)
-    scale = args.scale or max(1, -(-512 // max(pixels.shape[:2])))
-    if scale * max(pixels.shape[:2]) > MAX_DRAWN_SIDE:
-        raise UserError(f"--scale {scale} would draw the {pixels.shape[1]}x{pixels.shape[0]} "
-                        f"image {scale * max(pixels.shape[:2])} px wide; at most "
-                        f"{MAX_DRAWN_SIDE} px a side")
     images.save_image(detection.draw(pixels, found, scale=scale), args.out)
     print(f"{len(found)} objects at score >= {args.threshold} by {run_.describe()} of "
           f"{args.workdir}; drawn to {args.out}", file=sys.stderr)

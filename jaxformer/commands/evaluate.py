@@ -23,6 +23,14 @@ def run(args, overrides: list[str]) -> int:
     from jaxformer.errors import UserError
 
     config = read_workdir_config(args.workdir)
+    evals = config.get("evals", {})
+    unknown = [name for name in args.eval if name not in evals]
+    if unknown:
+        raise UserError(f"--eval {unknown[0]}: config.evals has {', '.join(evals) or 'none'}")
+    chosen = args.eval or [n for n, e in evals.items() if e.get("at_end", True)]
+    if not chosen:
+        raise UserError(f"{args.workdir}: no evaluator of config.evals runs at the end of "
+                        f"training; name one with --eval ({', '.join(evals) or 'none'})")
     common.host_devices_per_core(common.micro_batch(config))
     import jax
 
@@ -42,10 +50,6 @@ def run(args, overrides: list[str]) -> int:
     context = Context(run_.task, run_.data, strategy,
                       parallel.local_batch_size(config.train.batch_size))
     evaluators = build_evaluators(run_.config, context)
-    unknown = [name for name in args.eval if name not in evaluators]
-    if unknown:
-        raise UserError(f"--eval {unknown[0]}: config.evals has {', '.join(evaluators) or 'none'}")
-    chosen = args.eval or [n for n, e in evaluators.items() if e.at_end]
     scalars = {}
     for name in chosen:
         metrics = evaluators[name].run(run_.params)

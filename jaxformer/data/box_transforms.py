@@ -43,15 +43,18 @@ def shorter_side_shape(height: int, width: int, size: int,
                        max_size: int | None = None) -> tuple[int, int]:
     """`(height, width)` with the shorter side `size`, keeping the aspect ratio, but the
     shorter side made smaller where the longer one would pass `max_size` (DETR's
-    `get_size_with_aspect_ratio`, the longer side rounded down)."""
+    `get_size_with_aspect_ratio`, the longer side rounded down). The longer side is at most
+    `max_size` in every case: rounding the shorter side (to one pixel for a sliver, or back
+    to its own size) may not pull it past."""
     short, long = min(height, width), max(height, width)
     if max_size is not None and long / short * size > max_size:
-        size = max(int(round(max_size * short / long)), 1)  # A sliver keeps one pixel.
+        size = max(int(round(max_size * short / long)), 1)
     if short == size:
-        return height, width
-    shape = (int(size * height / width), size) if width < height else (
-        size, int(size * width / height))
-    if max_size is not None:  # That one pixel may not pull the longer side past max_size.
+        shape = (height, width)
+    else:
+        shape = (int(size * height / width), size) if width < height else (
+            size, int(size * width / height))
+    if max_size is not None:
         shape = (min(shape[0], max_size), min(shape[1], max_size))
     return shape
 

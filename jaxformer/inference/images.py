@@ -81,7 +81,8 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
 def prepare_output(path: str, *, make_directory: bool, image: str) -> None:
     """Raises UserError unless a file can be written at `path` (`--out`): not a directory, not
     the input `image`, an image format its extension names (`output_format`), in a directory
-    that exists (or, with `make_directory`, is made now)."""
+    that exists (or, with `make_directory`, that can be made: `save_image` makes it, so that
+    a command failing before then leaves nothing behind)."""
     if os.path.isdir(path):
         raise UserError(f"--out: {path} is a directory; give a file name")
     output_format(path)
@@ -90,12 +91,13 @@ def prepare_output(path: str, *, make_directory: bool, image: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not make_directory and not os.path.isdir(directory):
         raise UserError(f"--out: no such directory {directory}")
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out: cannot create directory {directory}: {e.strerror or e}") from None
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"--out: cannot write in {directory}")
+    existing = directory  # The directory, or the nearest of its parents that exists.
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--out: cannot create directory {directory}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"--out: cannot write in {existing}")
 
 
 def output_format(path: str) -> str:
@@ -112,12 +114,13 @@ def output_format(path: str) -> str:
 
 
 def save_image(image: Image.Image, path: str) -> None:
-    """Writes `image` at `path` in the format of its extension (`output_format`); UserError
-    when the file cannot be written."""
+    """Writes `image` at `path` in the format of its extension (`output_format`), its
+    directory made if missing; UserError when the file cannot be written."""
     name = output_format(path)
     if name == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         image.save(path, format=name)
     except OSError as e:
         raise UserError(f"--out: cannot write {path}: {e.strerror or e}") from None

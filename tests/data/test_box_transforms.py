@@ -102,6 +102,10 @@ def test_resize_scales_boxes_with_the_image():
     ((480, 640), 800, 1333, (800, 1066)),
     ((480, 1280), 800, 1333, (500, 1333)),
     ((3, 500), 64, 64, (1, 64)),          # A sliver keeps one pixel (not 0) across.
+    # The capped shorter side rounds back to its own size; the longer is still capped.
+    ((600, 1334), 800, 1333, (600, 1333)),
+    ((10, 66), 64, 64, (10, 64)),
+    ((100, 1), 64, 64, (64, 1)),
 ])
 def test_shorter_side_shape(shape, size, max_size, expected):
     assert box_transforms.shorter_side_shape(*shape, size, max_size) == expected

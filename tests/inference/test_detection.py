@@ -58,8 +58,27 @@ def test_detect_prints_the_predictions_above_the_threshold(run_dir, canvas, tmp_
     assert Image.open(out).size == (512, 512)
 
 
+@pytest.mark.parametrize("width,height", [(66, 10), (100, 1), (1, 100), (9000, 200)])
+def test_detect_takes_images_of_any_shape(run_dir, tmp_path, width, height, capsys):
+    """Slivers, a longer side just past the model's (rounding the capped shorter side back to
+    its own size) and a side past the drawing's enlargement limit, drawn at scale 1."""
+    path, out = tmp_path / "in.png", tmp_path / "out.png"
+    Image.new("RGB", (width, height), (200, 40, 40)).save(path)
+    assert cli.main(["detect", f"--workdir={run_dir}", f"--image={path}", f"--out={out}",
+                     "--threshold=0.0"]) == 0
+    boxes = np.array([[float(v) for v in line.split("\t")[2].split()]
+                      for line in capsys.readouterr().out.strip().splitlines()])
+    assert boxes.shape == (load_run(str(run_dir)).task.model.num_queries, 4)
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= width).all()
+    assert (boxes[:, [1, 3]] <= height).all()
+    scale = max(1, -(-512 // max(width, height)))
+    assert Image.open(out).size == (width * scale, height * scale)
+
+
 @pytest.mark.parametrize("args,words", [
     (["--threshold=1.5"], ["--threshold must be in [0, 1]"]),
+    (["--scale=100"], ["--scale 100 would draw the 128x128 image 12800 px wide",
+                       "at most 8192 px a side when enlarged"]),
     (["--image=/nonexistent.png"], ["image not found"]),
     (["--out=/nonexistent/dir/x.png"], ["no such directory"]),
 ])

@@ -3,6 +3,8 @@ rescaled to known 8-bit values, transparency on white, bad files (missing, not a
 over the decompression-bomb limit, out-of-range floats) refused as UserError; `--out` checked
 before any model work; zero-shot templates and caption shots checked exactly."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -94,8 +96,15 @@ def test_prepare_output(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
         images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=False,
                               image=image)
-    images.prepare_output(str(tmp_path / "new" / "x.png"), make_directory=True, image=image)
-    assert (tmp_path / "new").is_dir()
+    with pytest.raises(UserError, match="cannot create directory .*file is a file"):
+        images.prepare_output(str(tmp_path / "file" / "sub" / "x.png"), make_directory=True,
+                              image=image)
+    # A directory that can be made is made when the image is written, not before.
+    images.prepare_output(str(tmp_path / "new" / "sub" / "x.png"), make_directory=True,
+                          image=image)
+    assert not (tmp_path / "new").exists()
+    images.save_image(Image.new("L", (4, 4)), str(tmp_path / "new" / "sub" / "x.png"))
+    assert Image.open(tmp_path / "new" / "sub" / "x.png").size == (4, 4)
     with pytest.raises(UserError, match=r"\.xyz is no image format"):
         images.prepare_output(str(tmp_path / "x.xyz"), make_directory=True, image=image)
     assert not (tmp_path / "x.xyz").exists()
@@ -125,6 +134,14 @@ def test_attention_map_checks_out_before_reading_the_workdir(tmp_path, out, caps
                      f"--out={out}"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--out" in lines[0], lines
+
+
+def test_attention_map_that_fails_makes_no_out_directory(tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / "map.png"
+    assert cli.main(["attention-map", f"--workdir={tmp_path / 'nowhere'}", "--image=x.png",
+                     f"--out={out}"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
 
 def test_template_has_exactly_one_placeholder_and_keeps_other_braces():
