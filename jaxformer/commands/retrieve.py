@@ -27,14 +27,14 @@ def add_arguments(parser) -> None:
 def run(args, overrides: list[str]) -> int:
     from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
-    from jaxformer.inference import two_tower
+    from jaxformer.inference import images, two_tower
 
     if args.top_k < 1:
         raise UserError(f"--top_k must be >= 1, got {args.top_k}")
     if not args.text.strip():
         raise UserError("--text is empty")
     two_tower.check_config(read_workdir_config(args.workdir), args.workdir)
-    paths = two_tower.list_images(args.images)
+    paths = images.list_images(args.images, "--images")
     from jaxformer.inference.workdir import load_run
 
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -17,7 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--length_penalty", type=float, default=0.6)
     parser.add_argument("--extra_decode_length", type=int, default=50,
-                        help="decode up to the source length plus this many tokens")
+                        help="decode up to this many tokens past the source length (that of "
+                             "the longest source of its batch, rounded up to a multiple of 16)")
     parser.add_argument("--batch_size", type=int, default=128)
     common.add_checkpoint_choice(parser)
 
@@ -35,11 +37,7 @@ def run(args, overrides: list[str]) -> int:
     from jaxformer.inference.seq2seq import translate_texts
     from jaxformer.inference.workdir import load_run
 
-    try:
-        with (sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")) as f:
-            lines = [line.rstrip("\n") for line in f]
-    except UnicodeDecodeError as e:
-        raise UserError(f"--input {args.input}: not UTF-8 text ({e})") from e
+    lines = read_lines(args.input)
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
     if run_.config.task.name != "translation":
         raise UserError(f"{args.workdir} holds a {run_.config.task.name!r} run, not a "
@@ -51,3 +49,17 @@ def run(args, overrides: list[str]) -> int:
                                 batch_size=args.batch_size):
         print(text)
     return 0
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of `--input` (`-`: stdin) without their ends, read as UTF-8 with universal
+    newlines from stdin too (a CRLF ends a line there as in a file)."""
+    from jaxformer.errors import UserError
+
+    source = (io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8") if path == "-"
+              else open(path, encoding="utf-8"))
+    try:
+        with source as f:
+            return [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise UserError(f"--input {path}: not UTF-8 text ({e})") from e

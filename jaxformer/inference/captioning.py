@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxformer.data.interleaved_pipeline import chunk_ids
 from jaxformer.errors import UserError
 from jaxformer.inference import generate
-from jaxformer.inference.images import IMAGE_EXTENSIONS, read_image
+from jaxformer.inference.images import list_images, read_image
 
 Shot = tuple[np.ndarray, str]  # (float32 image [H, W, C], its caption)
 
@@ -180,12 +180,9 @@ def parse_shots(spec: str) -> list[tuple[str, str]]:
     if not spec:
         return []
     if os.path.isdir(spec):
-        names = sorted(n for n in os.listdir(spec) if n.lower().endswith(IMAGE_EXTENSIONS))
-        if not names:
-            raise UserError(f"--shots: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
-                            f"{spec}")
-        pairs = [(os.path.join(spec, n), " ".join(os.path.splitext(n)[0].replace("_", " ")
-                                                  .split())) for n in names]
+        pairs = [(path, " ".join(os.path.splitext(os.path.basename(path))[0]
+                                 .replace("_", " ").split()))
+                 for path in list_images(spec, "--shots")]
         empty = [path for path, text in pairs if not text]
         if empty:
             raise UserError(f"--shots: {empty[0]} has no caption in its name")

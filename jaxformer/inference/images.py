@@ -78,6 +78,19 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("RGB" if channels == 3 else "L")
 
 
+def list_images(directory: str, flag: str) -> list[str]:
+    """The image files directly in `directory` (given as `flag`), sorted by name."""
+    if not os.path.isdir(directory):
+        raise UserError(f"{flag}: not a directory: {directory}")
+    paths = sorted(path for path in (os.path.join(directory, name)
+                                     for name in os.listdir(directory))
+                   if path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path))
+    if not paths:
+        raise UserError(f"{flag}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                        f"{directory}")
+    return paths
+
+
 def prepare_output(path: str, *, make_directory: bool, image: str) -> None:
     """Raises UserError unless a file can be written at `path` (`--out`): not a directory, not
     the input `image`, an image format its extension names (`output_format`), in a directory

@@ -10,7 +10,7 @@ their embeddings averaged per class (prompt ensembling), as the zero-shot evalua
 from __future__ import annotations
 
 import dataclasses
-import os
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxformer.errors import UserError
-from jaxformer.inference.images import IMAGE_EXTENSIONS, read_image
+from jaxformer.inference.images import read_image
 
 PLACEHOLDER = "{}"
 
@@ -80,28 +80,20 @@ def zero_shot(run: Any, image_path: str, labels: Sequence[str], template: str = 
     from jaxformer.evaluators import embeddings
     from jaxformer.evaluators.base import Context
 
+    templates = prompt_templates(run, template)
+    prompts = np.asarray(run.data.tokenize([templates[0].format(label) for label in labels]))
+    for i, j in itertools.combinations(range(len(labels)), 2):
+        if np.array_equal(prompts[i], prompts[j]):  # They would share one probability.
+            raise UserError(f"--labels {labels[i]!r} and {labels[j]!r} are the same text to "
+                            "the model's tokenizer")
     context = Context(task=run.task, data=run.data, strategy=None, batch_size=1)
-    classes = embeddings.class_embeddings(context, run.params, labels,
-                                          prompt_templates(run, template))
+    classes = embeddings.class_embeddings(context, run.params, labels, templates)
     image = image_embeddings(run, [image_path])[0]
     logits = float(run.task.logit_scale(run.params)) * classes @ image
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()
     order = np.argsort(-probabilities, kind="stable")
     return Ranked(tuple(labels[i] for i in order), tuple(float(probabilities[i]) for i in order))
-
-
-def list_images(directory: str) -> list[str]:
-    """The image files directly in `directory`, sorted by name."""
-    if not os.path.isdir(directory):
-        raise UserError(f"--images: not a directory: {directory}")
-    paths = sorted(path for path in (os.path.join(directory, name)
-                                     for name in os.listdir(directory))
-                   if path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path))
-    if not paths:
-        raise UserError(f"--images: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
-                        f"{directory}")
-    return paths
 
 
 def retrieve(run: Any, text: str, paths: Sequence[str], top_k: int) -> Ranked:

@@ -102,7 +102,8 @@ def chain(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Emoji of the embedded corpus as PNG files, a directory of shots named by their
-    captions, and a file that is not an image."""
+    captions (beside a text file and a directory named like an image), and a file that is not
+    an image."""
     directory = tmp_path_factory.mktemp("images")
     pixels = emoji.read_images()
     for index in (0, 7, 42):
@@ -112,6 +113,7 @@ def images(tmp_path_factory):
     Image.fromarray(pixels[7]).save(shots / "a_crying__face.png")
     Image.fromarray(pixels[42]).save(shots / "b_cloud.png")
     (shots / "readme.txt").write_text("not an image")
+    (shots / "c_album.png").mkdir()  # A directory, not a shot.
     (directory / "notes.txt").write_text("not an image")
     (directory / "empty").mkdir()
     return directory

@@ -9,6 +9,7 @@ from PIL import Image
 from jaxformer import cli
 from jaxformer.data import emoji
 from jaxformer.inference import two_tower
+from jaxformer.inference.images import list_images
 from jaxformer.inference.workdir import load_run
 from tests.test_cli import assert_user_error, run_cli
 
@@ -76,7 +77,7 @@ def test_retrieve_ranks_the_directory_by_cosine_similarity(workdir, images):
     assert result.returncode == 0, result.stderr
     paths, scores = parse(result.stdout)
     run = load_run(str(workdir))
-    every = two_tower.list_images(str(images))
+    every = list_images(str(images), "--images")
     assert len(every) == 4  # notes.txt and album.png/ are not images.
     query = np.asarray(run.task.encode_texts(run.params, run.data.tokenize(["a red apple"])))[0]
     similarity = two_tower.image_embeddings(run, every) @ query
@@ -92,6 +93,8 @@ def test_retrieve_ranks_the_directory_by_cosine_similarity(workdir, images):
     ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=a"], ["at least two labels"]),
     ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=cat,dog,cat"],
      ["'cat' more than once"]),
+    ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=Cat,dog,cat"],  # Lowercased.
+     ["'Cat' and 'cat' are the same text to the model's tokenizer"]),
     ("zero-shot", ["--image=IMAGES/emoji00.png", "--labels=a,b", "--template=a photo"],
      ["--template must contain {}"]),
     ("retrieve", ["--text=x", "--images=IMAGES/emoji00.png"], ["not a directory"]),

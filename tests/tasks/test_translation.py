@@ -1,5 +1,6 @@
 """The translation task end to end on the embedded Bible pair: train, resume, BLEU, translate."""
 
+import io
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import sacrebleu
 
 from jaxformer import config as config_lib
+from jaxformer.commands import translate as translate_command
 from jaxformer.inference import seq2seq
 from jaxformer.inference.workdir import load_run
 from jaxformer.registry import build_data_and_task
@@ -116,6 +118,15 @@ def test_steps_and_evaluations_weight_tokens_exactly(strategy, accum, one_pass, 
     split = trainer.train(split_config(strategy, accum, data_dir), str(tmp_path / "run"))
     for key in ("train/loss", "eval/val/loss", "eval/val/nll", "eval/val/accuracy"):
         assert split[key] == pytest.approx(one_pass[key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("data", [b"one\r\ntwo\r\n\r\nthree", b"one\ntwo\n\nthree\n"])
+def test_source_lines_from_stdin_or_a_file_end_the_same(data, tmp_path, monkeypatch):
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert translate_command.read_lines("-") == ["one", "two", "", "three"]
+    assert translate_command.read_lines(str(path)) == ["one", "two", "", "three"]
 
 
 @pytest.mark.slow
