@@ -29,10 +29,16 @@ def swept_keys(state: dict) -> list[str]:
 
 
 def metric_columns(state: dict, metrics: Sequence[str] = ()) -> list[str]:
-    """The metrics asked for, or every final `eval/...` metric and the training loss."""
+    """The metrics asked for, or every final `eval/...` metric and the training loss. A
+    metric asked for that no point has (while some point has metrics) is a UserError."""
+    present = {k for p in state["points"] for k in p.get("metrics", {})} - {"step"}
     if metrics:
+        unknown = [m for m in metrics if m not in present]
+        if present and unknown:
+            hint = " (repeat --metric for several)" if "," in unknown[0] else ""
+            raise UserError(f"--metric {unknown[0]}: no point has it{hint}; they have "
+                            f"{', '.join(sorted(present))}")
         return list(metrics)
-    present = {k for p in state["points"] for k in p.get("metrics", {})}
     return sorted(k for k in present if k.startswith("eval/")) + ([LOSS] if LOSS in present
                                                                    else [])
 
@@ -95,6 +101,17 @@ def loss_curve(workdir: str, key: str = LOSS) -> tuple[list[int], list[float]]:
         pass
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
+
+
+def check_plot_path(path: str) -> None:
+    """UserError unless matplotlib writes the format `path`'s extension names (none: PNG)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    extension = os.path.splitext(path)[1][1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if extension and extension not in formats:
+        raise UserError(f"--plot {path}: .{extension} is no format a plot is written in; use "
+                        f"one of .{', .'.join(sorted(formats))}")
 
 
 def plot(state: dict, metric: str, path: str) -> None:

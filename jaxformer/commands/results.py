@@ -19,7 +19,9 @@ def add_arguments(parser) -> None:
                         help="metric column (repeatable; default: every eval/ metric); the "
                              "first is plotted")
     parser.add_argument("--format", choices=("md", "csv"), default="md")
-    parser.add_argument("--plot", default=None, help="PNG path (default ROOT/results.png)")
+    parser.add_argument("--plot", default=None,
+                        help="the plot's file, in the format its extension names (.png, .pdf, "
+                             ".svg, ...; default ROOT/results.png)")
 
 
 def run(args, overrides: list[str]) -> int:
@@ -29,6 +31,8 @@ def run(args, overrides: list[str]) -> int:
     from launch import launcher_class, results
     from launch import sweep as sweep_lib
 
+    if args.plot:
+        results.check_plot_path(args.plot)
     previous = sweep_lib.read_state(args.root)
     sweep = sweep_lib.sweep_from_state(previous)
     if previous.get("launcher") == "slurm":  # The queue knows which tasks are still on.

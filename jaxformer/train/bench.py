@@ -76,7 +76,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
     step_seconds = statistics.median(times)
     params = strategy.host_state(state).params
     result = {
-        "config": config.model.variant or config.model.name,
+        "config": config.model.get("variant") or config.model.name,
         "device": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "compute_dtype": cfg.compute_dtype,

@@ -130,8 +130,18 @@ def _unstack(stacked: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
-    """Nothing beyond config.json is read for this family."""
-    del config, hf_dir
+    """Nothing beyond config.json is read for this family, but the tokenizer must be there
+    (`import_tokenizer`): said before the vocabulary is checked against it."""
+    del config
+    require_tokenizer(hf_dir)
+
+
+def require_tokenizer(hf_dir: str) -> None:
+    """UserError unless `hf_dir` has GPT-2's tokenizer files."""
+    if not (os.path.isfile(os.path.join(hf_dir, TOKENIZER_JSON)) or all(
+            os.path.isfile(os.path.join(hf_dir, name)) for name in (VOCAB, MERGES))):
+        raise UserError(f"{hf_dir} has no tokenizer ({TOKENIZER_JSON}, or {VOCAB} and "
+                        f"{MERGES}): add the model's tokenizer files to it")
 
 
 def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -173,8 +183,7 @@ def import_tokenizer(hf_dir: str, assets_dir: str) -> list[str]:
             ByteLevelBPETokenizer.from_vocab_merges(
                 path(VOCAB), path(MERGES), add_prefix_space=bool(add_prefix_space)).save(target)
         else:
-            raise UserError(f"{hf_dir} has no tokenizer ({TOKENIZER_JSON}, or {VOCAB} and "
-                            f"{MERGES}): add the model's tokenizer files to it")
+            require_tokenizer(hf_dir)  # Raises: there is none.
     except ValueError as e:
         raise UserError(str(e)) from None
     carried = [TOKENIZER_JSON]

@@ -101,3 +101,21 @@ def test_failed_points_are_not_plotted_against_the_hyperparameter(tmp_path, monk
     labels = [kwargs["label"] for args, kwargs in plotted if args[2:] != ("o-",)]
     assert labels == ["pretrain", "bad (failed)", "tune"]
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flag,words", [
+    ("--metric=eval/val/los", ["--metric eval/val/los: no point has it",
+                               "eval/val/loss, train/loss"]),
+    ("--metric=eval/val/loss,train/loss", ["repeat --metric for several"]),
+    ("--plot=PLOTS/p.txt", ["--plot", ".txt is no format", ".png"]),
+])
+def test_a_bad_metric_or_plot_format_is_one_line_before_any_output(tmp_path, capsys, flag,
+                                                                   words):
+    sweep = finished_sweep(tmp_path, tmp_path / "root")
+    (tmp_path / "plots").mkdir()
+    assert main(["results", sweep.root, flag.replace("PLOTS", str(tmp_path / "plots"))]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert all(word in err for word in words), err
+    assert os.listdir(tmp_path / "plots") == []
+    assert not os.path.exists(os.path.join(sweep.root, "results.png"))

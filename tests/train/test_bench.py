@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from jaxformer.commands import params as params_command
+from jaxformer.config import load_config
 from jaxformer.train import bench
+from tests.helpers import ROOT
 from tests.train.test_trainer import tiny_config
 
 
@@ -33,3 +35,10 @@ def test_bench_times_the_step_and_measures_the_state_per_device(data_dir, fsdp):
     else:
         assert shapes["state_bytes_per_device"] < 0.8 * (shapes["param_bytes"]
                                                          + shapes["optimizer_state_bytes"])
+
+
+def test_a_model_without_variants_is_named_by_its_model():
+    """The Flamingo-style model has no `model.variant` (its towers come from other runs)."""
+    config = load_config(f"{ROOT}/configs/flamingo/emoji.py:runlocal")
+    assert "variant" not in config.model
+    assert bench.run(config, steps=1, warmup=0)["config"] == "flamingo"

@@ -257,7 +257,7 @@ def test_fine_tuning_config_starts_from_the_imported_run(imported, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_character_level_run_exports_with_its_own_vocabulary(tmp_path):
+def test_a_character_level_run_exports_with_its_own_vocabulary(tmp_path, capsys):
     """A run of the character tokenizer (73 symbols; `data.vocab_size` unused) loads in
     `transformers` with the run's vocabulary, no end-of-text ids, and its logits."""
     (tmp_path / "tfds").mkdir()
@@ -274,3 +274,9 @@ def test_a_character_level_run_exports_with_its_own_vocabulary(tmp_path):
     ours = jax.jit(run.task.model.apply)({"params": run.params}, tokens)
     np.testing.assert_allclose(np.asarray(ours), _logits(exported, tokens), rtol=1e-4,
                                atol=1e-4)
+    # It has no tokenizer that transformers reads, so importing it back says so first.
+    assert cli.main(["import-weights", f"--from={tmp_path / 'hf'}", "--family=gpt",
+                     f"--workdir={tmp_path / 'back'}"]) == 2
+    assert "has no tokenizer (tokenizer.json, or vocab.json and merges.txt)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "back").exists()
