@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxformer import cli
@@ -365,6 +366,16 @@ def test_params_of_gpt2_xl():
     state = summary["param_bytes"] + summary["optimizer_state_bytes"]
     assert 0 <= state - 3 * 4 * 1557611200 < 64  # And the optimizer's step counts.
     assert state / 8 < summary["state_bytes_per_device"] < 1.01 * state / 8
+
+
+def test_params_counts_modules_to_the_depth_asked():
+    params = {"block_10": {"dense": {"kernel": np.zeros((3, 4))}},
+              "block_2": {"bias": np.zeros(5)}}
+    counts = params_command.module_counts
+    assert counts(params, 0) == {}
+    assert counts(params, 1) == {"block_2": {"count": 5}, "block_10": {"count": 12}}
+    assert counts(params, 2)["block_10"] == {"count": 12, "children": {"dense": {"count": 12}}}
+    assert list(counts(params, 3)) == ["block_2", "block_10"]  # Natural order.
 
 
 @pytest.mark.slow

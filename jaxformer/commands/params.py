@@ -19,11 +19,12 @@ TAKES_OVERRIDES = True
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    parser.add_argument("--depth", type=int, default=2, help="module levels shown")
+    parser.add_argument("--depth", type=int, default=2,
+                        help="module levels shown (default 2; 0: the totals only)")
 
 
 def module_counts(params, depth: int) -> dict:
-    """`{name: {"count": N, "children": {...}}}` down to `depth` levels."""
+    """`{name: {"count": N, "children": {...}}}` down to `depth` levels (0: none)."""
     import numpy as np
 
     def count(tree) -> int:
@@ -41,7 +42,7 @@ def module_counts(params, depth: int) -> dict:
             out[name] = entry
         return out
 
-    return walk(params, 1)
+    return walk(params, 1) if depth else {}
 
 
 def _natural(name: str) -> list:

@@ -130,12 +130,26 @@ def _new_directory(path: str, flag: str) -> Iterator[str]:
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}-", dir=parent)
     try:
         yield staging
+        _follow_umask(staging)
         if os.path.isdir(path):
             os.rmdir(path)
         os.rename(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _follow_umask(directory: str) -> None:
+    """The modes a plain `mkdir` and `open` give under the umask, for `directory` and what it
+    holds (a temporary directory, and files some writers make, are private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for parent, directories, files in os.walk(directory):
+        for name in directories:
+            os.chmod(os.path.join(parent, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(parent, name), 0o666 & ~umask)
 
 
 def resolve_config_spec(spec: str) -> str:

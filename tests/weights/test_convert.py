@@ -3,6 +3,9 @@ the Hugging Face directory reader, the coverage checks and the commands' errors.
 
 import json
 import logging
+import os
+import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -164,3 +167,22 @@ def test_a_checkpoint_without_data_position_restores_its_state(tmp_path, caplog)
     checkpointer.close()
     np.testing.assert_array_equal(restored.params["w"], np.arange(4.0))
     assert "holds no data position" in caplog.text
+
+
+def test_a_written_directory_has_the_modes_of_the_umask(tmp_path):
+    """Not the owner-only modes of its temporary staging directory and of files written
+    through temporary names (safetensors' writer)."""
+    previous = os.umask(0o027)
+    try:
+        with convert._new_directory(str(tmp_path / "out"), "--to") as staging:
+            (pathlib.Path(staging) / "sub").mkdir()
+            (pathlib.Path(staging) / "sub" / "config.json").write_text("{}")
+            handle, _ = tempfile.mkstemp(dir=staging)  # Mode 0600.
+            os.close(handle)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777
+             for p in [tmp_path / "out", *(tmp_path / "out").rglob("*")]}
+    assert len(modes) == 4
+    assert all(mode == (0o750 if (tmp_path / name).is_dir() else 0o640)
+               for name, mode in modes.items()), modes
