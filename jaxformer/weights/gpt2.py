@@ -24,7 +24,12 @@ import shutil
 import ml_collections
 import numpy as np
 
-from jaxformer.data.tokenizers import END_OF_TEXT, ByteLevelBPETokenizer, load_tokenizer
+from jaxformer.data.tokenizers import (
+    END_OF_TEXT,
+    MIN_BYTE_BPE_VOCAB_SIZE,
+    ByteLevelBPETokenizer,
+    load_tokenizer,
+)
 from jaxformer.errors import UserError
 from jaxformer.models import gpt
 from jaxformer.weights import data_spec, hf_files
@@ -70,6 +75,10 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
     if hf["activation_function"] not in TANH_GELUS:
         raise ValueError(f"activation_function={hf['activation_function']!r}: the model uses "
                          f"GELU's tanh approximation ({', '.join(TANH_GELUS)})")
+    if hf["vocab_size"] < MIN_BYTE_BPE_VOCAB_SIZE:
+        raise ValueError(f"vocab_size={hf['vocab_size']}: a GPT-2 checkpoint is read with its "
+                         f"byte-level BPE, of at least {MIN_BYTE_BPE_VOCAB_SIZE} tokens (a "
+                         "character-level run's export has no tokenizer to import)")
     d_model = hf["n_embd"]
     if d_model % hf["n_head"]:
         raise ValueError(f"n_embd={d_model} is not a multiple of n_head={hf['n_head']}")
@@ -130,18 +139,8 @@ def _unstack(stacked: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def configure_from_dir(config: ml_collections.ConfigDict, hf_dir: str) -> None:
-    """Nothing beyond config.json is read for this family, but the tokenizer must be there
-    (`import_tokenizer`): said before the vocabulary is checked against it."""
-    del config
-    require_tokenizer(hf_dir)
-
-
-def require_tokenizer(hf_dir: str) -> None:
-    """UserError unless `hf_dir` has GPT-2's tokenizer files."""
-    if not (os.path.isfile(os.path.join(hf_dir, TOKENIZER_JSON)) or all(
-            os.path.isfile(os.path.join(hf_dir, name)) for name in (VOCAB, MERGES))):
-        raise UserError(f"{hf_dir} has no tokenizer ({TOKENIZER_JSON}, or {VOCAB} and "
-                        f"{MERGES}): add the model's tokenizer files to it")
+    """Nothing beyond config.json is read for this family."""
+    del config, hf_dir
 
 
 def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -183,7 +182,8 @@ def import_tokenizer(hf_dir: str, assets_dir: str) -> list[str]:
             ByteLevelBPETokenizer.from_vocab_merges(
                 path(VOCAB), path(MERGES), add_prefix_space=bool(add_prefix_space)).save(target)
         else:
-            require_tokenizer(hf_dir)  # Raises: there is none.
+            raise UserError(f"{hf_dir} has no tokenizer ({TOKENIZER_JSON}, or {VOCAB} and "
+                            f"{MERGES}): add the model's tokenizer files to it")
     except ValueError as e:
         raise UserError(str(e)) from None
     carried = [TOKENIZER_JSON]
