@@ -115,7 +115,8 @@ def check_plot_path(path: str) -> None:
 
 
 def plot(state: dict, metric: str, path: str) -> None:
-    """Writes a PNG: `metric` against the swept hyperparameter(s), and every loss curve."""
+    """Writes the plot at `path`, in its extension's format (`check_plot_path`): `metric`
+    against the swept hyperparameter(s), and every loss curve."""
     import matplotlib
 
     matplotlib.use("Agg")
