@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.data import image_pipeline
-from jaxformer.data.common import DataSpec
+from jaxformer.data.common import DataSpec, LazySource
 from jaxformer.data.image_pipeline import ImageData
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -158,19 +158,28 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> ImageDat
             `read_threads`, and the preprocessing keys of
             `image_pipeline.preprocess_from_config`.
         workdir: unused (nothing is derived from the data).
+
+    The splits are read on first use, so commands that only run a trained model read none.
     """
     del workdir
     check_config(config)
     source = config.get("source", "auto")
     kind, directory = resolve(source, config.get("data_dir", ""))
-    if source == "auto" and kind == "subset":
-        logging.getLogger(__name__).warning(
-            "full Fashion-MNIST not found in %s; using the embedded subset (10,000 train / "
-            "2,000 test images)", _full_dir(config.get("data_dir", "")))
-    images, labels = load_split(directory, "train", sha256=SHA256[kind])
-    train = image_pipeline.ArraySource({"image": images, "label": labels})
-    images, labels = load_split(directory, "test", sha256=SHA256[kind])
-    test = image_pipeline.ArraySource({"image": images, "label": labels})
+    warned = []
+
+    def opener(split: str):
+        def open_split() -> image_pipeline.ArraySource:
+            if source == "auto" and kind == "subset" and not warned:
+                warned.append(True)
+                logging.getLogger(__name__).warning(
+                    "full Fashion-MNIST not found in %s; using the embedded subset (10,000 "
+                    "train / 2,000 test images)", _full_dir(config.get("data_dir", "")))
+            images, labels = load_split(directory, split, sha256=SHA256[kind])
+            return image_pipeline.ArraySource({"image": images, "label": labels})
+        return open_split
+
+    train = LazySource(opener("train"), "train")
+    test = LazySource(opener("test"), "test")
     preprocess = image_pipeline.preprocess_from_config(config, channels=CHANNELS,
                                                        image_size=IMAGE_SIZE)
     return ImageData(train_source=train, eval_sources={"test": test}, class_names=CLASS_NAMES,

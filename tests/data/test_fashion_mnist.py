@@ -141,11 +141,20 @@ def test_build_from_the_subset_serves_normalised_batches():
     np.testing.assert_allclose(batch["image"], expected, atol=1e-5)
 
 
-def test_auto_without_the_full_set_warns_once_and_takes_the_subset(tmp_path, caplog):
+def test_auto_without_the_full_set_warns_once_when_read_and_takes_the_subset(
+        tmp_path, caplog, monkeypatch):
     config = ml_collections.ConfigDict({"source": "auto", "data_dir": str(tmp_path)})
+    reads = []
+    load_split = fashion_mnist.load_split
+    monkeypatch.setattr(fashion_mnist, "load_split",
+                        lambda *args, **kwargs: reads.append(args[1]) or load_split(*args, **kwargs))
     with caplog.at_level(logging.WARNING, logger=fashion_mnist.__name__):
         data = fashion_mnist.build(config, workdir=None)
-    assert len(data.train_source) == 10_000
+        # A command that only runs a trained model reads no split and hears nothing.
+        assert (reads, caplog.records) == ([], [])
+        assert len(data.train_source) == 10_000
+        assert len(data.eval_sources["test"]) == 2_000
+    assert reads == ["train", "test"]
     assert [r.getMessage() for r in caplog.records] == [
         (f"full Fashion-MNIST not found in {tmp_path}; using the embedded subset (10,000 train / "
          "2,000 test images)")]
