@@ -3,7 +3,8 @@
 Writes a new workdir whose checkpoint is the newest one of DIR (step, optimizer state, data
 position) with the mean parameters of DIR's last K checkpoints, as the Transformer paper
 averages its last 5 (20 for big models); `sample`, `evaluate`, `translate` and `init_from`
-then use it like any run.
+then use it like any run. The new workdir records which checkpoints were averaged
+(`averaged.json`), and commands reading it name them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def run(args, overrides: list[str]) -> int:
     import jax
 
     from jaxformer.console import log
-    from jaxformer.inference.workdir import load_run
+    from jaxformer.inference.workdir import load_run, write_average_record
     from jaxformer.train.checkpoint import Checkpointer
     from jaxformer.train.state import abstract_state
 
@@ -56,5 +57,7 @@ def run(args, overrides: list[str]) -> int:
         target.wait()
     finally:
         target.close()
+    if run_.averaged_steps:
+        write_average_record(args.out, run_)
     log(f"wrote {args.out}: {run_.describe()} of {args.workdir}, at step {run_.step}")
     return 0

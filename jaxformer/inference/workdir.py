@@ -2,13 +2,16 @@
 
 `load_run(workdir)` gives the run's config, its data (the tokenizer from `DIR/assets`), its
 task (and model) and the parameters of the newest readable checkpoint, of a given step, or
-the mean of the last K.
+the mean of the last K. A workdir that `jaxformer average` wrote records which checkpoints
+its own one is the mean of (`AVERAGE_RECORD`), and its run says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 from typing import Any, Callable
 
 import jax
@@ -24,6 +27,10 @@ from jaxformer.train.state import abstract_state
 
 log = logging.getLogger(__name__)
 
+# Written by `jaxformer average`: {"step": its checkpoint's step, "steps": the steps averaged,
+# "workdir": the run they came from}.
+AVERAGE_RECORD = "averaged.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -36,10 +43,12 @@ class Run:
     params: Any
     step: int
     averaged_steps: tuple[int, ...] = ()
+    averaged_from: str = ""  # The workdir of `averaged_steps`, when not this one.
 
     def describe(self) -> str:
         if self.averaged_steps:
-            return f"the mean of the checkpoints at steps {list(self.averaged_steps)}"
+            source = f" of {self.averaged_from}" if self.averaged_from else ""
+            return f"the mean of the checkpoints at steps {list(self.averaged_steps)}{source}"
         return f"the checkpoint at step {self.step}"
 
 
@@ -71,4 +80,35 @@ def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
         checkpointer.close()
     if state is None:
         raise UserError(f"no checkpoint in {workdir}/checkpoints: train first")
-    return Run(workdir, config, data, task, state.params, int(np.asarray(state.step)))
+    step = int(np.asarray(state.step))
+    record = read_average_record(workdir)
+    if record and record["step"] == step:
+        return Run(workdir, config, data, task, state.params, step, tuple(record["steps"]),
+                   record["workdir"])
+    return Run(workdir, config, data, task, state.params, step)
+
+
+def write_average_record(workdir: str, run: Run) -> None:
+    """Records in `workdir` that its checkpoint at `run.step` holds `run`'s mean params."""
+    record = {"step": run.step, "steps": list(run.averaged_steps),
+              "workdir": os.path.abspath(run.workdir)}
+    with open(os.path.join(workdir, AVERAGE_RECORD), "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
+def read_average_record(workdir: str) -> dict | None:
+    """The record `write_average_record` left in `workdir`, or None (none, or unreadable)."""
+    path = os.path.join(workdir, AVERAGE_RECORD)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if (isinstance(record.get("step"), int) and isinstance(record.get("workdir"), str)
+                and all(isinstance(s, int) for s in record.get("steps", [None]))):
+            return record
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        pass
+    log.warning("ignoring unreadable %s", path)
+    return None

@@ -146,8 +146,12 @@ def test_auto_without_the_full_set_warns_once_when_read_and_takes_the_subset(
     config = ml_collections.ConfigDict({"source": "auto", "data_dir": str(tmp_path)})
     reads = []
     load_split = fashion_mnist.load_split
-    monkeypatch.setattr(fashion_mnist, "load_split",
-                        lambda *args, **kwargs: reads.append(args[1]) or load_split(*args, **kwargs))
+
+    def counted(directory, split, **kwargs):
+        reads.append(split)
+        return load_split(directory, split, **kwargs)
+
+    monkeypatch.setattr(fashion_mnist, "load_split", counted)
     with caplog.at_level(logging.WARNING, logger=fashion_mnist.__name__):
         data = fashion_mnist.build(config, workdir=None)
         # A command that only runs a trained model reads no split and hears nothing.

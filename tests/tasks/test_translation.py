@@ -203,6 +203,8 @@ def test_average_command_writes_a_workdir_of_the_mean_parameters(trained, tmp_pa
     assert result.returncode == 0, result.stderr
     averaged, direct = load_run(str(out)), load_run(trained, average_last=2)
     assert averaged.step == 2
+    assert averaged.averaged_steps == direct.averaged_steps == (1, 2)
+    assert averaged.describe() == f"the mean of the checkpoints at steps [1, 2] of {trained}"
     for a, b in zip(jax.tree.leaves(averaged.params), jax.tree.leaves(direct.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     again = run_cli("average", f"--workdir={trained}", "--last=2", f"--out={out}")
