@@ -197,3 +197,30 @@ def test_a_corrupt_newest_checkpoint_costs_one_warning_line(tmp_path, mode):
     else:
         assert warnings[0].endswith("; skipped") and not corrupt.exists()
         assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_replicas_split_only_large_leaves_when_saving(tmp_path, caplog):
+    """A replicated leaf is written in parts by its replicas (one compiled slice each)
+    only when each part holds MIN_REPLICA_SLICE_BYTES; small leaves are written whole."""
+    from jaxformer.train.checkpoint import MIN_REPLICA_SLICE_BYTES
+
+    devices = jax.devices()
+    assert len(devices) == 8
+    replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), ("data",)),
+                                            jax.sharding.PartitionSpec())
+    large = MIN_REPLICA_SLICE_BYTES * len(devices) // 4  # float32: one full part per replica.
+    params = {"small": jnp.ones((8, 7)), "just_small": jnp.ones((len(devices), large // 8 - 1)),
+              "large": jnp.ones((len(devices), large // 8))}
+    state = jax.device_put(TrainState(step=jnp.asarray(1, jnp.int32), params=params, opt_state={},
+                                      rng=jnp.zeros((2,), jnp.uint32)), replicated)
+    checkpointer = Checkpointer(str(tmp_path), keep=1, async_save=False)
+    try:
+        with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+            checkpointer.save(1, state, _Iterator())
+            checkpointer.wait()
+    finally:
+        checkpointer.close()
+    slices = [r.getMessage() for r in caplog.records
+              if "Finished XLA compilation of jit(slice)" in r.getMessage()]
+    # One slice per replica's part of the large leaf (its own offset each); none for the rest.
+    assert len(slices) == len(devices), slices
