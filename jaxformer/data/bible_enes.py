@@ -29,6 +29,7 @@ from etils import epath
 
 from jaxformer.data import common, translation_pipeline
 from jaxformer.data.common import DataSpec
+from jaxformer.data.local_info import LocalDatasetInfo
 from jaxformer.data.translation_pipeline import TranslationData
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "assets" / "bible_enes" / "bible_enes.tsv.xz"
@@ -70,7 +71,7 @@ class BibleEnes(tfds.core.GeneratorBasedBuilder):
     code_path: ClassVar[epath.Path] = epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="English (KJV) - Spanish (Reina-Valera 1909) Bible verse pairs.",
             features=tfds.features.FeaturesDict({

@@ -34,6 +34,7 @@ from etils import epath
 
 from jaxformer.data import common, translation_pipeline
 from jaxformer.data.common import DataSpec
+from jaxformer.data.local_info import LocalDatasetInfo
 from jaxformer.data.translation_pairs import Pair
 from jaxformer.data.translation_pipeline import TranslationData
 
@@ -71,7 +72,7 @@ class DingEnde(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="English-German sentence pairs of the Ding dictionary (FreeDict).",
             features=tfds.features.FeaturesDict({

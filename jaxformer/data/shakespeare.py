@@ -23,6 +23,7 @@ from etils import epath
 from jaxformer.data import common, lm_pipeline, tokenizers
 from jaxformer.data.common import DataSpec, TokenizerSpec
 from jaxformer.data.lm_pipeline import LMData
+from jaxformer.data.local_info import LocalDatasetInfo
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "assets" / "shakespeare" / "input.txt"
 CORPUS_SHA256 = "45cef5926b85f5c064a68f6511c5f3b03dd2f0a39d8e6b010a2486796b0a3117"
@@ -42,7 +43,7 @@ class Shakespeare(tfds.core.GeneratorBasedBuilder):
     code_path: ClassVar[epath.Path] = epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="Shakespeare's plays in the tiny-shakespeare layout, as text records.",
             features=tfds.features.FeaturesDict({
