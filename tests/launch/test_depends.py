@@ -127,11 +127,14 @@ def test_a_bad_common_override_is_not_blamed_on_a_point(tmp_path, capsys):
 def test_pod_log_dir_is_the_workdir_or_a_temporary_directory(tmp_path, monkeypatch):
     from launch.local import pod_log_dir
 
-    monkeypatch.chdir(tmp_path)
-    assert pod_log_dir(None, ["train", f"--workdir={tmp_path}/w"]) == f"{tmp_path}/w"
+    work, temp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir(), temp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    assert pod_log_dir(None, ["train", f"--workdir={work}/w"]) == f"{work}/w"
     assert pod_log_dir(None, ["train", "--workdir", "v"]) == "v" and os.path.isdir("v")
     temporary = pod_log_dir(None, ["params", "--config=x.py"])
-    assert os.path.isdir(temporary) and not temporary.startswith(str(tmp_path))
+    assert os.path.isdir(temporary) and os.path.dirname(temporary) == str(temp)
 
 
 def test_exit_status_of_a_signalled_process():
