@@ -12,7 +12,7 @@ from jaxformer.data.transforms import no_draws
 from jaxformer.inference.workdir import load_run
 from jaxformer.tasks.detection import detections
 from jaxformer.train import trainer
-from tests.helpers import ROOT
+from tests.helpers import ROOT, without_evaluations
 
 pytestmark = pytest.mark.slow  # Trains or launches runs.
 
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow  # Trains or launches runs.
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("detr") / "run"
-    trainer.train(load_config(f"{ROOT}/configs/detr/composed.py:runlocal"), str(workdir))
+    trainer.train(without_evaluations(load_config(f"{ROOT}/configs/detr/composed.py:runlocal")),
+                  str(workdir))
     return workdir
 
 

@@ -18,7 +18,7 @@ from jaxformer.models import detr
 from jaxformer.registry import build_data_and_task
 from jaxformer.tasks.detection import detections
 from jaxformer.train import trainer, transfer
-from tests.helpers import ROOT
+from tests.helpers import ROOT, without_evaluations
 
 CONFIG = os.path.join(ROOT, "configs/detr/composed.py")
 
@@ -90,9 +90,9 @@ def test_detr_starts_from_a_trained_backbone_and_keeps_its_frozen_part(tmp_path)
     """configs/detr/backbone.py trains a ResNet classifier; configs/detr/composed.py with
     `backbone=` loads its `backbone` into the DETR and trains only DETR's unfrozen part."""
     source, workdir = str(tmp_path / "backbone"), str(tmp_path / "detr")
-    trainer.train(config_lib.load_config(
-        f"{os.path.join(ROOT, 'configs/detr/backbone.py')}:runlocal"), source)
-    config = config_lib.load_config(f"{CONFIG}:runlocal,backbone={source}")
+    trainer.train(without_evaluations(config_lib.load_config(
+        f"{os.path.join(ROOT, 'configs/detr/backbone.py')}:runlocal")), source)
+    config = without_evaluations(config_lib.load_config(f"{CONFIG}:runlocal,backbone={source}"))
     assert tuple(config.freeze) == detr.FREEZE
     trainer.train(config, workdir)
     loaded = transfer.flat_paths(jax.device_get(load_run(source).params))
