@@ -47,6 +47,15 @@ def without_evaluations(config):
     return config
 
 
+def without_evaluations_flags(config_arg: str) -> list[str]:
+    """The command-line overrides of `without_evaluations` for `--config=config_arg`."""
+    from jaxformer import config as config_lib
+
+    names = config_lib.load_config(os.path.join(ROOT, config_arg)).evals
+    return [f"--config.evals.{name}.{key}={value}" for name in names
+            for key, value in (("every_steps", 0), ("at_end", False))]
+
+
 def flamingo_chain(tmp_path_factory) -> pathlib.Path:
     """A directory with the runlocal CLIP (`clip`), GPT (`lm`) and Flamingo (`flamingo`) runs,
     trained once per test session: the worker processes share it, one building it while the

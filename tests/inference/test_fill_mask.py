@@ -11,7 +11,7 @@ from jaxformer.errors import UserError
 from jaxformer.inference import fill_mask
 from jaxformer.inference import workdir as workdir_lib
 from jaxformer.inference.workdir import load_run
-from tests.helpers import ROOT
+from tests.helpers import ROOT, without_evaluations_flags
 from tests.test_cli import assert_user_error, run_cli
 
 pytestmark = pytest.mark.slow  # Trains or launches runs.
@@ -23,7 +23,8 @@ BERT = "configs/bert/books_pretraining.py:runlocal"
 def workdir(tmp_path_factory):
     """The runlocal BERT (4 steps), trained once through the command line."""
     workdir = tmp_path_factory.mktemp("bert") / "run"
-    result = run_cli("train", f"--config={BERT}", f"--workdir={workdir}")
+    result = run_cli("train", f"--config={BERT}", f"--workdir={workdir}",
+                     *without_evaluations_flags(BERT))
     assert result.returncode == 0, result.stderr
     return workdir
 

@@ -11,6 +11,7 @@ from jaxformer.data import emoji
 from jaxformer.inference import two_tower
 from jaxformer.inference.images import list_images
 from jaxformer.inference.workdir import load_run
+from tests.helpers import without_evaluations_flags
 from tests.test_cli import assert_user_error, run_cli
 
 pytestmark = pytest.mark.slow  # Trains or launches runs.
@@ -23,7 +24,8 @@ LABELS = ("dog", "red apple", "rocket")
 def workdir(tmp_path_factory):
     """The runlocal CLIP (4 steps), trained once through the command line."""
     workdir = tmp_path_factory.mktemp("clip") / "run"
-    result = run_cli("train", f"--config={CLIP}", f"--workdir={workdir}")
+    result = run_cli("train", f"--config={CLIP}", f"--workdir={workdir}",
+                     *without_evaluations_flags(CLIP))
     assert result.returncode == 0, result.stderr
     return workdir
 
