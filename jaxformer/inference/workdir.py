@@ -103,8 +103,9 @@ def read_average_record(workdir: str) -> dict | None:
     try:
         with open(path) as f:
             record = json.load(f)
+        steps = record.get("steps")
         if (isinstance(record.get("step"), int) and isinstance(record.get("workdir"), str)
-                and all(isinstance(s, int) for s in record.get("steps", [None]))):
+                and isinstance(steps, list) and all(isinstance(s, int) for s in steps)):
             return record
     except FileNotFoundError:
         return None
