@@ -224,3 +224,21 @@ def test_replicas_split_only_large_leaves_when_saving(tmp_path, caplog):
               if "Finished XLA compilation of jit(slice)" in r.getMessage()]
     # One slice per replica's part of the large leaf (its own offset each); none for the rest.
     assert len(slices) == len(devices), slices
+
+
+def test_the_array_handler_is_replaced_once_and_quietly(tmp_path, caplog):
+    import orbax.checkpoint as ocp
+
+    from jaxformer.train.checkpoint import MIN_REPLICA_SLICE_BYTES
+
+    store = ocp.type_handlers.get_type_handler(jax.Array)._array_metadata_store
+    ocp.type_handlers.register_type_handler(  # orbax's own handler, as at start-up
+        jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=store), override=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            Checkpointer(str(tmp_path), keep=1, async_save=False).close()
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    assert handler._min_slice_bytes_for_replica_parallel == MIN_REPLICA_SLICE_BYTES
+    assert handler._array_metadata_store is store  # Checkpoints keep their array metadata.
+    assert not [r for r in caplog.records if "Type handler" in r.getMessage()]
