@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
+import logging
 import numbers
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -207,30 +210,60 @@ def resolve_data_dir(data_dir: str, *, create: bool) -> str:
     return path
 
 
+class _DropVariantFolderWarnings(logging.Filter):
+    """tfds's warnings about the version folder it is writing ("has no dataset_info.json")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Variant folder")
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Keeps tfds's preparation output off the console: its progress bars, its lines on
+    stdout (sizes, unknown for data made from local files; stdout carries the commands'
+    results) and its warnings about the half-written folder."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl_log, quiet = logging.getLogger("absl"), _DropVariantFolderWarnings()
+    bars = getattr(tqdm_utils, "_active", True)
+    absl_log.addFilter(quiet)
+    tqdm_utils.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(bars)
+        absl_log.removeFilter(quiet)
+
+
 def prepare_builder(make: Callable[[], Any], name: str, data_dir: str,
                     check: Callable[[], None] | None = None) -> Any:
     """`make()`'s tfds builder, its data prepared in `data_dir` if it is not yet.
 
     Preparation holds `<data_dir>/<name>.prepare.lock` (flock), so that processes started
     together prepare it once: the others wait, then find it prepared. `check()` runs before
-    a preparation (e.g. to say plainly that a source package is missing).
+    a preparation (e.g. to say plainly that a source package is missing). A preparation
+    prints one line on stderr, and nothing of tfds's own output.
     """
     try:
-        builder = make()
-        if builder.is_prepared():
-            return builder
-        remote = "://" in data_dir  # No flock on object stores: prepare those beforehand.
-        if not remote:
-            os.makedirs(data_dir, exist_ok=True)
-        with contextlib.nullcontext() if remote else open(
-                os.path.join(data_dir, f"{name}.prepare.lock"), "a") as lock:
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            builder = make()  # Another process may have prepared it meanwhile.
-            if not builder.is_prepared():
+        with _quiet_tfds():
+            builder = make()
+            if builder.is_prepared():
+                return builder
+            remote = "://" in data_dir  # No flock on object stores: prepare those beforehand.
+            if not remote:
+                os.makedirs(data_dir, exist_ok=True)
+            with contextlib.nullcontext() if remote else open(
+                    os.path.join(data_dir, f"{name}.prepare.lock"), "a") as lock:
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                builder = make()  # Another process may have prepared it meanwhile.
+                if builder.is_prepared():
+                    return builder
                 if check is not None:
                     check()
                 builder.download_and_prepare()
+        print(f"prepared {name} in {builder.data_dir}", file=sys.stderr, flush=True)
         return builder
     except Exception as e:  # tfds raises many kinds of errors for unwritable or damaged files.
         raise ValueError(f"cannot prepare {name} in {data_dir!r}: {e}") from e
