@@ -38,12 +38,16 @@ def write_tfds_metadata(data_dir, name: str, config: str, module: str, features,
     info.write_to_directory(str(folder))
 
 
+# Evaluator settings that run it neither during nor after training.
+NO_EVALUATION = {"every_steps": 0, "at_end": False}
+
+
 def without_evaluations(config):
     """`config` with its evaluators kept but run neither during nor after training, for runs
     that tests only read (the evaluators' own tests, and every config's one-step run, run
     them); it halves the time to train the Flamingo chain."""
     for entry in config.evals.values():
-        entry.every_steps, entry.at_end = 0, False
+        entry.update(NO_EVALUATION)
     return config
 
 
@@ -53,7 +57,7 @@ def without_evaluations_flags(config_arg: str) -> list[str]:
 
     names = config_lib.load_config(os.path.join(ROOT, config_arg)).evals
     return [f"--config.evals.{name}.{key}={value}" for name in names
-            for key, value in (("every_steps", 0), ("at_end", False))]
+            for key, value in NO_EVALUATION.items()]
 
 
 def flamingo_chain(tmp_path_factory) -> pathlib.Path:

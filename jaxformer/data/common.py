@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import fcntl
 import io
-import logging
 import numbers
 import os
 import sys
@@ -26,6 +25,8 @@ import grain
 import ml_collections
 import numpy as np
 from etils import epath
+
+from jaxformer.quiet_logs import dropped_log_lines
 
 Batch = dict[str, np.ndarray]
 
@@ -210,13 +211,6 @@ def resolve_data_dir(data_dir: str, *, create: bool) -> str:
     return path
 
 
-class _DropVariantFolderWarnings(logging.Filter):
-    """tfds's warnings about the version folder it is writing ("has no dataset_info.json")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Variant folder")
-
-
 @contextlib.contextmanager
 def _quiet_tfds():
     """Keeps tfds's preparation output off the console: its progress bars, its lines on
@@ -224,16 +218,13 @@ def _quiet_tfds():
     results) and its warnings about the half-written folder."""
     from tensorflow_datasets.core.utils import tqdm_utils
 
-    absl_log, quiet = logging.getLogger("absl"), _DropVariantFolderWarnings()
     bars = getattr(tqdm_utils, "_active", True)
-    absl_log.addFilter(quiet)
     tqdm_utils.display_progress_bar(False)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with dropped_log_lines("Variant folder"), contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         tqdm_utils.display_progress_bar(bars)
-        absl_log.removeFilter(quiet)
 
 
 def prepare_builder(make: Callable[[], Any], name: str, data_dir: str,

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxformer.errors import UserError
+from jaxformer.quiet_logs import dropped_log_lines
 
 log = logging.getLogger(__name__)
 WINDOW = "metrics_window"  # The checkpoint item of a run stopped between metrics records.
@@ -131,14 +132,6 @@ def _read_only() -> ocp.CheckpointManagerOptions:
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
-class _DropArrayHandlerOverride(logging.Filter):
-    """orbax's warning that `_use_min_replica_slice` replaces the jax.Array handler."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (str(record.msg).startswith("Type handler registry type")
-                    and record.args and record.args[0] is jax.Array)
-
-
 def _use_min_replica_slice() -> None:
     """Makes orbax's jax.Array handler (a process-wide registration) keep small leaves whole;
     the files written are the same."""
@@ -148,13 +141,8 @@ def _use_min_replica_slice() -> None:
     handler = ocp.type_handlers.ArrayHandler(
         min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
         array_metadata_store=getattr(current, "_array_metadata_store", None))
-    quiet = _DropArrayHandlerOverride()
-    absl_log = logging.getLogger("absl")
-    absl_log.addFilter(quiet)
-    try:
+    with dropped_log_lines("Type handler registry type"):  # "... overriding jax.Array"
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-    finally:
-        absl_log.removeFilter(quiet)
 
 
 def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
