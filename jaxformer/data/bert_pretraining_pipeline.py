@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import grain
 import numpy as np
+from etils import epath
 
 from jaxformer.data import common
 from jaxformer.data.common import Batch, Shard
@@ -58,7 +59,29 @@ class EncodedDocuments:
         flat = [t for doc in documents for s in doc for t in s]
         return cls(tokens=np.asarray(flat, np.int32),
                    sentence_starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                   document_starts=np.cumsum([0] + [len(d) for d in documents]))
+                   document_starts=np.cumsum([0] + [len(d) for d in documents], dtype=np.int64))
+
+    def save(self, path: epath.Path) -> None:
+        with path.open("wb") as f:
+            np.savez(f, **dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path: epath.Path, *, vocab_size: int) -> EncodedDocuments:
+        """Reads a saved file, checking its layout and that its ids are below `vocab_size`."""
+        try:
+            with path.open("rb") as f, np.load(f, allow_pickle=False) as arrays:
+                encoded = cls(**{field.name: arrays[field.name]
+                                 for field in dataclasses.fields(cls)})
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
+            raise ValueError(f"unreadable token cache {path} ({e})") from e
+        tokens = encoded.tokens
+        if (tokens.ndim != 1 or tokens.dtype != np.int32
+                or (tokens.size and not 0 <= tokens.min() <= tokens.max() < vocab_size)
+                or not _starts(encoded.sentence_starts, len(tokens))
+                or not _starts(encoded.document_starts, encoded.num_sentences)):
+            raise ValueError(f"malformed token cache {path}: expected documents of sentences of "
+                             f"ids below {vocab_size}")
+        return encoded
 
     @property
     def num_documents(self) -> int:
@@ -73,6 +96,12 @@ class EncodedDocuments:
 
     def document_of(self, s: int) -> int:
         return int(np.searchsorted(self.document_starts, s, side="right")) - 1
+
+
+def _starts(starts: np.ndarray, end: int) -> bool:
+    """Whether `starts` are int64 offsets rising from 0 to `end`, each part non-empty."""
+    return bool(starts.ndim == 1 and starts.dtype == np.int64 and len(starts) >= 1
+                and starts[0] == 0 and starts[-1] == end and np.all(np.diff(starts) > 0))
 
 
 class DeferredDocuments:

@@ -14,13 +14,15 @@ separate lines), the first `max_documents` records of its train split are the do
 
 A WordPiece vocabulary of `vocab_size` is trained on the training documents and kept in the
 workdir's assets (or is there already: a run's, or one imported with its weights); the
-documents are encoded when first read. Examples and batches are made by
-`bert_pretraining_pipeline`.
+documents are encoded when first read. Both are cached in the data dir (`CACHE_FOLDER`), by
+the digests of what they are made from, so that the next run on the same text reuses them.
+Examples and batches are made by `bert_pretraining_pipeline`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import lzma
 import pathlib
@@ -28,6 +30,7 @@ import re
 from collections.abc import Iterable
 
 import ml_collections
+from etils import epath
 
 from jaxformer.data import bible_enes, common, image_pipeline, shakespeare, wordpiece
 from jaxformer.data.bert_pretraining_pipeline import (
@@ -43,6 +46,7 @@ AUSTEN_SHA256 = "ad2b8c28e121831b3e4441d8165eeedf27bfdeefb76024f218bc110413f006f
 PLAYS_PATH = ASSETS / "plays.tsv"
 HELD_OUT_EVERY = 64
 MAX_SEQ_LENGTH = 512
+CACHE_FOLDER = "books"  # In the data dir: trained vocabularies and encoded documents.
 DEFAULTS = {"source": "embedded", "seq_length": 128, "max_predictions": 20,
             "whole_word_masking": False, "next_sentence": True, "eval_examples": 2048,
             "max_documents": 100_000, "data_dir": "", "tokenizer_workdir": ""}
@@ -147,15 +151,27 @@ def split_documents(documents: list[Document]) -> dict[str, list[Document]]:
             "validation": [d for d, h in zip(documents, held_out, strict=True) if h]}
 
 
-def encode(tokenizer: wordpiece.WordPiece, documents: Iterable[Document]) -> EncodedDocuments:
-    """The documents' sentences as token ids."""
+def encode(tokenizer: wordpiece.WordPiece, documents: Iterable[Document],
+           cache_dir: epath.Path | None = None) -> EncodedDocuments:
+    """The documents' sentences as token ids, kept in `cache_dir` (if given) under the
+    tokenizer's and the sentences' digests."""
     documents = [[s for p in d.paragraphs for s in split_sentences(p)] for d in documents]
-    flat = tokenizer.encode_batch([s for doc in documents for s in doc])
-    ids, start = [], 0
-    for doc in documents:
-        ids.append(flat[start:start + len(doc)])
-        start += len(doc)
-    return EncodedDocuments.from_ids(ids)
+
+    def make() -> EncodedDocuments:
+        flat = tokenizer.encode_batch([s for doc in documents for s in doc])
+        ids, start = [], 0
+        for doc in documents:
+            ids.append(flat[start:start + len(doc)])
+            start += len(doc)
+        return EncodedDocuments.from_ids(ids)
+
+    path = None
+    if cache_dir is not None:  # A sentence is never empty: "" ends a document.
+        sentences = common.digest(s for doc in documents for s in [*doc, ""])
+        path = (cache_dir / "encoded" / common.digest([tokenizer.to_str()])
+                / f"{sentences}.npz")
+    return common.cached(path, make, save=EncodedDocuments.save, load=functools.partial(
+        EncodedDocuments.load, vocab_size=tokenizer.vocab_size))
 
 
 # --- The data module ---------------------------------------------------------------------
@@ -209,9 +225,10 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Pretrain
             (default 128, at most 512), `max_predictions` (20), `whole_word_masking` (false),
             `next_sentence` (true: half the pairs are NotNext; false: every pair is
             consecutive text), `eval_examples` (2048, the fixed held-out set), `source`
-            ("embedded" or a tfds name), for tfds `data_dir` ("": $TFDS_DATA_DIR or
-            ~/tensorflow_datasets) and `max_documents` (100,000), and `tokenizer_workdir`
-            (a run whose vocabulary to reuse, e.g. phase 1 of a two-phase recipe).
+            ("embedded" or a tfds name), `data_dir` (the tfds source's and the cache's: "" is
+            $TFDS_DATA_DIR or ~/tensorflow_datasets), for tfds `max_documents` (100,000),
+            and `tokenizer_workdir` (a run whose vocabulary to reuse, e.g. phase 1 of a
+            two-phase recipe).
         workdir: the experiment's directory; the WordPiece vocabulary is kept in its
             `assets/` and reused from there. None keeps it in memory only.
     """
@@ -226,13 +243,16 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Pretrain
     if len(splits["validation"]) < 2:
         raise ValueError(f"{source} has {len(documents)} documents, too few to hold out 2 "
                          f"(every {HELD_OUT_EVERY}th)")
+    cache_dir = epath.Path(common.default_data_dir(_get(config, "data_dir"))) / CACHE_FOLDER
     tokenizer = wordpiece.for_workdir(
         common.assets_dir(workdir), lambda: (p for d in splits["train"] for p in d.paragraphs),
-        config.vocab_size, source_workdir=_get(config, "tokenizer_workdir"))
+        config.vocab_size, source_workdir=_get(config, "tokenizer_workdir"),
+        cache_dir=cache_dir)
     return PretrainingData(
         tokenizer=tokenizer,
-        train_documents=DeferredDocuments(lambda: encode(tokenizer, splits["train"])),
-        eval_documents=DeferredDocuments(lambda: encode(tokenizer, splits["validation"])),
+        train_documents=DeferredDocuments(lambda: encode(tokenizer, splits["train"], cache_dir)),
+        eval_documents=DeferredDocuments(
+            lambda: encode(tokenizer, splits["validation"], cache_dir)),
         vocab_size=config.vocab_size,
         seq_length=_get(config, "seq_length"), max_predictions=_get(config, "max_predictions"),
         whole_word_masking=_get(config, "whole_word_masking"),

@@ -33,7 +33,6 @@ occurs in this text: a model that reads images places it. Token ids are cached u
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -236,7 +235,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> LMData:
                  / tokenizers.fingerprint(lm_tokenizer))
     tokens = {
         name: lm_pipeline.cached_tokens(
-            cache_dir / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npy",
+            cache_dir / f"{name}-{common.digest([text])}.npy",
             lambda text=text: lm_pipeline.tokenize(lm_tokenizer, shakespeare.chunk_text(text)),
             lm_tokenizer.vocab_size)
         for name, text in texts.items()

@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import io
+import logging
 import numbers
 import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grain
 import ml_collections
@@ -137,6 +139,41 @@ def save_atomically(path: epath.Path, save: Callable[[epath.Path], None]) -> Non
     finally:
         if partial.exists():
             partial.unlink()
+
+
+T = TypeVar("T")
+
+
+def cached(path: epath.Path | None, make: Callable[[], T], *,
+           load: Callable[[epath.Path], T], save: Callable[[T, epath.Path], None]) -> T:
+    """`load(path)` where `path` exists, else `make()`, saved at `path` for the next run.
+
+    `load` raises ValueError for a file it cannot use; the error says to delete it, which
+    rebuilds it. Saving is atomic and best effort: where `path` is not writable the value is
+    only returned, with one warning. None keeps the value in memory only.
+    """
+    if path is not None and path.exists():
+        try:
+            return load(path)
+        except ValueError as e:
+            raise ValueError(f"{e}; delete it to rebuild") from e
+    value = make()
+    if path is not None:
+        try:
+            save_atomically(path, lambda partial: save(value, partial))
+        except OSError as e:
+            logging.getLogger(__name__).warning("not caching %s: %s", path, e)
+    return value
+
+
+def digest(texts: Iterable[str]) -> str:
+    """16 hex digits of the sha256 of `texts` (each ended by a NUL): a key for a cache of
+    what is made from them."""
+    sha = hashlib.sha256()
+    for text in texts:
+        sha.update(text.encode("utf-8"))
+        sha.update(b"\0")
+    return sha.hexdigest()[:16]
 
 
 class LazySource:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -135,29 +134,10 @@ def tokenize(tokenizer: Tokenizer, texts: Iterable[str]) -> np.ndarray:
 def cached_tokens(
     path: epath.Path | None, make: Callable[[], np.ndarray], vocab_size: int
 ) -> np.ndarray:
-    """Loads tokens saved at `path`, or makes them and saves them there.
-
-    Saving is best effort: without a writable `path` the tokens are only returned.
-    A file that is not a 1-D int32 array of ids below `vocab_size` is an error.
-    """
-    if path is not None and path.exists():
-        try:
-            with path.open("rb") as f:
-                tokens = np.load(f, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"unreadable token cache {path} ({e}); delete it to rebuild") from e
-        if (tokens.ndim != 1 or tokens.dtype != np.int32
-                or (tokens.size and not 0 <= tokens.min() <= tokens.max() < vocab_size)):
-            raise ValueError(f"malformed token cache {path}: expected int32 ids below "
-                             f"{vocab_size}; delete it to rebuild")
-        return tokens
-    tokens = make()
-    if path is not None:
-        try:
-            common.save_atomically(path, functools.partial(_save_npy, tokens=tokens))
-        except OSError as e:
-            logging.getLogger(__name__).warning("not caching tokens at %s: %s", path, e)
-    return tokens
+    """The tokens saved at `path`, or `make()`'s, saved there (`common.cached`). A file that
+    is not a 1-D int32 array of ids below `vocab_size` is an error."""
+    return common.cached(path, make, load=functools.partial(_load_tokens, vocab_size=vocab_size),
+                         save=_save_npy)
 
 
 def check_lm_config(config: ml_collections.ConfigDict, *, kinds: Sequence[str] = TOKENIZERS,
@@ -250,6 +230,18 @@ def _checked(tokenizer: Tokenizer, kind: str, vocab_size: int, path: epath.PathL
     return tokenizer
 
 
-def _save_npy(path: epath.Path, tokens: np.ndarray) -> None:
+def _save_npy(tokens: np.ndarray, path: epath.Path) -> None:
     with path.open("wb") as f:
         np.save(f, tokens, allow_pickle=False)
+
+
+def _load_tokens(path: epath.Path, vocab_size: int) -> np.ndarray:
+    try:
+        with path.open("rb") as f:
+            tokens = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"unreadable token cache {path} ({e})") from e
+    if (tokens.ndim != 1 or tokens.dtype != np.int32
+            or (tokens.size and not 0 <= tokens.min() <= tokens.max() < vocab_size)):
+        raise ValueError(f"malformed token cache {path}: expected int32 ids below {vocab_size}")
+    return tokens

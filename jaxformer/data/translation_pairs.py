@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -81,7 +80,7 @@ class EncodedPairs:
                 encoded = cls(**{field.name: arrays[field.name]
                                  for field in dataclasses.fields(cls)})
         except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
-            raise ValueError(f"unreadable token cache {path} ({e}); delete it to rebuild") from e
+            raise ValueError(f"unreadable token cache {path} ({e})") from e
         for ids, offsets in ((encoded.source_ids, encoded.source_offsets),
                              (encoded.target_ids, encoded.target_offsets)):
             if (ids.ndim != 1 or ids.dtype != np.int32 or offsets.shape != (num_pairs + 1,)
@@ -89,23 +88,17 @@ class EncodedPairs:
                     or np.any(np.diff(offsets) < 0)
                     or (ids.size and not 0 <= ids.min() <= ids.max() < vocab_size)):
                 raise ValueError(f"malformed token cache {path}: expected {num_pairs} pairs of "
-                                 f"ids below {vocab_size}; delete it to rebuild")
+                                 f"ids below {vocab_size}")
         return encoded
 
 
 def cached_encoding(path: epath.Path | None, tokenizer: SentencePieceTokenizer,
                     pairs: Sequence[Pair]) -> EncodedPairs:
-    """The ids of `pairs`, read from `path` if it exists, else encoded and saved there (best
-    effort: an unwritable cache only logs a warning). None encodes in memory only."""
-    if path is not None and path.exists():
-        return EncodedPairs.load(path, num_pairs=len(pairs), vocab_size=tokenizer.vocab_size)
-    encoded = EncodedPairs.encode(tokenizer, pairs)
-    if path is not None:
-        try:
-            common.save_atomically(path, encoded.save)
-        except OSError as e:
-            logging.getLogger(__name__).warning("not caching tokens at %s: %s", path, e)
-    return encoded
+    """The ids of `pairs`, read from `path` if it exists, else encoded and saved there
+    (`common.cached`). None encodes in memory only."""
+    return common.cached(
+        path, lambda: EncodedPairs.encode(tokenizer, pairs), save=EncodedPairs.save,
+        load=lambda p: EncodedPairs.load(p, num_pairs=len(pairs), vocab_size=tokenizer.vocab_size))
 
 
 def check_tokenizer(tokenizer: object) -> None:

@@ -29,6 +29,7 @@ ASSET_NAME = "wordpiece.json"
 SUBWORD_PREFIX = "##"
 _MAX_WORD_CHARS = 100
 _MIN_PAIR_COUNT = 2
+TRAINING_VERSION = 1  # Names the vocabularies `train` makes: bump it when they change.
 
 
 class WordPiece:
@@ -260,11 +261,14 @@ def check_source_workdir(workdir: str, key: str = "data.tokenizer_workdir") -> N
 
 
 def for_workdir(assets_dir: str | None, texts: Callable[[], Iterable[str]],
-                vocab_size: int, *, source_workdir: str = "") -> WordPiece:
+                vocab_size: int, *, source_workdir: str = "",
+                cache_dir: epath.Path | None = None) -> WordPiece:
     """This run's vocabulary, kept as `ASSET_NAME` in `assets_dir` (None: in memory only).
 
     With `source_workdir` (a pretraining run), it is that run's vocabulary, copied here;
-    otherwise the one saved here, or one trained on `texts()` and saved (atomically).
+    otherwise the one saved here, or one trained on `texts()` and saved (atomically). With
+    `cache_dir`, a vocabulary trained on the same texts at the same size is kept there too,
+    so that the next run on them copies it instead of training.
     """
     if source_workdir:
         check_source_workdir(source_workdir)
@@ -278,11 +282,21 @@ def for_workdir(assets_dir: str | None, texts: Callable[[], Iterable[str]],
                 raise ValueError(f"{copy} is not the vocabulary of data.tokenizer_workdir "
                                  f"{source}; use another workdir")
         return wordpiece
-    if assets_dir is None:
-        return train(texts(), vocab_size)
-    path = epath.Path(assets_dir) / ASSET_NAME
-    if path.exists():
+    path = None if assets_dir is None else epath.Path(assets_dir) / ASSET_NAME
+    if path is not None and path.exists():
         return WordPiece.load(path)
-    wordpiece = train(texts(), vocab_size)
-    common.save_atomically(path, wordpiece.save)
+    wordpiece = _trained(list(texts()), vocab_size, cache_dir)
+    if path is not None:
+        common.save_atomically(path, wordpiece.save)
     return wordpiece
+
+
+def _trained(texts: list[str], vocab_size: int, cache_dir: epath.Path | None) -> WordPiece:
+    """`train(texts, vocab_size)`, through a cache in `cache_dir` keyed by the texts, the
+    size and `TRAINING_VERSION`."""
+    if cache_dir is None:
+        return train(texts, vocab_size)
+    key = common.digest([f"{TRAINING_VERSION} {vocab_size}", *texts])
+    return common.cached(cache_dir / f"wordpiece-{vocab_size}-{key}.json",
+                         lambda: train(texts, vocab_size), load=WordPiece.load,
+                         save=WordPiece.save)

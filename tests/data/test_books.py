@@ -241,21 +241,62 @@ def test_spec_and_check_config():
             books.check_config(ml_collections.ConfigDict({"vocab_size": 8000, key: value}))
 
 
+WIKIPEDIA = [{"title": f"t{i}".encode(),
+              "text": (f"Article {i} begins here. It has a second sentence.\n"
+                       f"Another paragraph of article {i}. It ends now.").encode()}
+             for i in range(130)]
+
+
 def test_tfds_source(tmp_path):
-    records = [{"title": f"t{i}".encode(),
-                "text": (f"Article {i} begins here. It has a second sentence.\n"
-                         f"Another paragraph of article {i}. It ends now.").encode()}
-               for i in range(130)]
     config = ml_collections.ConfigDict({"vocab_size": 120, "source": "wikipedia/20230601.en",
                                         "seq_length": 32, "max_predictions": 5,
                                         "data_dir": str(tmp_path), "eval_examples": 8})
-    with tfds.testing.mock_data(as_data_source_fn=lambda *args, **kwargs: records):
+    with tfds.testing.mock_data(as_data_source_fn=lambda *args, **kwargs: WIKIPEDIA):
         data = books.build(config, workdir=str(tmp_path / "work"))
     assert data.train_documents.num_documents == 128 and data.eval_documents.num_documents == 2
     assert (tmp_path / "work" / "assets" / wordpiece.ASSET_NAME).is_file()
     batch = next(data.train_iter(batch_size=4, seed=0))
     assert batch["input_ids"].shape == (4, 32) and batch["mlm_ids"].shape == (4, 5)
     assert data.tokenizer.decode(batch["input_ids"][0]).startswith("[CLS]")
+
+
+def test_encoded_documents_save_and_load(tmp_path):
+    documents, _ = synthetic_documents()
+    path = tmp_path / "documents.npz"
+    documents.save(path)
+    loaded = EncodedDocuments.load(path, vocab_size=FIRST + SPAN * NUM_DOCS)
+    for field in ("tokens", "sentence_starts", "document_starts"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(documents, field))
+    with pytest.raises(ValueError, match="malformed token cache"):
+        EncodedDocuments.load(path, vocab_size=FIRST + SPAN)
+    shuffled = EncodedDocuments(documents.tokens, documents.sentence_starts[::-1],
+                                documents.document_starts)
+    shuffled.save(path)
+    with pytest.raises(ValueError, match="malformed token cache"):
+        EncodedDocuments.load(path, vocab_size=FIRST + SPAN * NUM_DOCS)
+    path.write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="unreadable token cache"):
+        EncodedDocuments.load(path, vocab_size=FIRST + SPAN * NUM_DOCS)
+
+
+def test_second_build_reads_the_cache(tmp_path, monkeypatch):
+    config = ml_collections.ConfigDict({"vocab_size": 120, "source": "wikipedia/20230601.en",
+                                        "seq_length": 32, "data_dir": str(tmp_path)})
+
+    def build(workdir):
+        with tfds.testing.mock_data(as_data_source_fn=lambda *args, **kwargs: WIKIPEDIA):
+            data = books.build(config, workdir=str(tmp_path / workdir))
+        return data, data.train_documents.tokens, data.eval_documents.tokens
+
+    first, train, held_out = build("first")
+    assert len(list((tmp_path / books.CACHE_FOLDER / "encoded").glob("*/*.npz"))) == 2
+    monkeypatch.setattr(wordpiece, "train", None)  # Not called again.
+    monkeypatch.setattr(wordpiece.WordPiece, "encode_batch", None)
+    second, train_again, held_out_again = build("second")
+    assert second.tokenizer.tokens == first.tokenizer.tokens
+    np.testing.assert_array_equal(train_again, train)
+    np.testing.assert_array_equal(held_out_again, held_out)
+    assert (tmp_path / "second" / "assets" / wordpiece.ASSET_NAME).is_file()
 
 
 @pytest.mark.slow

@@ -102,3 +102,41 @@ def test_save_atomically_leaves_no_partial_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         common.save_atomically(epath.Path(tmp_path) / "sub" / "other.bin", fail)
     assert sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
+
+
+def test_cached_makes_once_then_loads(tmp_path):
+    path = epath.Path(tmp_path) / "cache" / "value.txt"
+    made = []
+
+    def make():
+        made.append(1)
+        return "value"
+
+    def load(p):
+        text = p.read_text()
+        if text != "value":
+            raise ValueError(f"bad cache {p}")
+        return text
+
+    def save(value, p):
+        p.write_text(value)
+
+    assert common.cached(path, make, load=load, save=save) == "value"
+    assert common.cached(path, make, load=load, save=save) == "value" and made == [1]
+    assert common.cached(None, make, load=load, save=save) == "value" and made == [1, 1]
+    path.write_text("damaged")
+    with pytest.raises(ValueError, match=r"bad cache .*value.txt; delete it to rebuild"):
+        common.cached(path, make, load=load, save=save)
+
+
+def test_cached_without_a_writable_path_warns_and_returns(tmp_path, caplog):
+    blocked = epath.Path(tmp_path) / "file"
+    blocked.write_text("")  # A file where the cache's folder would be.
+    value = common.cached(blocked / "value.txt", lambda: "value", load=epath.Path.read_text,
+                          save=lambda value, p: p.write_text(value))
+    assert value == "value" and "not caching" in caplog.text
+
+
+def test_digest_separates_texts():
+    assert common.digest(["ab", "c"]) == common.digest(iter(["ab", "c"]))
+    assert len({common.digest(t) for t in (["ab", "c"], ["a", "bc"], ["abc"], [])}) == 4

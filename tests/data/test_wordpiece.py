@@ -77,6 +77,28 @@ def test_for_workdir_trains_once_then_loads(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_cache_keeps_vocabularies_by_texts_and_size(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = wordpiece.for_workdir(str(tmp_path / "a"), lambda: TEXTS, 150, cache_dir=cache)
+    (cached,) = cache.iterdir()
+    assert cached.name.startswith("wordpiece-150-")
+    assert cached.read_text() == (tmp_path / "a" / wordpiece.ASSET_NAME).read_text()
+
+    trained = []
+    monkeypatch.setattr(wordpiece, "train", lambda texts, size: trained.append(size) or
+                        WordPiece.from_tokens(wordpiece.SPECIAL_TOKENS + tuple("abc")))
+    second = wordpiece.for_workdir(str(tmp_path / "b"), lambda: TEXTS, 150, cache_dir=cache)
+    assert trained == [] and second.tokens == first.tokens
+    wordpiece.for_workdir(str(tmp_path / "c"), lambda: TEXTS, 160, cache_dir=cache)
+    wordpiece.for_workdir(str(tmp_path / "d"), lambda: TEXTS[:-1], 150, cache_dir=cache)
+    assert trained == [160, 150] and len(list(cache.iterdir())) == 3
+
+    cached.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read WordPiece model .*delete it to rebuild"):
+        wordpiece.for_workdir(str(tmp_path / "e"), lambda: TEXTS, 150, cache_dir=cache)
+    assert not (tmp_path / "e").exists()
+
+
 def test_rejects_too_small_or_empty():
     with pytest.raises(ValueError, match="vocab_size must exceed 5"):
         wordpiece.train(TEXTS, 5)
