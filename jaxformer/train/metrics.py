@@ -87,15 +87,21 @@ class MetricWriter:
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
-        values = {name: float(value) for name, value in scalars.items()}
+        values = {name: _number(value) for name, value in scalars.items()}
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
         self._jsonl.flush()
-        self._tensorboard.scalars(int(step), values)
+        self._tensorboard.scalars(int(step), {k: float(v) for k, v in values.items()})
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _number(value) -> int | float:
+    """A count given as a Python int stays one ("averaged_checkpoints": 3); anything else
+    (device scalars included) is a float."""
+    return value if type(value) is int else float(value)
 
 
 def format_duration(seconds: float) -> str:

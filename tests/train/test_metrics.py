@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from jaxformer.train.metrics import MetricWriter, read_metrics
@@ -32,6 +33,16 @@ def test_a_resume_drops_the_records_after_the_resumed_step(tmp_path):
     assert [r["train/loss"] for r in records] == [11.0, 12.0, 13.0, 14.0, 25.0, 26.0, 27.0]
     assert path.stat().st_ino != inode  # Replaced by a complete new file, not edited in place.
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "tensorboard"]
+
+
+def test_counts_stay_integers_and_other_scalars_are_floats(tmp_path):
+    writer = MetricWriter(str(tmp_path))
+    writer.write(3, {"eval/loss": np.float32(2.5), "eval/accuracy": 1, "averaged_checkpoints": 3,
+                     "eval/flag": True})
+    writer.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert line == ('{"step": 3, "eval/loss": 2.5, "eval/accuracy": 1, '
+                    '"averaged_checkpoints": 3, "eval/flag": 1.0}\n')
 
 
 def test_appending_after_a_line_cut_short_drops_that_line(tmp_path):
