@@ -1,16 +1,20 @@
-"""Test set-up, before jax is imported: eight simulated CPU devices; the malloc settings of the
-`jaxformer` executable (allocator.py); one persistent compilation cache shared by the worker
-processes (pytest-xdist) and the runs they start, created empty for each session, so a program
-that several tests compile (a config's train step, the resumed run's) is compiled once."""
+"""Test set-up, before jax is imported: eight simulated CPU devices; XLA's backend (LLVM)
+optimisation off, as the suite spends most of its time compiling programs it then runs for a
+few steps (a third less time in all); the malloc settings of the `jaxformer` executable
+(allocator.py); one persistent compilation cache shared by the worker processes
+(pytest-xdist) and the runs they start, created empty for each session, so a program that
+several tests compile (a config's train step, the resumed run's) is compiled once."""
 import os
 import shutil
 import tempfile
 
 from jaxformer.allocator import tuned_environment
+from tests.helpers import FAST_COMPILE_FLAG
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _flags:
+    _flags += " " + FAST_COMPILE_FLAG
+os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.update(tuned_environment(dict(os.environ)) or {})
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; workers inherit its dir

@@ -7,6 +7,16 @@ import pathlib
 import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA's backend (LLVM) optimisation off: the tests compile far more than they run.
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int | None = 8) -> str:
+    """XLA_FLAGS for a process a test starts: compiled as the tests' own programs (so that
+    they share the compilation cache) on `devices` host devices (None: the command's own
+    choice)."""
+    count = f" --xla_force_host_platform_device_count={devices}" if devices else ""
+    return FAST_COMPILE_FLAG + count
 
 # Every experiment config (configs/common.py holds shared blocks, not an experiment).
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(

@@ -16,6 +16,7 @@ import pytest
 from jaxformer import cli
 from jaxformer.commands import params as params_command
 from jaxformer.errors import UserError
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAR = "configs/gpt/shakespeare_char.py:runlocal"
@@ -24,9 +25,7 @@ SEPARATOR = "\n" + "-" * 40 + "\n"  # What `sample` prints after each sample.
 
 def _env(xla_flags=True):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    if xla_flags:
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = helpers.xla_flags(8 if xla_flags else None)
     return env
 
 

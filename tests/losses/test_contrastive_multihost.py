@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from launch.local import free_port
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 from tests.losses.test_contrastive import (
     BATCH,
     DIM,
@@ -89,7 +89,7 @@ def run_pod(tmp_path, timeout=300):
     address, out = f"127.0.0.1:{free_port()}", tmp_path / "results.pkl"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
+               XLA_FLAGS=xla_flags(LOCAL_DEVICES))
     logs = [open(tmp_path / f"process_{i}.log", "w") for i in range(PROCESSES)]  # noqa: SIM115
     processes = [subprocess.Popen(
         [sys.executable, "-m", "tests.losses.test_contrastive_multihost", address, str(i),

@@ -17,6 +17,7 @@ from jaxformer.inference import seq2seq
 from jaxformer.inference.workdir import load_run
 from jaxformer.registry import build_data_and_task
 from jaxformer.train import trainer
+from tests.helpers import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 BIBLE = os.path.join(ROOT, "configs/translation/bible_enes.py")
@@ -30,7 +31,7 @@ def bible_config(*overrides, data_dir):
 
 
 def run_cli(*args, stdin=None):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(),
                JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "jaxformer", *args], input=stdin,
                           capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)

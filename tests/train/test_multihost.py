@@ -7,6 +7,7 @@ import sys
 import jax
 import pytest
 
+from tests.helpers import xla_flags
 from tests.train.test_trainer import CHAR, ROOT, assert_close_params, final_params, tiny_config
 
 
@@ -17,7 +18,7 @@ def run_pod(tmp_path, workdir, overrides) -> str:
          f"--log_dir={tmp_path}", "--", "train", f"--config={CHAR}:runlocal",
          f"--workdir={workdir}", *(f"--config.{o}" for o in overrides)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+        env=dict(os.environ, XLA_FLAGS=xla_flags(None)))
     other = (tmp_path / "process_1.log").read_text()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + other[-2000:]
     return result.stdout

@@ -21,7 +21,7 @@ from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
 from tests.data.test_coco_captions import write_metadata as write_coco_metadata
 from tests.data.test_coco_detection import mocked_coco
-from tests.helpers import CONFIGS
+from tests.helpers import CONFIGS, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 CHAR = os.path.join(ROOT, "configs/gpt/shakespeare_char.py")
@@ -45,7 +45,7 @@ def run_cli(*args, timeout=300):
 
 def _env():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = xla_flags()
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
@@ -311,7 +311,7 @@ def test_resume_with_another_model_is_refused_and_keeps_checkpoints(tmp_path, da
 
 @pytest.mark.slow
 def test_cli_uses_one_host_device_per_core(tmp_path, data_dir):
-    env = {k: v for k, v in _env().items() if k != "XLA_FLAGS"}
+    env = dict(_env(), XLA_FLAGS=xla_flags(None))
     result = subprocess.run(
         [sys.executable, "-m", "jaxformer", "train", f"--config={CHAR}:runlocal",
          f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
