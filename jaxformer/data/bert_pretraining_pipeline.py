@@ -62,18 +62,12 @@ class EncodedDocuments:
                    document_starts=np.cumsum([0] + [len(d) for d in documents], dtype=np.int64))
 
     def save(self, path: epath.Path) -> None:
-        with path.open("wb") as f:
-            np.savez(f, **dataclasses.asdict(self))
+        common.save_arrays(self, path)
 
     @classmethod
     def load(cls, path: epath.Path, *, vocab_size: int) -> EncodedDocuments:
         """Reads a saved file, checking its layout and that its ids are below `vocab_size`."""
-        try:
-            with path.open("rb") as f, np.load(f, allow_pickle=False) as arrays:
-                encoded = cls(**{field.name: arrays[field.name]
-                                 for field in dataclasses.fields(cls)})
-        except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
-            raise ValueError(f"unreadable token cache {path} ({e})") from e
+        encoded = common.load_arrays(cls, path)
         tokens = encoded.tokens
         if (tokens.ndim != 1 or tokens.dtype != np.int32
                 or (tokens.size and not 0 <= tokens.min() <= tokens.max() < vocab_size)

@@ -166,6 +166,22 @@ def cached(path: epath.Path | None, make: Callable[[], T], *,
     return value
 
 
+def save_arrays(value: Any, path: epath.Path) -> None:
+    """Writes the array fields of dataclass `value` to `path`, one .npz file."""
+    with path.open("wb") as f:
+        np.savez(f, **dataclasses.asdict(value))
+
+
+def load_arrays(cls: type[T], path: epath.Path) -> T:
+    """The `cls` (a dataclass of arrays) that `save_arrays` wrote to `path`; a ValueError
+    for a file that is not one."""
+    try:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as arrays:
+            return cls(**{field.name: arrays[field.name] for field in dataclasses.fields(cls)})
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
+        raise ValueError(f"unreadable cache file {path} ({e})") from e
+
+
 def digest(texts: Iterable[str]) -> str:
     """16 hex digits of the sha256 of `texts` (each ended by a NUL): a key for a cache of
     what is made from them."""

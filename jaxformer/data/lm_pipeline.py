@@ -240,7 +240,7 @@ def _load_tokens(path: epath.Path, vocab_size: int) -> np.ndarray:
         with path.open("rb") as f:
             tokens = np.load(f, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"unreadable token cache {path} ({e})") from e
+        raise ValueError(f"unreadable cache file {path} ({e})") from e
     if (tokens.ndim != 1 or tokens.dtype != np.int32
             or (tokens.size and not 0 <= tokens.min() <= tokens.max() < vocab_size)):
         raise ValueError(f"malformed token cache {path}: expected int32 ids below {vocab_size}")

@@ -69,18 +69,12 @@ class EncodedPairs:
         return cls(np.concatenate(ids[0]), offsets[0], np.concatenate(ids[1]), offsets[1])
 
     def save(self, path: epath.Path) -> None:
-        with path.open("wb") as f:
-            np.savez(f, **dataclasses.asdict(self))
+        common.save_arrays(self, path)
 
     @classmethod
     def load(cls, path: epath.Path, *, num_pairs: int, vocab_size: int) -> EncodedPairs:
         """Reads a saved file, checking it holds `num_pairs` pairs of ids below `vocab_size`."""
-        try:
-            with path.open("rb") as f, np.load(f, allow_pickle=False) as arrays:
-                encoded = cls(**{field.name: arrays[field.name]
-                                 for field in dataclasses.fields(cls)})
-        except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
-            raise ValueError(f"unreadable token cache {path} ({e})") from e
+        encoded = common.load_arrays(cls, path)
         for ids, offsets in ((encoded.source_ids, encoded.source_offsets),
                              (encoded.target_ids, encoded.target_offsets)):
             if (ids.ndim != 1 or ids.dtype != np.int32 or offsets.shape != (num_pairs + 1,)

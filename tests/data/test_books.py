@@ -275,7 +275,7 @@ def test_encoded_documents_save_and_load(tmp_path):
     with pytest.raises(ValueError, match="malformed token cache"):
         EncodedDocuments.load(path, vocab_size=FIRST + SPAN * NUM_DOCS)
     path.write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match="unreadable token cache"):
+    with pytest.raises(ValueError, match="unreadable cache file"):
         EncodedDocuments.load(path, vocab_size=FIRST + SPAN * NUM_DOCS)
 
 

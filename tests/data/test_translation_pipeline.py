@@ -166,7 +166,7 @@ def test_rebuild_reuses_tokenizer_and_token_ids(data_dir, workdir, data, monkeyp
 def test_damaged_token_cache_is_a_value_error(data, tmp_path):
     damaged = dataclasses.replace(data, cache_dir=tmp_path)
     (tmp_path / "validation.npz").write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match="unreadable token cache"):
+    with pytest.raises(ValueError, match="unreadable cache file"):
         damaged.encoded("validation")
     encoded = data.encoded("test")
     wrong = EncodedPairs(encoded.source_ids + VOCAB, encoded.source_offsets,
