@@ -32,7 +32,7 @@ from collections.abc import Iterable
 import ml_collections
 from etils import epath
 
-from jaxformer.data import bible_enes, common, image_pipeline, shakespeare, wordpiece
+from jaxformer.data import bible_enes, common, image_pipeline, shakespeare, tokenizers, wordpiece
 from jaxformer.data.bert_pretraining_pipeline import (
     DeferredDocuments,
     EncodedDocuments,
@@ -168,8 +168,7 @@ def encode(tokenizer: wordpiece.WordPiece, documents: Iterable[Document],
     path = None
     if cache_dir is not None:  # A sentence is never empty: "" ends a document.
         sentences = common.digest(s for doc in documents for s in [*doc, ""])
-        path = (cache_dir / "encoded" / common.digest([tokenizer.to_str()])
-                / f"{sentences}.npz")
+        path = cache_dir / "encoded" / tokenizers.fingerprint(tokenizer) / f"{sentences}.npz"
     return common.cached(path, make, save=EncodedDocuments.save, load=functools.partial(
         EncodedDocuments.load, vocab_size=tokenizer.vocab_size))
 
