@@ -49,18 +49,22 @@ def source_run(init_from: str) -> ml_collections.ConfigDict | None:
     return None
 
 
+CLASSIFICATION_EVAL = dict(type="classification", top_k=(1,), macro_f1=True)
+
+
 def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
-                      train_size: int, eval_splits: tuple[str, str]) -> ml_collections.ConfigDict:
-    """The fine-tuning recipe for `data` (a classification data block) of `train_size`
-    examples, evaluated on `eval_splits`: the first every epoch, the second at the end (one
-    evaluator when they are the same split)."""
+                      train_size: int, eval_splits: tuple[str, str],
+                      task: str = "text_classification",
+                      evaluator: dict = CLASSIFICATION_EVAL) -> ml_collections.ConfigDict:
+    """The fine-tuning recipe of `task` for `data` of `train_size` examples, evaluated by
+    `evaluator` (type and options) on `eval_splits`: the first every epoch, the second at the
+    end (one evaluator when they are the same split)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(dict(
         name="bert", variant=arg.variant, num_layers=4, num_heads=4, d_model=256, mlp_dim=1024,
         dropout_rate=0.1, attention_dropout_rate=0.1, causal=arg.causal))
-    config.task = ml_collections.ConfigDict(dict(name="text_classification",
-                                                 label_smoothing=0.0))
+    config.task = ml_collections.ConfigDict(dict(name=task, label_smoothing=0.0))
     examples = train_size if arg.train_examples < 0 else arg.train_examples
     data.update(vocab_size=books_pretraining.VOCAB_SIZE, train_examples=arg.train_examples,
                 tokenizer_workdir=arg.init_from)
@@ -73,12 +77,11 @@ def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.Confi
                                 keep_checkpoints=1)
     every_epoch, at_end = eval_splits
     config.evals = ml_collections.ConfigDict()
-    config.evals[every_epoch] = common.evaluator(
-        "classification", every_steps=epoch, split=every_epoch, num_batches=-1, top_k=(1,),
-        macro_f1=True)
+    kind, options = evaluator["type"], {k: v for k, v in evaluator.items() if k != "type"}
+    config.evals[every_epoch] = common.evaluator(kind, every_steps=epoch, split=every_epoch,
+                                                 num_batches=-1, **options)
     if at_end != every_epoch:
-        config.evals[at_end] = common.evaluator("classification", split=at_end,
-                                                num_batches=-1, top_k=(1,), macro_f1=True)
+        config.evals[at_end] = common.evaluator(kind, split=at_end, num_batches=-1, **options)
     common.add_transfer(config)
     if arg.init_from:
         config.init_from.update(workdir=arg.init_from, mapping=(("encoder", "encoder"),))

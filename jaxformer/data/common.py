@@ -18,6 +18,7 @@ import logging
 import numbers
 import os
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -229,6 +230,19 @@ def open_lazy_sources(data: Any) -> None:
         for source in value.values() if isinstance(value, Mapping) else (value,):
             if isinstance(source, LazySource):
                 source.source()
+
+
+@contextlib.contextmanager
+def tfds_scratch():
+    """Runs the block with `tempfile` pointed at a directory of its own, removed afterwards:
+    tfds makes (and leaves) an empty temporary directory each time it opens a data set that
+    is not prepared, to fetch metadata from GCS."""
+    with tempfile.TemporaryDirectory(prefix="jaxformer-tfds-") as scratch:
+        saved, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
 
 
 def default_data_dir(data_dir: str) -> str:

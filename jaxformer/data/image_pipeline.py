@@ -309,8 +309,9 @@ def tfds_sources(name: str, *, data_dir: str, splits: Sequence[str]) -> tuple[An
 
     data_dir = common.default_data_dir(data_dir)
     try:
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        sources = [builder.as_data_source(split=split) for split in splits]
+        with common.tfds_scratch():
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+            sources = [builder.as_data_source(split=split) for split in splits]
     except Exception as e:  # tfds raises many kinds of errors for absent or damaged data.
         raise ValueError(
             f"cannot read {name} ({', '.join(splits)}) from {data_dir}: "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import grain
 import ml_collections
@@ -54,7 +55,6 @@ class Examples:
 
     def ids(self, i: int) -> np.ndarray:
         return self.tokens[self.starts[i]:self.starts[i + 1]]
-
 
 
 def truncate_pair(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
@@ -120,11 +120,23 @@ def _empty_batch(rows: int, seq_length: int) -> Batch:
             "label": np.full((rows,), PAD_LABEL, np.int32)}
 
 
-class _Batches:
-    """Rows of examples -> a batch; rows that are None are padding (`[CLS] [SEP]`, label -1)."""
+class Rows(Protocol):
+    """A split's examples as batch rows: `make` turns example indices (None: a padding row)
+    into a batch."""
+
+    def __len__(self) -> int: ...
+
+    def make(self, indices: Iterable[int | None]) -> Batch: ...
+
+
+class _ClassifiedRows:
+    """Rows of classification examples; padding rows are `[CLS] [SEP]`, labelled -1."""
 
     def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int]):
         self.examples, self.seq_length, self.padding = examples, seq_length, padding
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
     def make(self, indices: Iterable[int | None]) -> Batch:
         indices = list(indices)
@@ -140,32 +152,45 @@ class _Batches:
         return batch
 
 
-class TrainBatch(_Batches):
+class TrainBatch:
     """Step -> this process's rows of the step's global batch, from the endless stream of
     epochs."""
 
-    def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int],
-                 shard: Shard, seed: int):
-        super().__init__(examples, seq_length, padding)
-        self.shard = shard
-        self.orders = EpochOrders(len(examples), seed)
+    def __init__(self, rows: Rows, shard: Shard, seed: int):
+        self.rows, self.shard = rows, shard
+        self.orders = EpochOrders(len(rows), seed)
 
     def __call__(self, step: int) -> Batch:
         positions = step * self.shard.global_batch + self.shard.rows
-        return self.make(self.orders.example(p) for p in positions)
+        return self.rows.make(self.orders.example(p) for p in positions)
 
 
-class EvalBatch(_Batches):
+class EvalBatch:
     """Batch index -> this process's rows of that global batch; rows past the end padded."""
 
-    def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int],
-                 shard: Shard):
-        super().__init__(examples, seq_length, padding)
-        self.shard = shard
+    def __init__(self, rows: Rows, shard: Shard):
+        self.rows, self.shard = rows, shard
 
     def __call__(self, index: int) -> Batch:
         positions = index * self.shard.global_batch + self.shard.rows
-        return self.make(int(p) if p < len(self.examples) else None for p in positions)
+        return self.rows.make(int(p) if p < len(self.rows) else None for p in positions)
+
+
+def train_iterator(rows: Rows, *, batch_size: int, seed: int, process_index: int,
+                   process_count: int) -> grain.DatasetIterator:
+    """An endless iterator over this process's `batch_size` rows per batch of `rows`."""
+    make = TrainBatch(rows, Shard(batch_size, process_index, process_count), seed)
+    dataset = grain.MapDataset.range(sys.maxsize).map(make)
+    return iter(dataset.to_iter_dataset(common.read_options()))
+
+
+def eval_iterator(rows: Rows, *, batch_size: int, num_batches: int, process_index: int,
+                  process_count: int) -> grain.DatasetIterator:
+    """The first `num_batches` batches of `rows` in order (-1: all of them, once)."""
+    shard = Shard(batch_size, process_index, process_count)
+    count = common.in_order_batches(len(rows), shard.global_batch, num_batches)
+    dataset = grain.MapDataset.range(count).map(EvalBatch(rows, shard))
+    return iter(dataset.to_iter_dataset(common.read_options()))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -218,21 +243,18 @@ class TextClassificationData:
     def train_iter(self, *, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
         """An endless iterator over this process's `batch_size` training examples per batch."""
-        make = TrainBatch(self.train, self.seq_length, self._padding,
-                           Shard(batch_size, process_index, process_count), seed)
-        dataset = grain.MapDataset.range(sys.maxsize).map(make)
-        return iter(dataset.to_iter_dataset(common.read_options()))
+        return train_iterator(_ClassifiedRows(self.train, self.seq_length, self._padding),
+                              batch_size=batch_size, seed=seed, process_index=process_index,
+                              process_count=process_count)
 
     def eval_iter(self, *, batch_size: int, num_batches: int, process_index: int = 0,
                   process_count: int = 1, split: str | None = None) -> grain.DatasetIterator:
         """The first `num_batches` batches of `split` (None: the first of `eval_splits`) in
         order (-1: the whole split, once). Rows past its end are `[CLS] [SEP]` labelled -1."""
-        shard = Shard(batch_size, process_index, process_count)
         examples = self.eval[common.choose_split(split, self.eval_splits)]
-        count = common.in_order_batches(len(examples), shard.global_batch, num_batches)
-        make = EvalBatch(examples, self.seq_length, self._padding, shard)
-        dataset = grain.MapDataset.range(count).map(make)
-        return iter(dataset.to_iter_dataset(common.read_options()))
+        return eval_iterator(_ClassifiedRows(examples, self.seq_length, self._padding),
+                             batch_size=batch_size, num_batches=num_batches,
+                             process_index=process_index, process_count=process_count)
 
 
 # --- Config ------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ def open_splits(data_dir: str) -> tuple[tfds.core.DatasetBuilder, dict[str, Sequ
     how = (f"prepare it once with `tfds build {TFDS_NAME} --data_dir={data_dir} "
            "--file_format=array_record`")
     try:
-        builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
-        prepared = builder.is_prepared()
+        with common.tfds_scratch():
+            builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
+            prepared = builder.is_prepared()
     except Exception as e:  # A damaged dataset_info.json, say.
         raise ValueError(f"cannot open {TFDS_NAME} in {data_dir!r} ({e}); {how}") from e
     try:

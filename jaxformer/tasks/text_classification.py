@@ -28,6 +28,8 @@ from jaxformer.tasks.bert_pretraining import data_size
 class TextClassificationTask(Task):
     """Supervised classification of token sequences into `len(data.class_names)` classes."""
 
+    head = "sequence"  # The BERT head (`jaxformer.models.bert.build`).
+
     def __init__(self, config: ml_collections.ConfigDict, data: Any):
         self.seq_length = data_size(config, data, "seq_length")
         self.class_names = tuple(data.class_names)
@@ -37,7 +39,7 @@ class TextClassificationTask(Task):
             raise ValueError(f"task.label_smoothing must be in [0, 1), got "
                              f"{self.label_smoothing}")
         self.model = registry.lookup("models", config.model.name).build(
-            config.model, vocab_size=data.vocab_size, head="sequence",
+            config.model, vocab_size=data.vocab_size, head=self.head,
             num_classes=self.num_classes, dtype=compute_dtype(config.train.compute_dtype),
             remat=config.train.remat)
 

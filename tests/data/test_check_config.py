@@ -10,6 +10,7 @@ from jaxformer.data import (
     bible_enes,
     books,
     cifar10,
+    conll2003,
     ding_ende,
     fashion_mnist,
     glue,
@@ -22,7 +23,7 @@ from jaxformer.data import (
 
 MODULES = {module.__name__.rsplit(".", 1)[1]: module for module in (
     shakespeare, synthetic, bible_enes, ding_ende, wmt14_ende, fashion_mnist, cifar10,
-    imagenet2012, books, tweet_sentiment, glue)}
+    imagenet2012, books, tweet_sentiment, glue, conll2003)}
 MISSING = "/nonexistent/tfds"
 
 
@@ -47,6 +48,7 @@ def make_config(name: str, data_dir: str, overrides=None) -> ml_collections.Conf
                   "next_sentence": False, "whole_word_masking": True, "data_dir": ""},
         "tweet_sentiment": {"vocab_size": 1000, "seq_length": 64, "train_examples": 500},
         "glue": {"task": "mnli", "vocab_size": 1000, "seq_length": 128, "data_dir": data_dir},
+        "conll2003": {"vocab_size": 1000, "seq_length": 128, "data_dir": data_dir},
     }[name]
     return ml_collections.ConfigDict({"name": name, **config, **(overrides or {})})
 
@@ -92,6 +94,9 @@ BAD = [
     ("glue", {"task": "stsb"}, "glue/stsb is a regression task"),
     ("glue", {"task": "sst3"}, "unknown data.task 'sst3'; available: cola, sst2"),
     ("glue", {"data_dir": MISSING}, "does not exist"),
+    ("conll2003", {"data_dir": MISSING}, "does not exist"),
+    ("conll2003", {"path": "/nonexistent/conll"}, "the train file /nonexistent/conll/train.txt"),
+    ("conll2003", {"tags": ("O", "B-PER", "B-PER")}, "repeated tags"),
 ]
 
 
@@ -126,7 +131,7 @@ def check(name: str, config: ml_collections.ConfigDict, places) -> None:
 def test_good_settings_pass_and_write_nothing(name, places, tmp_path):
     before = everything(tmp_path)
     check(name, make_config(name, str(places["tfds"])), places)
-    if name not in ("wmt14_ende", "glue"):  # Their data must be prepared in an existing dir.
+    if name not in ("wmt14_ende", "glue", "conll2003"):  # Their data must be in an existing dir.
         check(name, make_config(name, ""), places)  # The default data dir, not made.
     assert everything(tmp_path) == before
 

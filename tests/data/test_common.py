@@ -2,13 +2,14 @@
 config checks and atomic saves."""
 
 import os
+import tempfile
 
 import ml_collections
 import numpy as np
 import pytest
 from etils import epath
 
-from jaxformer.data import common
+from jaxformer.data import common, image_pipeline, wmt14_ende
 from jaxformer.data.common import Shard
 
 
@@ -140,3 +141,19 @@ def test_cached_without_a_writable_path_warns_and_returns(tmp_path, caplog):
 def test_digest_separates_texts():
     assert common.digest(["ab", "c"]) == common.digest(iter(["ab", "c"]))
     assert len({common.digest(t) for t in (["ab", "c"], ["a", "bc"], ["abc"], [])}) == 4
+
+
+def test_opening_a_missing_tfds_data_set_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    """tfds makes an empty temporary directory whenever a data set is not prepared; those of
+    the data modules are removed."""
+    import tensorflow_datasets.text.conll2003  # noqa: F401  (registers the builder)
+
+    temp, data_dir = tmp_path / "tmp", tmp_path / "tfds"
+    temp.mkdir()
+    data_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(ValueError, match="cannot read conll2003"):
+        image_pipeline.tfds_sources("conll2003", data_dir=str(data_dir), splits=["train"])
+    with pytest.raises(ValueError, match="is not prepared"):
+        wmt14_ende.open_splits(str(data_dir))
+    assert os.listdir(temp) == [] and tempfile.gettempdir() == str(temp)

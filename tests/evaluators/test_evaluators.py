@@ -79,7 +79,7 @@ def test_unknown_evaluator_type_lists_the_types():
     from jaxformer.registry import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="available: bleu, captioning, classification, "
-                                               "coco_ap, few_shot, linear_probe, loss, "
+                                               "coco_ap, entity_f1, few_shot, linear_probe, loss, "
                                                "retrieval, zero_shot$"):
         run_evaluators(config, data, task, params, batch_size=8)
 

@@ -1,5 +1,6 @@
 """BERT tasks: masked-LM + next-sentence losses against numpy, padding, the global batch, a
-train step of each task, the classification evaluator, the data-free build and FLOPs."""
+train step of each task, the classification evaluator, token classification (tagging), the
+data-free build and FLOPs."""
 
 import types
 
@@ -14,6 +15,7 @@ from jaxformer.evaluators.base import Context
 from jaxformer.evaluators.classification import ClassificationEvaluator
 from jaxformer.tasks.bert_pretraining import BertPretrainingTask, unmasked_tokens
 from jaxformer.tasks.text_classification import TextClassificationTask
+from jaxformer.tasks.token_classification import TokenClassificationTask
 from jaxformer.train import parallel
 from jaxformer.train.state import create_state
 
@@ -34,6 +36,8 @@ def config(task="bert_pretraining", label_smoothing=0.0, objective="mlm_nsp", **
 PRETRAINING_DATA = types.SimpleNamespace(vocab_size=VOCAB, seq_length=SEQ,
                                          max_predictions=PREDICTIONS)
 TEXT_DATA = types.SimpleNamespace(vocab_size=VOCAB, seq_length=SEQ, class_names=CLASSES)
+TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+TAG_DATA = types.SimpleNamespace(vocab_size=VOCAB, seq_length=SEQ, class_names=TAGS)
 
 
 def pretraining_batch(seed=0, rows=4):
@@ -263,6 +267,40 @@ def test_text_classification_train_step_and_evaluator():
     assert set(got) == {"top1", "top2"}
 
 
+def tag_batch(seed=0, rows=4):
+    """Rows of `[CLS] words [SEP] [PAD]...`, tags on some of the word pieces, -1 elsewhere."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32)
+    ids[:, 0], ids[:, 9], ids[:, 10:] = 2, 3, 0
+    labels = np.where(rng.random((rows, SEQ)) < 0.6, rng.integers(0, len(TAGS), (rows, SEQ)), -1)
+    labels[:, 0], labels[:, 9:] = -1, -1
+    return {"input_ids": ids, "segment_ids": np.zeros_like(ids), "label": labels.astype(np.int32)}
+
+
+@pytest.mark.slow
+def test_token_classification_loss_counts_only_tagged_positions():
+    task = TokenClassificationTask(config("token_classification", label_smoothing=0.1),
+                                   TAG_DATA)
+    params = randomised_classifier(task)
+    batch = tag_batch()
+    loss, metrics = task.loss(params, batch, jax.random.key(0), train=False)
+    logits = np.asarray(task.predict(params, batch))
+    assert logits.shape == (4, SEQ, len(TAGS))
+    tagged = batch["label"] >= 0
+    labels = np.maximum(batch["label"], 0)
+    targets = np.full((*labels.shape, len(TAGS)), 0.1 / len(TAGS)) + 0.9 * np.eye(5)[labels]
+    want = -(targets * log_softmax(logits)).sum(-1)[tagged].mean()
+    assert float(loss.count) == tagged.sum()
+    assert float(loss.value()) == pytest.approx(want, rel=1e-5)
+    accuracy = (logits.argmax(-1) == labels)[tagged].mean()
+    assert float(metrics["accuracy"].value()) == pytest.approx(accuracy, abs=1e-6)
+
+    metrics, moved = one_train_step(TokenClassificationTask(config("token_classification"),
+                                                            TAG_DATA), batch)
+    assert metrics["loss"] == pytest.approx(np.log(len(TAGS)), rel=0.15)
+    assert all(jax.tree.leaves(moved["classifier"]))
+
+
 def test_tasks_build_from_a_data_spec_and_the_config_sizes():
     spec = DataSpec(vocab_size=VOCAB, class_names=CLASSES)
     pretraining = BertPretrainingTask(config(seq_length=16, max_predictions=3), spec)
@@ -277,14 +315,16 @@ def test_tasks_build_from_a_data_spec_and_the_config_sizes():
         BertPretrainingTask(config(seq_length=16), spec)
 
 
-@pytest.mark.parametrize("task_name", ["bert_pretraining", "text_classification"])
+@pytest.mark.parametrize("task_name", ["bert_pretraining", "text_classification",
+                                       "token_classification"])
 def test_flops_per_example_match_xla(task_name):
     cfg = config(task_name)
     cfg.model.update(variant="tiny", max_position=512, dropout_rate=0.0,
                      attention_dropout_rate=0.0)
     data = types.SimpleNamespace(vocab_size=30_522, seq_length=128, max_predictions=20,
                                  class_names=CLASSES)
-    cls = BertPretrainingTask if task_name == "bert_pretraining" else TextClassificationTask
+    cls = {"bert_pretraining": BertPretrainingTask, "text_classification": TextClassificationTask,
+           "token_classification": TokenClassificationTask}[task_name]
     task = cls(cfg, data)
     params = jax.eval_shape(task.init, jax.random.key(0))
     forward = task.flops_per_example(params) / 3

@@ -21,6 +21,7 @@ from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
 from tests.data.test_coco_captions import write_metadata as write_coco_metadata
 from tests.data.test_coco_detection import mocked_coco
+from tests.data.test_conll2003 import write_files as write_conll_files
 from tests.helpers import CONFIGS, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -279,6 +280,9 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir, monkeypatch):
                                     data_dir=str(tmp_path / "tfds"),
                                     policy=tfds.testing.MockPolicy.USE_FILES):
             last = trainer.train(config, str(tmp_path / "run"))
+    elif config.data.name == "conll2003":  # Hand-written CoNLL files.
+        config.data.path = str(write_conll_files(tmp_path / "conll"))
+        last = trainer.train(config, str(tmp_path / "run"))
     elif config.data.name == "coco_detection":  # Hand-written records as every split.
         with mocked_coco(tmp_path / "tfds") as coco_dir:
             config.data.data_dir = str(coco_dir)
@@ -293,7 +297,8 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir, monkeypatch):
                                           "linear_probe": ["top1"],
                                           "few_shot": ["top1_0shot"],
                                           "captioning": ["cider"],
-                                          "coco_ap": ["AP", "AP50"]}[entry.type]}
+                                          "coco_ap": ["AP", "AP50"],
+                                          "entity_f1": ["f1", "precision"]}[entry.type]}
 
 
 @pytest.mark.slow
