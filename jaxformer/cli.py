@@ -27,6 +27,7 @@ COMMANDS = {
     "translate": "jaxformer.commands.translate",
     "attention-map": "jaxformer.commands.attention_map",
     "fill-mask": "jaxformer.commands.fill_mask",
+    "classify": "jaxformer.commands.classify",
     "tag": "jaxformer.commands.tag",
     "zero-shot": "jaxformer.commands.zero_shot",
     "retrieve": "jaxformer.commands.retrieve",
