@@ -33,9 +33,10 @@ def run(args, overrides: list[str]) -> int:
     if not args.text.strip() or (args.pair is not None and not args.pair.strip()):
         raise UserError("the text to classify is empty")
     classify.check_config(read_workdir_config(args.workdir), args.workdir)
-    from jaxformer.inference.workdir import load_run
+    from jaxformer.inference.workdir import load_run, vocabulary_spec
 
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
+                    data=vocabulary_spec)
     result = classify.classify(run_, args.text, args.pair)
     print(f"classified with {run_.describe()} of {args.workdir}", file=sys.stderr)
     if result.truncated:

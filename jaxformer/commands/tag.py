@@ -37,9 +37,10 @@ def run(args, overrides: list[str]) -> int:
     if not args.text.split():
         raise UserError("the text has no words to tag")
     tag.check_config(read_workdir_config(args.workdir), args.workdir)
-    from jaxformer.inference.workdir import load_run
+    from jaxformer.inference.workdir import load_run, vocabulary_spec
 
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last)
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
+                    data=vocabulary_spec)
     result = tag.tag(run_, args.text)
     print(f"tagged with {run_.describe()} of {args.workdir}", file=sys.stderr)
     for word, name in zip(result.words, result.tags, strict=True):

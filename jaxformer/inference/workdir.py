@@ -2,8 +2,10 @@
 
 `load_run(workdir)` gives the run's config, its data (the tokenizer from `DIR/assets`), its
 task (and model) and the parameters of the newest readable checkpoint, of a given step, or
-the mean of the last K. A workdir that `jaxformer average` wrote records which checkpoints
-its own one is the mean of (`AVERAGE_RECORD`), and its run says so.
+the mean of the last K. Commands that need no data set (a BERT run's `classify` and `tag`)
+pass `vocabulary_spec` as the data instead, so that an imported checkpoint works without it.
+A workdir that `jaxformer average` wrote records which checkpoints its own one is the mean of
+(`AVERAGE_RECORD`), and its run says so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxformer import registry
 from jaxformer.config import read_workdir_config
 from jaxformer.errors import UserError, as_user_error
 from jaxformer.registry import build_data_and_task
@@ -52,18 +55,36 @@ class Run:
         return f"the checkpoint at step {self.step}"
 
 
+def vocabulary_spec(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """What inference reads of a BERT run's data, without the data set: the spec of
+    `config.data` (classes, sizes) with the workdir's WordPiece vocabulary."""
+    from jaxformer.data import wordpiece
+
+    path = wordpiece.saved_vocabulary(workdir)
+    if not path.exists():
+        raise UserError(f"{workdir} has no vocabulary ({path})")
+    spec = registry.lookup("data", config.data.name).spec(config.data)
+    return dataclasses.replace(spec, tokenizer=wordpiece.WordPiece.load(path))
+
+
 def load_run(workdir: str, *, step: int | None = None, average_last: int = 0,
-             sharding: jax.sharding.Sharding | Callable[[tuple[int, ...]], Any] | None = None
-             ) -> Run:
+             sharding: jax.sharding.Sharding | Callable[[tuple[int, ...]], Any] | None = None,
+             data: Callable[[ml_collections.ConfigDict, str], Any] | None = None) -> Run:
     """The run in `workdir`, its params placed with `sharding` (default: the first device),
-    one for all leaves or a function of a leaf's shape (`parallel.Sharded.leaf_sharding`)."""
+    one for all leaves or a function of a leaf's shape (`parallel.Sharded.leaf_sharding`).
+    `data(config, workdir)` gives the data the task is built with (default: the run's data,
+    built as in training)."""
     if average_last < 0:
         raise UserError(f"--average_last must be >= 0, got {average_last}")
     if average_last > 1 and step is not None:
         raise UserError("give --step or --average_last, not both")
     config = read_workdir_config(workdir)
     with as_user_error(workdir):
-        data, task = build_data_and_task(config, workdir)
+        if data is None:
+            data, task = build_data_and_task(config, workdir)
+        else:
+            data = data(config, workdir)
+            task = registry.lookup("tasks", config.task.name).build(config, data)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = abstract_state(config, task, sharding)
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False,

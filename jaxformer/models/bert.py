@@ -14,7 +14,8 @@ fine-tuning model starts from a pretraining run with `init_from.mapping =
     the token embedding, with its own output bias) at the gathered masked positions, and the
     next-sentence head (dense to 2) on the pooled output;
   * `BertClassifier`: dropout + dense on the pooled output (single sentences and pairs);
-  * `BertTokenClassifier`: dropout + dense on every token.
+  * `BertTokenClassifier`: dropout + dense on every token (no pooler, as Hugging Face's
+    `BertForTokenClassification`).
 
 Weights are initialised as the reference implementation: truncated normal(0.02) (cut at two
 standard deviations), zero biases, LayerNorm scale 1 and bias 0. With vocab 30,522,
@@ -94,10 +95,10 @@ class _EncoderFields(nn.Module):
     layer_norm_epsilon: float = LAYER_NORM_EPSILON
     activation: Callable[[jax.Array], jax.Array] = gelu_exact
 
-    def make_encoder(self) -> BertEncoder:
+    def make_encoder(self, **options) -> BertEncoder:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(_EncoderFields)
                   if f.name not in ("parent", "name")}
-        return BertEncoder(**fields, name="encoder")
+        return BertEncoder(**fields, **options, name="encoder")
 
 
 class BertEncoder(_EncoderFields):
@@ -121,8 +122,10 @@ class BertEncoder(_EncoderFields):
         only one that has seen the whole input.
       layer_norm_epsilon: epsilon of every LayerNorm.
       activation: the MLP non-linearity (and that of the masked-LM head).
+      add_pooler: whether the encoder has the pooler (without it, pooled is None).
     """
 
+    add_pooler: bool = True
 
     def setup(self):
         init = default_init()
@@ -140,10 +143,11 @@ class BertEncoder(_EncoderFields):
             norm_first=False, causal=self.causal, activation=self.activation,
             layer_norm_epsilon=self.layer_norm_epsilon, use_bias=True, kernel_init=init,
             dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers)
-        self.pooler = Dense(self.d_model, kernel_init=init, dtype=self.dtype)
+        if self.add_pooler:
+            self.pooler = Dense(self.d_model, kernel_init=init, dtype=self.dtype)
 
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, *,
-                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+                 train: bool = False) -> tuple[jax.Array, jax.Array | None]:
         """int32 `[batch, seq]` ids and segment ids -> (`[batch, seq, d_model]`,
         pooled `[batch, d_model]`), in `dtype`."""
         x = self.token_embedding(input_ids)
@@ -151,8 +155,9 @@ class BertEncoder(_EncoderFields):
         x = x + self.segment_embedding(segment_ids)
         x = self.dropout(self.embedding_norm(x), deterministic=not train)
         x = self.transformer(x, mask=attention_mask(input_ids), train=train)
-        pooled = jnp.tanh(self.pooler(self.pooled_token(x, input_ids)))
-        return x, pooled
+        if not self.add_pooler:
+            return x, None
+        return x, jnp.tanh(self.pooler(self.pooled_token(x, input_ids)))
 
     def pooled_token(self, x: jax.Array, input_ids: jax.Array) -> jax.Array:
         """`[batch, d_model]`: the [CLS] token's state, or with `causal` the last real token's."""
@@ -263,7 +268,7 @@ class BertTokenClassifier(_EncoderFields):
     num_classes: int = 2
 
     def setup(self):
-        self.encoder = self.make_encoder()
+        self.encoder = self.make_encoder(add_pooler=False)
         self.classifier_dropout = nn.Dropout(self.dropout_rate)
         self.classifier = Dense(self.num_classes, kernel_init=default_init(), dtype=self.dtype)
 

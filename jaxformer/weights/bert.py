@@ -1,5 +1,5 @@
-"""BERT (`model_type` "bert"): Hugging Face `BertForPreTraining` and
-`BertForSequenceClassification` <-> `jaxformer.models.bert`.
+"""BERT (`model_type` "bert"): Hugging Face `BertForPreTraining`,
+`BertForSequenceClassification` and `BertForTokenClassification` <-> `jaxformer.models.bert`.
 
 An import makes a pretraining run: the encoder, the pooler, the masked-LM head and the
 next-sentence head (`BertForPreTraining`; Google's checkpoints, e.g. bert-base-uncased, hold
@@ -8,7 +8,10 @@ all of them whatever their `architectures` says). A checkpoint without the poole
 fine-tuning (`init_from`); `fill-mask` needs the masked-LM head. A
 `BertForSequenceClassification` makes a text classification run (configs/bert/
 tweet_sentiment.py, or `--config` with data of the checkpoint's number of classes), and a
-text classification run exports as one, its data's class names as the labels. The
+text classification run exports as one, its data's class names as the labels. A
+`BertForTokenClassification` (no pooler) makes a tagging run (configs/bert/conll2003.py) whose
+tags are the checkpoint's labels (`id2label`, which must be IOB or IOBES tag names, e.g.
+B-PER), and a tagging run exports as one. The
 masked-LM decoder is the token embedding (tied); its copies in a checkpoint
 (`cls.predictions.decoder.*`) are ignored, as are the position and token type buffers.
 Older names are read too: LayerNorm `gamma`/`beta`, and a `BertModel`'s tensors without the
@@ -30,6 +33,7 @@ import re
 import ml_collections
 import numpy as np
 
+from jaxformer.data.token_classification_pipeline import TagScheme
 from jaxformer.errors import UserError
 from jaxformer.weights import data_spec, hf_files
 from jaxformer.weights import rules as maps
@@ -47,8 +51,10 @@ IGNORED = (
 OPTIONAL = {"encoder/pooler": "bert.pooler.", "mlm_head": "cls.predictions.",
             "nsp_head": "cls.seq_relationship.", "classifier": "classifier."}
 PRETRAINING, CLASSIFIER = "BertForPreTraining", "BertForSequenceClassification"
+TAGGER = "BertForTokenClassification"
 # The jaxformer task of each exported architecture.
-TASKS = {"bert_pretraining": PRETRAINING, "text_classification": CLASSIFIER}
+TASKS = {"bert_pretraining": PRETRAINING, "text_classification": CLASSIFIER,
+         "token_classification": TAGGER}
 # `hidden_act` -> `model.activation`.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "relu": "relu"}
@@ -62,12 +68,28 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 VOCAB_TXT = "vocab.txt"
 
 
+def _architecture(hf_config: dict) -> str:
+    """The checkpoint's head: `CLASSIFIER`, `TAGGER` or (any other) `PRETRAINING`."""
+    named = hf_config.get("architectures") or ()
+    return next((a for a in (CLASSIFIER, TAGGER) if a in named), PRETRAINING)
+
+
 def base_config(hf_config: dict) -> str:
     """A classifier's is the tweet-sentiment fine-tuning config (its three classes; `--config`
-    names another), every other checkpoint's the pretraining config."""
-    if CLASSIFIER in (hf_config.get("architectures") or ()):
-        return "configs/bert/tweet_sentiment.py"
-    return "configs/bert/books_pretraining.py"
+    names another), a tagger's the CoNLL-2003 one (with the checkpoint's tags), every other
+    checkpoint's the pretraining config."""
+    return {CLASSIFIER: "configs/bert/tweet_sentiment.py", TAGGER: "configs/bert/conll2003.py",
+            PRETRAINING: "configs/bert/books_pretraining.py"}[_architecture(hf_config)]
+
+
+def _labels(hf_config: dict) -> list[str] | None:
+    """The checkpoint's label names by id (None: it has none)."""
+    id2label = hf_config.get("id2label") or {}
+    try:
+        return [str(id2label[str(i)]) for i in range(len(id2label))] or None
+    except KeyError:
+        raise ValueError(f"id2label has ids {sorted(id2label)}, not 0..{len(id2label) - 1}"
+                         ) from None
 
 
 def _get(hf_config: dict, key: str):
@@ -107,7 +129,17 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
                        seq_length=min(config.data.seq_length, max_position))
     if config.task.name == "bert_pretraining":
         config.data.max_predictions = min(config.data.max_predictions, config.data.seq_length)
-    elif CLASSIFIER in (hf_config.get("architectures") or ()):
+    elif _architecture(hf_config) == TAGGER:
+        tags = _labels(hf_config)
+        if tags is None:
+            raise ValueError("a BertForTokenClassification needs id2label: its tag names")
+        try:
+            TagScheme.of(tags)
+        except ValueError as e:
+            raise ValueError(f"id2label: {e}; the tags must be IOB or IOBES (O, B-X, I-X, "
+                             "...)") from None
+        config.data.tags = tuple(tags)
+    elif _architecture(hf_config) == CLASSIFIER:
         labels = len(hf_config.get("id2label") or {}) or hf_config.get("num_labels", 2)
         classes = len(data_spec(config).class_names)
         if labels != classes:
@@ -125,8 +157,9 @@ def _check_task(config: ml_collections.ConfigDict) -> str:
 
 
 def hf_config(config: ml_collections.ConfigDict) -> dict:
-    """The `config.json` of a `BertForPreTraining` (a pretraining run) or a
-    `BertForSequenceClassification` (a text classification run, with the data's classes)."""
+    """The `config.json` of a `BertForPreTraining` (a pretraining run), a
+    `BertForSequenceClassification` (a text classification run, with the data's classes) or
+    a `BertForTokenClassification` (a tagging run, with its tags)."""
     from jaxformer.models import bert
 
     model = config.model
@@ -137,13 +170,14 @@ def hf_config(config: ml_collections.ConfigDict) -> dict:
     activation = model.get("activation", "gelu")
     hidden_act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[activation]
     classes = {}
-    if architecture == CLASSIFIER:
+    if architecture in (CLASSIFIER, TAGGER):
         names = list(data_spec(config).class_names)
         if len(set(names)) != len(names):
             names = [f"LABEL_{i}" for i in range(len(names))]
         classes = dict(id2label={str(i): n for i, n in enumerate(names)},
-                       label2id={n: i for i, n in enumerate(names)},
-                       problem_type="single_label_classification")
+                       label2id={n: i for i, n in enumerate(names)})
+        if architecture == CLASSIFIER:
+            classes["problem_type"] = "single_label_classification"
     return dict(
         architectures=[architecture], model_type="bert", **classes,
         vocab_size=int(config.data.vocab_size), hidden_size=sizes["d_model"],
@@ -169,8 +203,8 @@ def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def rules(config: ml_collections.ConfigDict) -> list[Rule]:
-    """The tensors of `BertForPreTraining` or `BertForSequenceClassification` (by the task)
-    -> the model's parameters."""
+    """The tensors of `BertForPreTraining`, `BertForSequenceClassification` or
+    `BertForTokenClassification` (by the task) -> the model's parameters."""
     architecture = _check_task(config)
     from jaxformer.models import bert
 
@@ -191,6 +225,8 @@ def rules(config: ml_collections.ConfigDict) -> list[Rule]:
             *maps.linear(f"{hf}.output.dense", f"{block}/mlp/proj"),
             *maps.layer_norm(f"{hf}.output.LayerNorm", f"{block}/mlp_norm"),
         ]
+    if architecture == TAGGER:
+        return mapping + maps.linear("classifier", "classifier")
     mapping += maps.linear("bert.pooler.dense", "encoder/pooler")
     if architecture == CLASSIFIER:
         return mapping + maps.linear("classifier", "classifier")

@@ -1,6 +1,8 @@
 """tag: the tags of a token classification run at each word's first piece, checked against
 `task.predict` computed here, the spans they mark, and its errors (one line, exit code 2)."""
 
+import shutil
+
 import ml_collections
 import numpy as np
 import pytest
@@ -62,8 +64,13 @@ def test_tags_are_the_first_pieces_argmax(workdir):
 
 
 @pytest.mark.slow
-def test_command_prints_tags_and_spans(workdir):
-    result = run_cli("tag", f"--workdir={workdir}", "--text=Peter visited Germany")
+def test_command_prints_tags_and_spans_without_the_data(workdir):
+    folder = workdir.parent / "conll"
+    shutil.move(folder, workdir.parent / "elsewhere")  # The command reads only the workdir.
+    try:
+        result = run_cli("tag", f"--workdir={workdir}", "--text=Peter visited Germany")
+    finally:
+        shutil.move(workdir.parent / "elsewhere", folder)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines[:3]] == ["Peter", "visited", "Germany"]

@@ -352,3 +352,80 @@ def test_a_sequence_classifier_imports_as_a_classification_run_and_exports(impor
     (tmp_path / "two" / "config.json").write_text(json.dumps(hf))
     with pytest.raises(UserError, match="2 classes.*tweet_sentiment.*3"):
         convert.import_config(str(tmp_path / "two"), "bert")
+
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def test_a_token_classifier_imports_as_a_tagging_run_and_exports(imported, tmp_path, capsys):
+    """A BertForTokenClassification (no pooler) becomes a CoNLL-2003 run whose tags are its
+    labels, computes its logits, tags text without any CoNLL data, and exports back to the
+    same model."""
+    model = transformers.BertForTokenClassification(transformers.BertConfig(
+        **SMALL, num_labels=len(TAGS), id2label=dict(enumerate(TAGS)),
+        label2id={t: i for i, t in enumerate(TAGS)})).eval()
+    model.bert.load_state_dict(imported.model.bert.state_dict(), strict=False)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 0.5)
+        model.classifier.bias.normal_(0.0, 0.5)
+    hf_dir, workdir = _save(model, tmp_path / "hf"), str(tmp_path / "w")
+    assert cli.main(["import-weights", f"--from={hf_dir}", "--family=bert",
+                     f"--workdir={workdir}"]) == 0
+    config = config_lib.read_workdir_config(workdir)
+    assert (config.task.name, config.data.name) == ("token_classification", "conll2003")
+    assert list(config.data.tags) == TAGS
+    params, _ = Checkpointer.read_params(workdir)
+    assert "pooler" not in params["encoder"]
+    spec = registry.lookup("data", config.data.name).spec(config.data)
+    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    ids, segments = _inputs()
+    ours = np.asarray(task.model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
+                                       jnp.asarray(segments, jnp.int32)))
+
+    def logits(reference, ids, segments) -> np.ndarray:
+        with torch.no_grad():
+            return reference(input_ids=torch.from_numpy(ids),
+                             token_type_ids=torch.from_numpy(segments),
+                             attention_mask=torch.from_numpy((ids != 0).astype(np.int64))
+                             ).logits.numpy()
+
+    want = logits(model, ids, segments)
+    real = ids != 0
+    assert np.abs(ours - want)[real].max() < 1e-4 and np.abs(want).max() > 0.1
+    out = str(tmp_path / "exported")
+    convert.export_weights(workdir, out, log=lambda _: None)
+    exported = transformers.BertForTokenClassification.from_pretrained(out).eval()
+    assert list(exported.config.id2label.values()) == TAGS
+    np.testing.assert_allclose(logits(exported, ids, segments), want, rtol=1e-6, atol=1e-6)
+
+    # `tag` reads only the workdir (there is no CoNLL data here): each word's tag is the
+    # argmax of transformers' logits at the word (one piece each).
+    words = "the king said unto her".split()
+    row = np.array([[101, *[VOCAB.index(w) for w in words], 102]])
+    expected = [TAGS[i] for i in logits(model, row, np.zeros_like(row))[0, 1:-1].argmax(-1)]
+    capsys.readouterr()
+    assert cli.main(["tag", f"--workdir={workdir}", f"--text={' '.join(words)}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t") for line in lines[:len(words)]] == [
+        [w, t] for w, t in zip(words, expected, strict=True)]
+    hf = json.loads(open(os.path.join(hf_dir, "config.json")).read())
+    hf["id2label"] = {"0": "O", "1": "PERSON"}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(UserError, match="id2label: tag 'PERSON' is neither O nor"):
+        convert.import_config(str(tmp_path / "bad"), "bert")
+
+
+def test_full_size_token_classifier_parameter_count(tmp_path):
+    """bert-base-cased's vocabulary with CoNLL-2003's nine tags (as dslim/bert-base-NER)."""
+    hf_config = dict(model_type="bert", architectures=["BertForTokenClassification"],
+                     vocab_size=28996, id2label={str(i): t for i, t in enumerate(
+                         ("O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC",
+                          "I-LOC"))})
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    config, _ = convert.import_config(str(tmp_path), "bert")
+    ours = sum(int(np.prod(s)) for s in convert.abstract_params(config).values())
+    with torch.device("meta"):
+        reference = transformers.BertForTokenClassification(transformers.BertConfig(
+            vocab_size=28996, num_labels=9))
+    assert ours == sum(p.numel() for p in reference.parameters()) == 107_726_601
