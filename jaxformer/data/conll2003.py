@@ -75,7 +75,8 @@ def parse_conll(lines: Iterable[str], tags: Sequence[str], *, source: str) -> Se
             end_sentence()
             continue
         if len(columns) < 2:
-            raise ValueError(f"{source}:{number}: expected a word and its tag, got {line!r}")
+            text = line.rstrip("\n")
+            raise ValueError(f"{source}:{number}: expected a word and its tag, got {text!r}")
         if columns[-1] not in index:
             raise ValueError(f"{source}:{number}: unknown tag {columns[-1]!r}; data.tags: "
                              f"{', '.join(tags)}")
@@ -135,9 +136,12 @@ def read_splits(config: ml_collections.ConfigDict) -> dict[str, Sentences]:
         return {split: read_conll(path, tags) for split, path in split_files(config).items()}
     import tensorflow_datasets.text.conll2003  # noqa: F401  (registers the builder)
 
-    builder, sources = image_pipeline.tfds_sources(
-        "conll2003", data_dir=config.get("data_dir", ""),
-        splits=[TFDS_SPLITS[split] for split in SPLITS])
+    try:
+        builder, sources = image_pipeline.tfds_sources(
+            "conll2003", data_dir=config.get("data_dir", ""),
+            splits=[TFDS_SPLITS[split] for split in SPLITS])
+    except ValueError as e:
+        raise ValueError(f"{e}; or give the CoNLL files' directory as data.path") from e
     tfds_tags = builder.info.features["ner"].feature.names
     return {split: read_tfds_split(source, tfds_tags, tags)
             for split, source in zip(SPLITS, sources, strict=True)}
