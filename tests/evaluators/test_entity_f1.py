@@ -93,7 +93,8 @@ class _FixedLogits:
         return jnp.take(self.logits, batch["row"], axis=0)
 
 
-def test_evaluator_over_eight_devices_matches_seqeval_on_the_split():
+@pytest.mark.parametrize("strategy", ["sharded", "pmap"])
+def test_evaluator_over_eight_devices_matches_seqeval_on_the_split(strategy):
     rng = np.random.default_rng(1)
     rows, seq = 20, 10
     labels = np.where(rng.random((rows, seq)) < 0.7, rng.integers(0, len(IOB), (rows, seq)), -1)
@@ -106,7 +107,7 @@ def test_evaluator_over_eight_devices_matches_seqeval_on_the_split():
     batches = [{"row": np.arange(i, i + 16) % rows, "label": padded[i:i + 16]} for i in (0, 16)]
     data = types.SimpleNamespace(class_names=IOB, eval_iter=lambda **kwargs: iter(batches))
     context = Context(task=_FixedLogits(jnp.asarray(logits)), data=data,
-                      strategy=parallel.Sharded(jax.devices()), batch_size=16)
+                      strategy=parallel.make_strategy(strategy), batch_size=16)
     assert len(jax.devices()) == 8
     got = EntityF1Evaluator("val", ml_collections.ConfigDict(dict(type="entity_f1")),
                             context).run(None)
