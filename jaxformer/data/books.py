@@ -72,6 +72,10 @@ _END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[_]*[A-Z0
 _WORD_BEFORE = re.compile(r"([\w.]+)\.$")
 
 
+# Part of the encoded documents' cache key: change it with any rule of `split_sentences`.
+SENTENCE_RULES_VERSION = 1
+
+
 def split_sentences(paragraph: str) -> list[str]:
     """The sentences of `paragraph`, by rule: a stop, then space and a capital; not after an
     abbreviation ("Mr.", "St.") or an initial ("J. Smith")."""
@@ -154,21 +158,24 @@ def split_documents(documents: list[Document]) -> dict[str, list[Document]]:
 def encode(tokenizer: wordpiece.WordPiece, documents: Iterable[Document],
            cache_dir: epath.Path | None = None) -> EncodedDocuments:
     """The documents' sentences as token ids, kept in `cache_dir` (if given) under the
-    tokenizer's and the sentences' digests."""
-    documents = [[s for p in d.paragraphs for s in split_sentences(p)] for d in documents]
+    tokenizer's digest and that of the paragraphs and the sentence rules, so that a cached
+    corpus is neither split nor encoded again."""
+    documents = list(documents)
 
     def make() -> EncodedDocuments:
-        flat = tokenizer.encode_batch([s for doc in documents for s in doc])
+        sentences = [[s for p in d.paragraphs for s in split_sentences(p)] for d in documents]
+        flat = tokenizer.encode_batch([s for doc in sentences for s in doc])
         ids, start = [], 0
-        for doc in documents:
+        for doc in sentences:
             ids.append(flat[start:start + len(doc)])
             start += len(doc)
         return EncodedDocuments.from_ids(ids)
 
     path = None
-    if cache_dir is not None:  # A sentence is never empty: "" ends a document.
-        sentences = common.digest(s for doc in documents for s in [*doc, ""])
-        path = cache_dir / "encoded" / tokenizers.fingerprint(tokenizer) / f"{sentences}.npz"
+    if cache_dir is not None:  # A paragraph is never empty: "" ends a document.
+        key = common.digest([f"sentence rules {SENTENCE_RULES_VERSION}", *(
+            p for doc in documents for p in [*doc.paragraphs, ""])])
+        path = cache_dir / "encoded" / tokenizers.fingerprint(tokenizer) / f"{key}.npz"
     return common.cached(path, make, save=EncodedDocuments.save, load=functools.partial(
         EncodedDocuments.load, vocab_size=tokenizer.vocab_size))
 

@@ -292,6 +292,7 @@ def test_second_build_reads_the_cache(tmp_path, monkeypatch):
     assert len(list((tmp_path / books.CACHE_FOLDER / "encoded").glob("*/*.npz"))) == 2
     monkeypatch.setattr(wordpiece, "train", None)  # Not called again.
     monkeypatch.setattr(wordpiece.WordPiece, "encode_batch", None)
+    monkeypatch.setattr(books, "split_sentences", None)  # Nor is the text split again.
     second, train_again, held_out_again = build("second")
     assert second.tokenizer.tokens == first.tokenizer.tokens
     np.testing.assert_array_equal(train_again, train)
