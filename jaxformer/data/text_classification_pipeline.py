@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, ClassVar
 
 import grain
 import ml_collections
@@ -114,25 +114,13 @@ def stratified_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def _empty_batch(rows: int, seq_length: int) -> Batch:
-    return {"input_ids": np.zeros((rows, seq_length), np.int32),
-            "segment_ids": np.zeros((rows, seq_length), np.int32),
-            "label": np.full((rows,), PAD_LABEL, np.int32)}
+class ExampleRows:
+    """A split's encoded examples as batch rows: `make` turns example indices (None: a
+    padding row, `[CLS] [SEP]` labelled -1) into a batch; subclasses `fill` a row."""
 
+    label_per_token = False  # A label per token (`[b, L]`), or per example (`[b]`).
 
-class Rows(Protocol):
-    """A split's examples as batch rows: `make` turns example indices (None: a padding row)
-    into a batch."""
-
-    def __len__(self) -> int: ...
-
-    def make(self, indices: Iterable[int | None]) -> Batch: ...
-
-
-class _ClassifiedRows:
-    """Rows of classification examples; padding rows are `[CLS] [SEP]`, labelled -1."""
-
-    def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int]):
+    def __init__(self, examples: Any, seq_length: int, padding: tuple[int, int]):
         self.examples, self.seq_length, self.padding = examples, seq_length, padding
 
     def __len__(self) -> int:
@@ -140,23 +128,35 @@ class _ClassifiedRows:
 
     def make(self, indices: Iterable[int | None]) -> Batch:
         indices = list(indices)
-        batch = _empty_batch(len(indices), self.seq_length)
+        shape = (len(indices), self.seq_length)
+        batch = {"input_ids": np.zeros(shape, np.int32),
+                 "segment_ids": np.zeros(shape, np.int32),
+                 "label": np.full(shape if self.label_per_token else shape[:1], PAD_LABEL,
+                                  np.int32)}
         for row, index in enumerate(indices):
             if index is None:
                 batch["input_ids"][row, :2] = self.padding
-                continue
-            ids = self.examples.ids(index)
-            batch["input_ids"][row, :len(ids)] = ids
-            batch["segment_ids"][row, self.examples.first_lengths[index]:len(ids)] = 1
-            batch["label"][row] = self.examples.labels[index]
+            else:
+                self.fill(batch, row, index)
         return batch
+
+    def fill(self, batch: Batch, row: int, index: int) -> None:
+        raise NotImplementedError
+
+
+class _ClassifiedRows(ExampleRows):
+    def fill(self, batch: Batch, row: int, index: int) -> None:
+        ids = self.examples.ids(index)
+        batch["input_ids"][row, :len(ids)] = ids
+        batch["segment_ids"][row, self.examples.first_lengths[index]:len(ids)] = 1
+        batch["label"][row] = self.examples.labels[index]
 
 
 class TrainBatch:
     """Step -> this process's rows of the step's global batch, from the endless stream of
     epochs."""
 
-    def __init__(self, rows: Rows, shard: Shard, seed: int):
+    def __init__(self, rows: ExampleRows, shard: Shard, seed: int):
         self.rows, self.shard = rows, shard
         self.orders = EpochOrders(len(rows), seed)
 
@@ -168,7 +168,7 @@ class TrainBatch:
 class EvalBatch:
     """Batch index -> this process's rows of that global batch; rows past the end padded."""
 
-    def __init__(self, rows: Rows, shard: Shard):
+    def __init__(self, rows: ExampleRows, shard: Shard):
         self.rows, self.shard = rows, shard
 
     def __call__(self, index: int) -> Batch:
@@ -176,7 +176,7 @@ class EvalBatch:
         return self.rows.make(int(p) if p < len(self.rows) else None for p in positions)
 
 
-def train_iterator(rows: Rows, *, batch_size: int, seed: int, process_index: int,
+def train_iterator(rows: ExampleRows, *, batch_size: int, seed: int, process_index: int,
                    process_count: int) -> grain.DatasetIterator:
     """An endless iterator over this process's `batch_size` rows per batch of `rows`."""
     make = TrainBatch(rows, Shard(batch_size, process_index, process_count), seed)
@@ -184,7 +184,7 @@ def train_iterator(rows: Rows, *, batch_size: int, seed: int, process_index: int
     return iter(dataset.to_iter_dataset(common.read_options()))
 
 
-def eval_iterator(rows: Rows, *, batch_size: int, num_batches: int, process_index: int,
+def eval_iterator(rows: ExampleRows, *, batch_size: int, num_batches: int, process_index: int,
                   process_count: int) -> grain.DatasetIterator:
     """The first `num_batches` batches of `rows` in order (-1: all of them, once)."""
     shard = Shard(batch_size, process_index, process_count)
@@ -194,8 +194,9 @@ def eval_iterator(rows: Rows, *, batch_size: int, num_batches: int, process_inde
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TextClassificationData:
-    """Encoded train and eval splits of a text classification data set, with their vocabulary.
+class EncodedSplits:
+    """Encoded train and eval splits of a data set, with their vocabulary; subclasses name
+    how their examples become batch rows (`row_type`).
 
     Attributes:
         tokenizer: the WordPiece vocabulary the texts are encoded with.
@@ -204,16 +205,15 @@ class TextClassificationData:
         class_names: the name of each label.
         vocab_size: the model's number of token ids (at least the tokenizer's).
         seq_length: the length of every row of a batch.
-        texts: the raw texts of `train` and of each eval split (for word-level baselines).
     """
 
+    row_type: ClassVar[type[ExampleRows]]
     tokenizer: WordPiece
-    train: Examples
-    eval: Mapping[str, Examples]
+    train: Any
+    eval: Mapping[str, Any]
     class_names: tuple[str, ...]
     vocab_size: int
     seq_length: int
-    texts: Mapping[str, Texts] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.tokenizer.vocab_size > self.vocab_size:
@@ -224,9 +224,6 @@ class TextClassificationData:
         for name, examples in {"train": self.train, **self.eval}.items():
             if len(examples) == 0:
                 raise ValueError(f"the {name} split is empty")
-            if examples.labels.min() < 0 or examples.labels.max() >= len(self.class_names):
-                raise ValueError(f"the {name} split has labels outside [0, "
-                                 f"{len(self.class_names)})")
 
     @property
     def num_classes(self) -> int:
@@ -236,25 +233,40 @@ class TextClassificationData:
     def eval_splits(self) -> tuple[str, ...]:
         return tuple(self.eval)
 
-    @property
-    def _padding(self) -> tuple[int, int]:
-        return self.tokenizer.cls_id, self.tokenizer.sep_id
+    def _rows(self, examples: Any) -> ExampleRows:
+        padding = (self.tokenizer.cls_id, self.tokenizer.sep_id)
+        return self.row_type(examples, self.seq_length, padding)
 
     def train_iter(self, *, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
         """An endless iterator over this process's `batch_size` training examples per batch."""
-        return train_iterator(_ClassifiedRows(self.train, self.seq_length, self._padding),
-                              batch_size=batch_size, seed=seed, process_index=process_index,
-                              process_count=process_count)
+        return train_iterator(self._rows(self.train), batch_size=batch_size, seed=seed,
+                              process_index=process_index, process_count=process_count)
 
     def eval_iter(self, *, batch_size: int, num_batches: int, process_index: int = 0,
                   process_count: int = 1, split: str | None = None) -> grain.DatasetIterator:
         """The first `num_batches` batches of `split` (None: the first of `eval_splits`) in
         order (-1: the whole split, once). Rows past its end are `[CLS] [SEP]` labelled -1."""
         examples = self.eval[common.choose_split(split, self.eval_splits)]
-        return eval_iterator(_ClassifiedRows(examples, self.seq_length, self._padding),
-                             batch_size=batch_size, num_batches=num_batches,
-                             process_index=process_index, process_count=process_count)
+        return eval_iterator(self._rows(examples), batch_size=batch_size,
+                             num_batches=num_batches, process_index=process_index,
+                             process_count=process_count)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextClassificationData(EncodedSplits):
+    """A text classification data set (see `EncodedSplits`); `texts` holds the raw texts of
+    `train` and of each eval split (for word-level baselines)."""
+
+    row_type: ClassVar[type[ExampleRows]] = _ClassifiedRows
+    texts: Mapping[str, Texts] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, examples in {"train": self.train, **self.eval}.items():
+            if examples.labels.min() < 0 or examples.labels.max() >= len(self.class_names):
+                raise ValueError(f"the {name} split has labels outside [0, "
+                                 f"{len(self.class_names)})")
 
 
 # --- Config ------------------------------------------------------------------------------

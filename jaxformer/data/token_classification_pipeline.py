@@ -15,9 +15,9 @@ per-process sharding are those of `text_classification_pipeline`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
-import grain
 import ml_collections
 import numpy as np
 
@@ -26,7 +26,7 @@ from jaxformer.data import text_classification_pipeline as text_pipeline
 from jaxformer.data.common import Batch, DataSpec, TokenizerSpec
 from jaxformer.data.wordpiece import WordPiece
 
-PAD_LABEL = -1
+PAD_LABEL = text_pipeline.PAD_LABEL
 OUTSIDE, BEGIN, INSIDE, END, SINGLE = range(5)
 PREFIXES = {"B": BEGIN, "I": INSIDE, "E": END, "S": SINGLE}
 
@@ -129,89 +129,21 @@ def encode(tokenizer: WordPiece, sentences: Sentences, seq_length: int) -> Examp
                     dropped_tags=dropped)
 
 
-class _TaggedRows:
-    """Rows of tagged sentences; padding rows are `[CLS] [SEP]` with no tags."""
+class _TaggedRows(text_pipeline.ExampleRows):
+    label_per_token = True
 
-    def __init__(self, examples: Examples, seq_length: int, padding: tuple[int, int]):
-        self.examples, self.seq_length, self.padding = examples, seq_length, padding
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def make(self, indices: Iterable[int | None]) -> Batch:
-        indices = list(indices)
-        shape = (len(indices), self.seq_length)
-        batch = {"input_ids": np.zeros(shape, np.int32),
-                 "segment_ids": np.zeros(shape, np.int32),
-                 "label": np.full(shape, PAD_LABEL, np.int32)}
-        for row, index in enumerate(indices):
-            if index is None:
-                batch["input_ids"][row, :2] = self.padding
-                continue
-            ids, labels = self.examples.row(index)
-            batch["input_ids"][row, :len(ids)] = ids
-            batch["label"][row, :len(labels)] = labels
-        return batch
+    def fill(self, batch: Batch, row: int, index: int) -> None:
+        ids, labels = self.examples.row(index)
+        batch["input_ids"][row, :len(ids)] = ids
+        batch["label"][row, :len(labels)] = labels
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TokenClassificationData:
-    """Encoded train and eval splits of a tagging data set, with their vocabulary.
+class TokenClassificationData(text_pipeline.EncodedSplits):
+    """A tagging data set (see `EncodedSplits`): sentences as `Examples`, the tag names as
+    `class_names`, in tag-id order."""
 
-    Attributes:
-        tokenizer: the WordPiece vocabulary the words are encoded with.
-        train: the training sentences.
-        eval: split name -> sentences, the first split the default of `eval_iter`.
-        class_names: the tag names (the model's classes), in tag-id order.
-        vocab_size: the model's number of token ids (at least the tokenizer's).
-        seq_length: the length of every row of a batch.
-    """
-
-    tokenizer: WordPiece
-    train: Examples
-    eval: Mapping[str, Examples]
-    class_names: tuple[str, ...]
-    vocab_size: int
-    seq_length: int
-
-    def __post_init__(self):
-        if self.tokenizer.vocab_size > self.vocab_size:
-            raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens, more than "
-                             f"data.vocab_size {self.vocab_size}")
-        if not self.eval:
-            raise ValueError("no eval split")
-        for name, examples in {"train": self.train, **self.eval}.items():
-            if len(examples) == 0:
-                raise ValueError(f"the {name} split is empty")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def eval_splits(self) -> tuple[str, ...]:
-        return tuple(self.eval)
-
-    def _rows(self, examples: Examples) -> _TaggedRows:
-        return _TaggedRows(examples, self.seq_length,
-                           (self.tokenizer.cls_id, self.tokenizer.sep_id))
-
-    def train_iter(self, *, batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
-        """An endless iterator over this process's `batch_size` training sentences per
-        batch."""
-        return text_pipeline.train_iterator(
-            self._rows(self.train), batch_size=batch_size, seed=seed,
-            process_index=process_index, process_count=process_count)
-
-    def eval_iter(self, *, batch_size: int, num_batches: int, process_index: int = 0,
-                  process_count: int = 1, split: str | None = None) -> grain.DatasetIterator:
-        """The first `num_batches` batches of `split` (None: the first of `eval_splits`) in
-        order (-1: the whole split, once). Rows past its end are `[CLS] [SEP]` with no tags."""
-        examples = self.eval[common.choose_split(split, self.eval_splits)]
-        return text_pipeline.eval_iterator(
-            self._rows(examples), batch_size=batch_size, num_batches=num_batches,
-            process_index=process_index, process_count=process_count)
+    row_type: ClassVar[type[text_pipeline.ExampleRows]] = _TaggedRows
 
 
 def tagging_spec(config: ml_collections.ConfigDict, tags: Sequence[str]) -> DataSpec:

@@ -307,15 +307,11 @@ def test_errors_name_the_tensor(imported, tmp_path, change, message):
                                str(tmp_path / "none"), dry_run=True, log=lambda _: None)
 
 
-def test_a_sequence_classifier_imports_as_a_classification_run_and_exports(imported,
-                                                                            tmp_path):
-    """A BertForSequenceClassification of three labels becomes a tweet-sentiment run that
-    computes its logits, and exports back to the same model with the data's class names."""
-    from jaxformer import registry
-
-    model = transformers.BertForSequenceClassification(
-        transformers.BertConfig(**SMALL, num_labels=3)).eval()
-    model.bert.load_state_dict(imported.model.bert.state_dict())
+def _import_head(imported, tmp_path, model):
+    """`model` (a transformers BERT with a classifier head) with the reference's encoder and
+    a random classifier, saved and imported: (its directory, the workdir, the workdir's
+    config, its params, its task built from the data spec)."""
+    model.bert.load_state_dict(imported.model.bert.state_dict(), strict=False)
     with torch.no_grad():
         model.classifier.weight.normal_(0.0, 0.5)
         model.classifier.bias.normal_(0.0, 0.5)
@@ -323,28 +319,38 @@ def test_a_sequence_classifier_imports_as_a_classification_run_and_exports(impor
     assert cli.main(["import-weights", f"--from={hf_dir}", "--family=bert",
                      f"--workdir={workdir}"]) == 0
     config = config_lib.read_workdir_config(workdir)
-    assert (config.task.name, config.data.name) == ("text_classification", "tweet_sentiment")
     spec = registry.lookup("data", config.data.name).spec(config.data)
     task = registry.lookup("tasks", config.task.name).build(config, spec)
-    params, _ = Checkpointer.read_params(workdir)
+    return hf_dir, workdir, config, Checkpointer.read_params(workdir)[0], task
+
+
+def _head_logits(reference, ids, segments) -> np.ndarray:
+    with torch.no_grad():
+        return reference(input_ids=torch.from_numpy(ids),
+                         token_type_ids=torch.from_numpy(segments),
+                         attention_mask=torch.from_numpy((ids != 0).astype(np.int64))
+                         ).logits.numpy()
+
+
+def test_a_sequence_classifier_imports_as_a_classification_run_and_exports(imported,
+                                                                            tmp_path):
+    """A BertForSequenceClassification of three labels becomes a tweet-sentiment run that
+    computes its logits, and exports back to the same model with the data's class names."""
+    model = transformers.BertForSequenceClassification(
+        transformers.BertConfig(**SMALL, num_labels=3)).eval()
+    hf_dir, workdir, config, params, task = _import_head(imported, tmp_path, model)
+    assert (config.task.name, config.data.name) == ("text_classification", "tweet_sentiment")
     ids, segments = _inputs()
     ours = np.asarray(task.model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
                                        jnp.asarray(segments, jnp.int32)))
-
-    def logits(reference) -> np.ndarray:
-        with torch.no_grad():
-            return reference(input_ids=torch.from_numpy(ids),
-                             token_type_ids=torch.from_numpy(segments),
-                             attention_mask=torch.from_numpy((ids != 0).astype(np.int64))
-                             ).logits.numpy()
-
-    want = logits(model)
+    want = _head_logits(model, ids, segments)
     assert np.abs(ours - want).max() < 1e-4 and np.abs(want).max() > 0.1
     out = str(tmp_path / "exported")
     convert.export_weights(workdir, out, log=lambda _: None)
     exported = transformers.BertForSequenceClassification.from_pretrained(out).eval()
-    assert list(exported.config.id2label.values()) == list(spec.class_names)
-    np.testing.assert_allclose(logits(exported), want, rtol=1e-6, atol=1e-6)
+    assert list(exported.config.id2label.values()) == list(task.class_names)
+    np.testing.assert_allclose(_head_logits(exported, ids, segments), want, rtol=1e-6,
+                               atol=1e-6)
     # A checkpoint of another number of classes than the data's is named.
     hf = json.loads(open(os.path.join(hf_dir, "config.json")).read())
     hf["id2label"] = {"0": "no", "1": "yes"}
@@ -364,45 +370,27 @@ def test_a_token_classifier_imports_as_a_tagging_run_and_exports(imported, tmp_p
     model = transformers.BertForTokenClassification(transformers.BertConfig(
         **SMALL, num_labels=len(TAGS), id2label=dict(enumerate(TAGS)),
         label2id={t: i for i, t in enumerate(TAGS)})).eval()
-    model.bert.load_state_dict(imported.model.bert.state_dict(), strict=False)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 0.5)
-        model.classifier.bias.normal_(0.0, 0.5)
-    hf_dir, workdir = _save(model, tmp_path / "hf"), str(tmp_path / "w")
-    assert cli.main(["import-weights", f"--from={hf_dir}", "--family=bert",
-                     f"--workdir={workdir}"]) == 0
-    config = config_lib.read_workdir_config(workdir)
+    hf_dir, workdir, config, params, task = _import_head(imported, tmp_path, model)
     assert (config.task.name, config.data.name) == ("token_classification", "conll2003")
-    assert list(config.data.tags) == TAGS
-    params, _ = Checkpointer.read_params(workdir)
-    assert "pooler" not in params["encoder"]
-    spec = registry.lookup("data", config.data.name).spec(config.data)
-    task = registry.lookup("tasks", config.task.name).build(config, spec)
+    assert list(config.data.tags) == TAGS and "pooler" not in params["encoder"]
     ids, segments = _inputs()
     ours = np.asarray(task.model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
                                        jnp.asarray(segments, jnp.int32)))
-
-    def logits(reference, ids, segments) -> np.ndarray:
-        with torch.no_grad():
-            return reference(input_ids=torch.from_numpy(ids),
-                             token_type_ids=torch.from_numpy(segments),
-                             attention_mask=torch.from_numpy((ids != 0).astype(np.int64))
-                             ).logits.numpy()
-
-    want = logits(model, ids, segments)
+    want = _head_logits(model, ids, segments)
     real = ids != 0
     assert np.abs(ours - want)[real].max() < 1e-4 and np.abs(want).max() > 0.1
     out = str(tmp_path / "exported")
     convert.export_weights(workdir, out, log=lambda _: None)
     exported = transformers.BertForTokenClassification.from_pretrained(out).eval()
     assert list(exported.config.id2label.values()) == TAGS
-    np.testing.assert_allclose(logits(exported, ids, segments), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_head_logits(exported, ids, segments), want, rtol=1e-6,
+                               atol=1e-6)
 
     # `tag` reads only the workdir (there is no CoNLL data here): each word's tag is the
     # argmax of transformers' logits at the word (one piece each).
     words = "the king said unto her".split()
     row = np.array([[101, *[VOCAB.index(w) for w in words], 102]])
-    expected = [TAGS[i] for i in logits(model, row, np.zeros_like(row))[0, 1:-1].argmax(-1)]
+    expected = [TAGS[i] for i in _head_logits(model, row, np.zeros_like(row))[0, 1:-1].argmax(-1)]
     capsys.readouterr()
     assert cli.main(["tag", f"--workdir={workdir}", f"--text={' '.join(words)}"]) == 0
     lines = capsys.readouterr().out.splitlines()
