@@ -1,6 +1,7 @@
-"""`jaxformer tag --workdir=DIR --text="Peter Blackburn visited Paris ."`.
+"""`jaxformer tag --workdir=DIR --text="Peter Blackburn visited Paris ."` or `--input=FILE`.
 
-Prints each word and its tag, tab-separated, then each span (entity) the tags mark:
+With `--text`, prints each word and its tag, tab-separated, then each span (entity) the tags
+mark:
 
     Peter	B-PER
     Blackburn	I-PER
@@ -9,10 +10,15 @@ Prints each word and its tag, tab-separated, then each span (entity) the tags ma
     .	O
     PER	Peter Blackburn
     LOC	Paris
+
+With `--input` (a file of sentences, one per line, words separated by spaces; `-`: stdin),
+prints the words and tags of each non-empty line in CoNLL's layout, a blank line after each
+sentence.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from jaxformer.commands import common
@@ -23,28 +29,40 @@ TAKES_OVERRIDES = False
 
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--text", required=True,
-                        help="words separated by spaces, as in CoNLL files "
-                             '(e.g. "Peter Blackburn visited Paris .")')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="words separated by spaces, as in CoNLL files "
+                                       '(e.g. "Peter Blackburn visited Paris .")')
+    source.add_argument("--input", help="a file of sentences, one per line (-: stdin)")
     common.add_checkpoint_choice(parser)
 
 
 def run(args, overrides: list[str]) -> int:
+    from jaxformer.commands.translate import read_lines
     from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
     from jaxformer.inference import tag
 
-    if not args.text.split():
+    if args.text is not None and not args.text.split():
         raise UserError("the text has no words to tag")
+    if args.input is not None and args.input != "-" and not os.path.isfile(args.input):
+        raise UserError(f"--input {args.input}: no such file")
     tag.check_config(read_workdir_config(args.workdir), args.workdir)
     from jaxformer.inference.workdir import load_run, vocabulary_spec
 
     run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
                     data=vocabulary_spec)
-    result = tag.tag(run_, args.text)
+    if args.text is not None:
+        results = [tag.tag(run_, args.text)]
+    else:
+        sentences = [line.split() for line in read_lines(args.input) if line.split()]
+        results = tag.tag_sentences(run_, sentences)
     print(f"tagged with {run_.describe()} of {args.workdir}", file=sys.stderr)
-    for word, name in zip(result.words, result.tags, strict=True):
-        print(f"{word}\t{name}")
-    for span in result.spans:
-        print(f"{span.kind}\t{span.text}")
+    for result in results:
+        for word, name in zip(result.words, result.tags, strict=True):
+            print(f"{word}\t{name}")
+        if args.input is not None:
+            print()
+    if args.text is not None:
+        for span in results[0].spans:
+            print(f"{span.kind}\t{span.text}")
     return 0

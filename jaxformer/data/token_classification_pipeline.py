@@ -129,7 +129,7 @@ def encode(tokenizer: WordPiece, sentences: Sentences, seq_length: int) -> Examp
                     dropped_tags=dropped)
 
 
-class _TaggedRows(text_pipeline.ExampleRows):
+class TaggedRows(text_pipeline.ExampleRows):
     label_per_token = True
 
     def fill(self, batch: Batch, row: int, index: int) -> None:
@@ -143,7 +143,7 @@ class TokenClassificationData(text_pipeline.EncodedSplits):
     """A tagging data set (see `EncodedSplits`): sentences as `Examples`, the tag names as
     `class_names`, in tag-id order."""
 
-    row_type: ClassVar[type[text_pipeline.ExampleRows]] = _TaggedRows
+    row_type: ClassVar[type[text_pipeline.ExampleRows]] = TaggedRows
 
 
 def tagging_spec(config: ml_collections.ConfigDict, tags: Sequence[str]) -> DataSpec:

@@ -2,14 +2,16 @@
 (entities) they form.
 
 Words are the text split at white space, as CoNLL files give them; each is encoded into
-WordPieces and tagged from its first piece, as in training. A text longer than the run's
-`data.seq_length` pieces (with [CLS] and [SEP]) is an error. Spans follow conlleval's rules
+WordPieces and tagged from its first piece, as in training. A sentence longer than the run's
+`data.seq_length` pieces (with [CLS] and [SEP]) is an error. Many sentences (a file, one per
+line) are tagged in batches. Spans follow conlleval's rules
 (`jaxformer.evaluators.entity_f1`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -59,24 +61,41 @@ def spans(words: tuple[str, ...], tags: tuple[str, ...], names: tuple[str, ...]
     return tuple(found)
 
 
-def tag(run: Any, text: str) -> Tagged:
-    """The tags of the words of `text` under `run` (a loaded token classification run, see
-    `jaxformer.inference.workdir.load_run`)."""
+def tag_sentences(run: Any, sentences: Sequence[Sequence[str]], *, batch_size: int = 32
+                  ) -> list[Tagged]:
+    """The tags of each sentence's words under `run` (a loaded token classification run, see
+    `jaxformer.inference.workdir.load_run`), in batches of `batch_size` sentences."""
     check_config(run.config, run.workdir)
+    sentences = [tuple(words) for words in sentences]
+    if not sentences or not all(sentences):
+        raise UserError("no words to tag" if not sentences else
+                        f"sentence {[bool(s) for s in sentences].index(False) + 1} has no words")
+    tokenizer, seq_length = run.data.tokenizer, run.task.seq_length
+    examples = pipeline.encode(
+        tokenizer, pipeline.Sentences(sentences, [(0,) * len(s) for s in sentences]), seq_length)
+    rows = pipeline.TaggedRows(examples, seq_length, (tokenizer.cls_id, tokenizer.sep_id))
+    names = tuple(run.data.class_names)
+    tagged = []
+    for start in range(0, len(sentences), batch_size):
+        indices = list(range(start, min(start + batch_size, len(sentences))))
+        batch = rows.make(indices + [None] * (batch_size - len(indices)))  # One shape.
+        labels = batch.pop("label")
+        logits = np.asarray(run.task.predict(run.params, batch))
+        for row, index in enumerate(indices):
+            words = sentences[index]
+            predicted = logits[row][labels[row] >= 0].argmax(-1)
+            if len(predicted) < len(words):
+                raise UserError(
+                    f"sentence {index + 1} is more than the model's data.seq_length {seq_length} "
+                    "WordPieces with [CLS] and [SEP]; shorten it")
+            tags = tuple(names[i] for i in predicted)
+            tagged.append(Tagged(words, tags, spans(words, tags, names)))
+    return tagged
+
+
+def tag(run: Any, text: str) -> Tagged:
+    """The tags of the words of `text` (split at white space) under `run`."""
     words = tuple(text.split())
     if not words:
         raise UserError("the text has no words to tag")
-    seq_length = run.task.seq_length
-    examples = pipeline.encode(run.data.tokenizer,
-                               pipeline.Sentences([words], [(0,) * len(words)]), seq_length)
-    if examples.dropped_tags:
-        raise UserError(f"the text is more than the model's data.seq_length {seq_length} "
-                        "WordPieces with [CLS] and [SEP]; shorten it")
-    ids, labels = examples.row(0)
-    input_ids = np.zeros((1, seq_length), np.int32)
-    input_ids[0, :len(ids)] = ids
-    batch = {"input_ids": input_ids, "segment_ids": np.zeros_like(input_ids)}
-    logits = np.asarray(run.task.predict(run.params, batch))[0, :len(ids)]
-    names = tuple(run.data.class_names)
-    tags = tuple(names[i] for i in logits[labels >= 0].argmax(-1))
-    return Tagged(words, tags, spans(words, tags, names))
+    return tag_sentences(run, [words], batch_size=1)[0]

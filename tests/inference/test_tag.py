@@ -78,3 +78,25 @@ def test_command_prints_tags_and_spans_without_the_data(workdir):
     assert all(line.split("\t")[0] in ("PER", "ORG", "LOC", "MISC") for line in lines[3:])
     assert "tagged with the checkpoint at step 4" in result.stderr
     assert_user_error(run_cli("tag", f"--workdir={workdir}", "--text= "), "no words to tag")
+
+
+@pytest.mark.slow
+def test_sentences_tagged_in_batches_equal_each_tagged_alone(workdir, tmp_path):
+    run = load_run(str(workdir))
+    lines = ["Peter visited Germany", "EU rejects German call .", "Blackburn"]
+    batched = tag.tag_sentences(run, [line.split() for line in lines], batch_size=2)
+    assert batched == [tag.tag(run, line) for line in lines]
+    with pytest.raises(UserError, match="sentence 2 is more than the model's data.seq_length"):
+        tag.tag_sentences(run, [["Peter"], ["Blackburn"] * 40])
+
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join([lines[0], "", lines[1]]) + "\n")
+    result = run_cli("tag", f"--workdir={workdir}", f"--input={path}")
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split("\n\n")  # CoNLL: a blank line after each sentence.
+    assert blocks[-1] == "" and len(blocks) == 3
+    for block, expected in zip(blocks, batched[:2], strict=False):
+        assert block.splitlines() == [f"{w}\t{t}" for w, t in zip(expected.words, expected.tags,
+                                                                  strict=True)]
+    assert_user_error(run_cli("tag", f"--workdir={workdir}", f"--input={tmp_path / 'none'}"),
+                      "no such file")
