@@ -144,7 +144,7 @@ class ExampleRows:
         raise NotImplementedError
 
 
-class _ClassifiedRows(ExampleRows):
+class ClassifiedRows(ExampleRows):
     def fill(self, batch: Batch, row: int, index: int) -> None:
         ids = self.examples.ids(index)
         batch["input_ids"][row, :len(ids)] = ids
@@ -258,7 +258,7 @@ class TextClassificationData(EncodedSplits):
     """A text classification data set (see `EncodedSplits`); `texts` holds the raw texts of
     `train` and of each eval split (for word-level baselines)."""
 
-    row_type: ClassVar[type[ExampleRows]] = _ClassifiedRows
+    row_type: ClassVar[type[ExampleRows]] = ClassifiedRows
     texts: Mapping[str, Texts] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):

@@ -45,16 +45,15 @@ def classify(run: Any, text: str, pair: str | None = None) -> Classified:
     tokenizer, seq_length = run.data.tokenizer, run.task.seq_length
     examples = pipeline.encode(tokenizer, [text], None if pair is None else [pair], [0],
                                seq_length)
-    ids = examples.ids(0)
     full = len(tokenizer.encode(text)) + 2 + (0 if pair is None else
                                               len(tokenizer.encode(pair)) + 1)
-    input_ids = np.zeros((1, seq_length), np.int32)
-    segment_ids = np.zeros_like(input_ids)
-    input_ids[0, :len(ids)] = ids
-    segment_ids[0, examples.first_lengths[0]:len(ids)] = 1
-    logits = run.task.predict(run.params, {"input_ids": input_ids, "segment_ids": segment_ids})
+    batch = pipeline.ClassifiedRows(examples, seq_length,
+                                    (tokenizer.cls_id, tokenizer.sep_id)).make([0])
+    del batch["label"]
+    logits = run.task.predict(run.params, batch)
     probabilities = softmax(np.asarray(logits)[0])
     order = np.argsort(-probabilities, kind="stable")
     names = tuple(run.data.class_names)
     return Classified(tuple(names[i] for i in order),
-                      tuple(float(probabilities[i]) for i in order), full > len(ids))
+                      tuple(float(probabilities[i]) for i in order),
+                      full > len(examples.ids(0)))
