@@ -22,11 +22,6 @@ from configs.bert import tweet_sentiment
 from configs.bert.tweet_sentiment import get_sweep  # noqa: F401 (the paper's lr grid)
 
 TRAIN_SENTENCES = 14_041
-# A tagger's encoder is a pretraining run's without the pooler (the classifier reads every
-# token, as Hugging Face's BertForTokenClassification).
-ENCODER_PARTS = tuple((f"encoder/{part}",) * 2 for part in (
-    "token_embedding", "position_embedding", "segment_embedding", "embedding_norm",
-    "transformer"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,5 +32,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg, data, train_size=TRAIN_SENTENCES, eval_splits=("validation", "test"),
         task="token_classification", evaluator=dict(type="entity_f1"))
     if arg.init_from:
-        config.init_from.mapping = ENCODER_PARTS
+        config.init_from.mapping = tweet_sentiment.ENCODER_PARTS
     return config

@@ -37,6 +37,11 @@ from jaxformer.config import parse_arg, read_workdir_config
 TRAIN_EXAMPLES = 29_749
 PAPER_LEARNING_RATES = (5e-5, 3e-5, 2e-5)
 # The model fields a fine-tuning run takes from the pretraining run it starts from.
+# A pretraining run's encoder without its pooler, for heads that read every token (as Hugging
+# Face's BertForTokenClassification and BertForQuestionAnswering).
+ENCODER_PARTS = tuple((f"encoder/{part}",) * 2 for part in (
+    "token_embedding", "position_embedding", "segment_embedding", "embedding_norm",
+    "transformer"))
 SOURCE_MODEL_KEYS = ("variant", "num_layers", "num_heads", "d_model", "mlp_dim", "max_position",
                      "type_vocab", "layer_norm_epsilon", "activation", "causal")
 
@@ -55,10 +60,11 @@ CLASSIFICATION_EVAL = dict(type="classification", top_k=(1,), macro_f1=True)
 def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
                       train_size: int, eval_splits: tuple[str, str],
                       task: str = "text_classification",
-                      evaluator: dict = CLASSIFICATION_EVAL) -> ml_collections.ConfigDict:
-    """The fine-tuning recipe of `task` for `data` of `train_size` examples, evaluated by
-    `evaluator` (type and options) on `eval_splits`: the first every epoch, the second at the
-    end (one evaluator when they are the same split)."""
+                      evaluator: dict = CLASSIFICATION_EVAL,
+                      batch_size: int = 32) -> ml_collections.ConfigDict:
+    """The fine-tuning recipe of `task` for `data` of `train_size` examples in batches of
+    `batch_size`, evaluated by `evaluator` (type and options) on `eval_splits`: the first every
+    epoch, the second at the end (one evaluator when they are the same split)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(dict(
@@ -69,7 +75,6 @@ def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.Confi
     data.update(vocab_size=books_pretraining.VOCAB_SIZE, train_examples=arg.train_examples,
                 tokenizer_workdir=arg.init_from)
     config.data = data
-    batch_size = 32
     epoch = math.ceil(examples / batch_size)
     num_steps = arg.epochs * epoch
     config.train = common.train(batch_size=batch_size, num_steps=num_steps,
@@ -108,9 +113,11 @@ def finetuning_config(arg: ml_collections.ConfigDict, data: ml_collections.Confi
 
 
 def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
-    """The arg string of a fine-tuning config (see the module docstring)."""
-    return parse_arg(arg, init_from="", variant="mini", lr=5e-5, epochs=3, train_examples=-1,
-                     causal=False, runlocal=False, **extra)
+    """The arg string of a fine-tuning config (see the module docstring); `extra` adds args or
+    changes their defaults."""
+    defaults = dict(init_from="", variant="mini", lr=5e-5, epochs=3, train_examples=-1,
+                    causal=False, runlocal=False)
+    return parse_arg(arg, **{**defaults, **extra})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -118,27 +118,31 @@ class ExampleRows:
     """A split's encoded examples as batch rows: `make` turns example indices (None: a
     padding row, `[CLS] [SEP]` labelled -1) into a batch; subclasses `fill` a row."""
 
-    label_per_token = False  # A label per token (`[b, L]`), or per example (`[b]`).
-
     def __init__(self, examples: Any, seq_length: int, padding: tuple[int, int]):
         self.examples, self.seq_length, self.padding = examples, seq_length, padding
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def empty(self, rows: int) -> Batch:
+        """A batch of `rows` rows of [PAD], labelled -1."""
+        shape = (rows, self.seq_length)
+        return {"input_ids": np.zeros(shape, np.int32), "segment_ids": np.zeros(shape, np.int32),
+                "label": np.full((rows, *self.label_shape()), PAD_LABEL, np.int32)}
+
     def make(self, indices: Iterable[int | None]) -> Batch:
         indices = list(indices)
-        shape = (len(indices), self.seq_length)
-        batch = {"input_ids": np.zeros(shape, np.int32),
-                 "segment_ids": np.zeros(shape, np.int32),
-                 "label": np.full(shape if self.label_per_token else shape[:1], PAD_LABEL,
-                                  np.int32)}
+        batch = self.empty(len(indices))
         for row, index in enumerate(indices):
             if index is None:
                 batch["input_ids"][row, :2] = self.padding
             else:
                 self.fill(batch, row, index)
         return batch
+
+    def label_shape(self) -> tuple[int, ...]:
+        """The shape of one row's label: () for one label per example."""
+        return ()
 
     def fill(self, batch: Batch, row: int, index: int) -> None:
         raise NotImplementedError
@@ -310,6 +314,18 @@ def train_indices(config: ml_collections.ConfigDict, labels: Sequence[int]) -> n
         raise ValueError(f"data.train_examples is {count}, the training set has only "
                          f"{len(labels)}")
     return stratified_subset(np.asarray(labels), count, get(config, "subset_seed"))
+
+
+def random_subset(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
+    """The training examples to use, by index (in corpus order): all `count`, or
+    `config.train_examples` of them drawn with `config.subset_seed`."""
+    take = get(config, "train_examples")
+    if take == -1:
+        return np.arange(count)
+    if take > count:
+        raise ValueError(f"data.train_examples is {take}, the training set has only {count}")
+    rng = np.random.default_rng(get(config, "subset_seed"))
+    return np.sort(rng.permutation(count)[:take])
 
 
 @dataclasses.dataclass(frozen=True)

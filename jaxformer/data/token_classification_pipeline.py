@@ -130,7 +130,8 @@ def encode(tokenizer: WordPiece, sentences: Sentences, seq_length: int) -> Examp
 
 
 class TaggedRows(text_pipeline.ExampleRows):
-    label_per_token = True
+    def label_shape(self) -> tuple[int, ...]:
+        return (self.seq_length,)
 
     def fill(self, batch: Batch, row: int, index: int) -> None:
         ids, labels = self.examples.row(index)
@@ -154,24 +155,12 @@ def tagging_spec(config: ml_collections.ConfigDict, tags: Sequence[str]) -> Data
                     tokenizer=TokenizerSpec(config.vocab_size, pad_id=WordPiece.pad_id))
 
 
-def train_indices(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
-    """The training sentences to use, by index: all, or `config.train_examples` of them
-    drawn with `config.subset_seed` (in corpus order)."""
-    take = text_pipeline.get(config, "train_examples")
-    if take == -1:
-        return np.arange(count)
-    if take > count:
-        raise ValueError(f"data.train_examples is {take}, the training set has only {count}")
-    rng = np.random.default_rng(text_pipeline.get(config, "subset_seed"))
-    return np.sort(rng.permutation(count)[:take])
-
-
 def build_data(config: ml_collections.ConfigDict, *, workdir: str | None, train: Sentences,
                evals: Mapping[str, Sentences], tags: Sequence[str]) -> TokenClassificationData:
     """The data of `config` (after `check_text_config`): the training sentences it asks for,
     the vocabulary (`tokenizer_workdir`'s, or trained on those sentences) and every split
     encoded."""
-    train = train.take(train_indices(config, len(train)))
+    train = train.take(text_pipeline.random_subset(config, len(train)))
     tokenizer = wordpiece.for_workdir(
         common.assets_dir(workdir),
         lambda: (" ".join(words) for words in train.words), config.vocab_size,

@@ -86,6 +86,13 @@ class WordPiece:
         """`encode` of each of `texts`."""
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_batch_with_offsets(self, texts: list[str]
+                                  ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """The ids of each of `texts` and, for each id, the `[start, end)` characters of the
+        text it covers."""
+        return [(e.ids, e.offsets)
+                for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`, "##" pieces joined to the word before them."""
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)

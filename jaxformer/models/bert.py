@@ -56,7 +56,7 @@ VARIANTS: dict[str, dict[str, int]] = {
     "small": dict(num_layers=4, d_model=512, num_heads=8, mlp_dim=2048),
     "medium": dict(num_layers=8, d_model=512, num_heads=8, mlp_dim=2048),
 }
-HEADS = ("pretraining", "sequence", "token")
+HEADS = ("pretraining", "sequence", "token", "span")
 PAD_ID = 0
 LAYER_NORM_EPSILON = 1e-12
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -279,6 +279,22 @@ class BertTokenClassifier(_EncoderFields):
         return self.classifier(sequence).astype(jnp.float32)
 
 
+class BertSpanClassifier(_EncoderFields):
+    """Answer span extraction (SQuAD): `(input_ids, segment_ids)` -> float32 logits
+    `[batch, seq, 2]`, each token's score as the answer's first (`[..., 0]`) and last
+    (`[..., 1]`) token, from a dense layer on every token (BERT's `run_squad.py` has no
+    dropout there)."""
+
+    def setup(self):
+        self.encoder = self.make_encoder(add_pooler=False)
+        self.classifier = Dense(2, kernel_init=default_init(), dtype=self.dtype)
+
+    def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, *,
+                 train: bool = False) -> jax.Array:
+        sequence, _ = self.encoder(input_ids, segment_ids, train=train)
+        return self.classifier(sequence).astype(jnp.float32)
+
+
 def sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
     """`num_layers`, `d_model`, `num_heads`, `mlp_dim` of a `config.model` block: its variant's,
     or its explicit fields when `variant` is ""."""
@@ -304,8 +320,8 @@ def build(
     Args:
       config: the `model` part of the experiment config.
       vocab_size: number of token ids.
-      head: "pretraining" (`BertForPreTraining`), "sequence" (`BertClassifier`) or "token"
-        (`BertTokenClassifier`).
+      head: "pretraining" (`BertForPreTraining`), "sequence" (`BertClassifier`), "token"
+        (`BertTokenClassifier`) or "span" (`BertSpanClassifier`).
       num_classes: classes of a classifier head.
       dtype: computation dtype.
       remat: recompute each block's activations in the backward pass.
@@ -326,6 +342,8 @@ def build(
         activation=ACTIVATIONS[activation], **sizes(config))
     if head == "pretraining":
         return BertForPreTraining(**fields)
+    if head == "span":
+        return BertSpanClassifier(**fields)
     if num_classes < 1:
         raise ValueError(f"a BERT classifier needs at least one class, got {num_classes}")
     cls = BertClassifier if head == "sequence" else BertTokenClassifier
