@@ -16,6 +16,7 @@ from jaxformer.data import (
     glue,
     imagenet2012,
     shakespeare,
+    squad,
     synthetic,
     tweet_sentiment,
     wmt14_ende,
@@ -23,7 +24,7 @@ from jaxformer.data import (
 
 MODULES = {module.__name__.rsplit(".", 1)[1]: module for module in (
     shakespeare, synthetic, bible_enes, ding_ende, wmt14_ende, fashion_mnist, cifar10,
-    imagenet2012, books, tweet_sentiment, glue, conll2003)}
+    imagenet2012, books, tweet_sentiment, glue, conll2003, squad)}
 MISSING = "/nonexistent/tfds"
 
 
@@ -49,6 +50,7 @@ def make_config(name: str, data_dir: str, overrides=None) -> ml_collections.Conf
         "tweet_sentiment": {"vocab_size": 1000, "seq_length": 64, "train_examples": 500},
         "glue": {"task": "mnli", "vocab_size": 1000, "seq_length": 128, "data_dir": data_dir},
         "conll2003": {"vocab_size": 1000, "seq_length": 128, "data_dir": data_dir},
+        "squad": {"vocab_size": 1000, "seq_length": 384, "data_dir": data_dir},
     }[name]
     return ml_collections.ConfigDict({"name": name, **config, **(overrides or {})})
 
@@ -97,6 +99,9 @@ BAD = [
     ("conll2003", {"data_dir": MISSING}, "does not exist"),
     ("conll2003", {"path": "/nonexistent/conll"}, "the train file /nonexistent/conll/train.txt"),
     ("conll2003", {"tags": ("O", "B-PER", "B-PER")}, "repeated tags"),
+    ("squad", {"data_dir": MISSING}, "does not exist"),
+    ("squad", {"version": "1.0"}, "unknown data.version '1.0'"),
+    ("squad", {"doc_stride": 400}, "data.doc_stride 400 is more than the 317 context pieces"),
 ]
 
 
@@ -131,7 +136,7 @@ def check(name: str, config: ml_collections.ConfigDict, places) -> None:
 def test_good_settings_pass_and_write_nothing(name, places, tmp_path):
     before = everything(tmp_path)
     check(name, make_config(name, str(places["tfds"])), places)
-    if name not in ("wmt14_ende", "glue", "conll2003"):  # Their data must be in an existing dir.
+    if name not in ("wmt14_ende", "glue", "conll2003", "squad"):  # Data in an existing dir.
         check(name, make_config(name, ""), places)  # The default data dir, not made.
     assert everything(tmp_path) == before
 

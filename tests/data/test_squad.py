@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxformer.data import common, squad
 from jaxformer.data import question_answering_pipeline as pipeline
-from jaxformer.data import squad
 from jaxformer.data.question_answering_pipeline import Questions
 from jaxformer.data.wordpiece import WordPiece
 
@@ -184,6 +184,14 @@ def test_build_reads_tfds_records(tmp_path, monkeypatch):
         opened.append(name)
         return None, [records[split] for split in splits]
 
+    import tensorflow_datasets as tfds
+    import tensorflow_datasets.datasets.squad.squad_dataset_builder  # noqa: F401
+
+    with common.tfds_scratch():
+        features = tfds.builder("squad/v2.0", data_dir=str(tmp_path)).info.features
+    for record in records["train"]:  # The records have the builder's features.
+        assert set(record) <= set(features) and set(record["answers"]) == set(
+            features["answers"].feature)
     monkeypatch.setattr(squad.image_pipeline, "tfds_sources", fake_sources)
     data = squad.build(ml_collections.ConfigDict({
         "name": "squad", "version": "2.0", "data_dir": str(tmp_path), "vocab_size": 200,

@@ -22,6 +22,7 @@ from jaxformer.train.state import create_state
 from tests.data.test_coco_captions import write_metadata as write_coco_metadata
 from tests.data.test_coco_detection import mocked_coco
 from tests.data.test_conll2003 import write_files as write_conll_files
+from tests.data.test_squad import write_files as write_squad_files
 from tests.helpers import CONFIGS, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -283,6 +284,9 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir, monkeypatch):
     elif config.data.name == "conll2003":  # Hand-written CoNLL files.
         config.data.path = str(write_conll_files(tmp_path / "conll"))
         last = trainer.train(config, str(tmp_path / "run"))
+    elif config.data.name == "squad":  # Hand-written SQuAD files.
+        config.data.path = str(write_squad_files(tmp_path / "squad", config.data.version))
+        last = trainer.train(config, str(tmp_path / "run"))
     elif config.data.name == "coco_detection":  # Hand-written records as every split.
         with mocked_coco(tmp_path / "tfds") as coco_dir:
             config.data.data_dir = str(coco_dir)
@@ -298,7 +302,8 @@ def test_every_config_trains_one_step(path, tmp_path, data_dir, monkeypatch):
                                           "few_shot": ["top1_0shot"],
                                           "captioning": ["cider"],
                                           "coco_ap": ["AP", "AP50"],
-                                          "entity_f1": ["f1", "precision"]}[entry.type]}
+                                          "entity_f1": ["f1", "precision"],
+                                          "squad": ["exact", "f1"]}[entry.type]}
 
 
 @pytest.mark.slow
