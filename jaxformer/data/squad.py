@@ -16,6 +16,7 @@ of SQuAD 2.0 marked `is_impossible` has no answer. Windows and the vocabulary co
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import ml_collections
@@ -154,5 +155,10 @@ def build(config: ml_collections.ConfigDict, *, workdir: str | None) -> Question
     """
     check_config(config)
     splits = read_splits(config)
-    return pipeline.build_data(config, workdir=workdir, train=splits["train"],
+    data = pipeline.build_data(config, workdir=workdir, train=splits["train"],
                                evals={"validation": splits["validation"]})
+    if data.train.skipped:
+        logging.getLogger(__name__).warning(
+            "left out %d training questions whose answer is not the context's text at its "
+            "answer_start", data.train.skipped)
+    return data

@@ -15,7 +15,9 @@ fine-tuning model starts from a pretraining run with `init_from.mapping =
     next-sentence head (dense to 2) on the pooled output;
   * `BertClassifier`: dropout + dense on the pooled output (single sentences and pairs);
   * `BertTokenClassifier`: dropout + dense on every token (no pooler, as Hugging Face's
-    `BertForTokenClassification`).
+    `BertForTokenClassification`);
+  * `BertSpanClassifier`: dense to 2 (answer start, end) on every token (no pooler, as
+    `BertForQuestionAnswering`).
 
 Weights are initialised as the reference implementation: truncated normal(0.02) (cut at two
 standard deviations), zero biases, LayerNorm scale 1 and bias 0. With vocab 30,522,

@@ -1,5 +1,6 @@
 """BERT (`model_type` "bert"): Hugging Face `BertForPreTraining`,
-`BertForSequenceClassification` and `BertForTokenClassification` <-> `jaxformer.models.bert`.
+`BertForSequenceClassification`, `BertForTokenClassification` and `BertForQuestionAnswering`
+<-> `jaxformer.models.bert`.
 
 An import makes a pretraining run: the encoder, the pooler, the masked-LM head and the
 next-sentence head (`BertForPreTraining`; Google's checkpoints, e.g. bert-base-uncased, hold
@@ -11,8 +12,14 @@ tweet_sentiment.py, or `--config` with data of the checkpoint's number of classe
 text classification run exports as one, its data's class names as the labels. A
 `BertForTokenClassification` (no pooler) makes a tagging run (configs/bert/conll2003.py) whose
 tags are the checkpoint's labels (`id2label`, which must be IOB or IOBES tag names, e.g.
-B-PER), and a tagging run exports as one. The
-masked-LM decoder is the token embedding (tied); its copies in a checkpoint
+B-PER), and a tagging run exports as one. A `BertForQuestionAnswering` (no pooler; its
+`qa_outputs` is the span head's `classifier`, first and last token) makes a SQuAD v1.1 run
+(configs/bert/squad.py; sequences, questions and the window stride cut in proportion to a
+shorter `max_position_embeddings`), and a question answering run exports as one. A checkpoint
+does not say whether it was trained on SQuAD 2.0: for one that was, give
+`--config=configs/bert/squad.py:version=2.0` (v2.0's data and recipe, `task.no_answer`), or
+`--config.task.no_answer=true` alone (answering nothing allowed, v1.1's data). The masked-LM
+decoder is the token embedding (tied); its copies in a checkpoint
 (`cls.predictions.decoder.*`) are ignored, as are the position and token type buffers.
 Older names are read too: LayerNorm `gamma`/`beta`, and a `BertModel`'s tensors without the
 `bert.` prefix.
@@ -47,14 +54,15 @@ IGNORED = (
     r"cls\.predictions\.decoder\.weight",  # The token embedding (tied).
     r"cls\.predictions\.decoder\.bias",  # `cls.predictions.bias` (tied).
 )
-# Parts a base model or a single-head model lacks: parameter prefix -> tensor name prefix.
+# Parts a base model or a single-head model lacks: parameter prefix -> tensor name prefix(es);
+# a question answerer's classifier is its `qa_outputs`.
 OPTIONAL = {"encoder/pooler": "bert.pooler.", "mlm_head": "cls.predictions.",
-            "nsp_head": "cls.seq_relationship.", "classifier": "classifier."}
+            "nsp_head": "cls.seq_relationship.", "classifier": ("classifier.", "qa_outputs.")}
 PRETRAINING, CLASSIFIER = "BertForPreTraining", "BertForSequenceClassification"
-TAGGER = "BertForTokenClassification"
+TAGGER, QUESTION_ANSWERING = "BertForTokenClassification", "BertForQuestionAnswering"
 # The jaxformer task of each exported architecture.
 TASKS = {"bert_pretraining": PRETRAINING, "text_classification": CLASSIFIER,
-         "token_classification": TAGGER}
+         "token_classification": TAGGER, "question_answering": QUESTION_ANSWERING}
 # `hidden_act` -> `model.activation`.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "relu": "relu"}
@@ -69,16 +77,19 @@ VOCAB_TXT = "vocab.txt"
 
 
 def _architecture(hf_config: dict) -> str:
-    """The checkpoint's head: `CLASSIFIER`, `TAGGER` or (any other) `PRETRAINING`."""
+    """The checkpoint's head: `CLASSIFIER`, `TAGGER`, `QUESTION_ANSWERING` or (any other)
+    `PRETRAINING`."""
     named = hf_config.get("architectures") or ()
-    return next((a for a in (CLASSIFIER, TAGGER) if a in named), PRETRAINING)
+    return next((a for a in (CLASSIFIER, TAGGER, QUESTION_ANSWERING) if a in named),
+                PRETRAINING)
 
 
 def base_config(hf_config: dict) -> str:
     """A classifier's is the tweet-sentiment fine-tuning config (its three classes; `--config`
-    names another), a tagger's the CoNLL-2003 one (with the checkpoint's tags), every other
-    checkpoint's the pretraining config."""
+    names another), a tagger's the CoNLL-2003 one (with the checkpoint's tags), a question
+    answerer's SQuAD v1.1, every other checkpoint's the pretraining config."""
     return {CLASSIFIER: "configs/bert/tweet_sentiment.py", TAGGER: "configs/bert/conll2003.py",
+            QUESTION_ANSWERING: "configs/bert/squad.py",
             PRETRAINING: "configs/bert/books_pretraining.py"}[_architecture(hf_config)]
 
 
@@ -116,6 +127,7 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
         raise ValueError(f"hidden_act {act!r} is not supported; supported: "
                          f"{', '.join(ACTIVATIONS)}")
     max_position = _get(hf_config, "max_position_embeddings")
+    seq_length = config.data.seq_length
     config.model.update(
         name="bert", variant="", num_layers=_get(hf_config, "num_hidden_layers"),
         d_model=_get(hf_config, "hidden_size"), num_heads=_get(hf_config, "num_attention_heads"),
@@ -127,6 +139,9 @@ def configure(config: ml_collections.ConfigDict, hf_config: dict) -> None:
         causal=False, scan_layers=False)
     config.data.update(vocab_size=_get(hf_config, "vocab_size"), tokenizer_workdir="",
                        seq_length=min(config.data.seq_length, max_position))
+    if config.task.name == "question_answering" and config.data.seq_length < seq_length:
+        for key in ("max_query_length", "doc_stride"):  # In proportion to the shorter windows.
+            config.data[key] = max(1, config.data[key] * config.data.seq_length // seq_length)
     if config.task.name == "bert_pretraining":
         config.data.max_predictions = min(config.data.max_predictions, config.data.seq_length)
     elif _architecture(hf_config) == TAGGER:
@@ -158,8 +173,9 @@ def _check_task(config: ml_collections.ConfigDict) -> str:
 
 def hf_config(config: ml_collections.ConfigDict) -> dict:
     """The `config.json` of a `BertForPreTraining` (a pretraining run), a
-    `BertForSequenceClassification` (a text classification run, with the data's classes) or
-    a `BertForTokenClassification` (a tagging run, with its tags)."""
+    `BertForSequenceClassification` (a text classification run, with the data's classes),
+    a `BertForTokenClassification` (a tagging run, with its tags) or a
+    `BertForQuestionAnswering` (a question answering run)."""
     from jaxformer.models import bert
 
     model = config.model
@@ -203,8 +219,9 @@ def export_params(workdir: str, params: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def rules(config: ml_collections.ConfigDict) -> list[Rule]:
-    """The tensors of `BertForPreTraining`, `BertForSequenceClassification` or
-    `BertForTokenClassification` (by the task) -> the model's parameters."""
+    """The tensors of `BertForPreTraining`, `BertForSequenceClassification`,
+    `BertForTokenClassification` or `BertForQuestionAnswering` (by the task) -> the model's
+    parameters."""
     architecture = _check_task(config)
     from jaxformer.models import bert
 
@@ -227,6 +244,8 @@ def rules(config: ml_collections.ConfigDict) -> list[Rule]:
         ]
     if architecture == TAGGER:
         return mapping + maps.linear("classifier", "classifier")
+    if architecture == QUESTION_ANSWERING:
+        return mapping + maps.linear("qa_outputs", "classifier")
     mapping += maps.linear("bert.pooler.dense", "encoder/pooler")
     if architecture == CLASSIFIER:
         return mapping + maps.linear("classifier", "classifier")

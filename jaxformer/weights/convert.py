@@ -210,9 +210,10 @@ def initial_params(config: ml_collections.ConfigDict, paths: Iterable[str]
     return {p: np.asarray(v, np.float32) for p, v in zip(paths, values, strict=True)}
 
 
-def absent_parts(optional: dict[str, str], tensors: Iterable[str]) -> list[str]:
+def absent_parts(optional: dict[str, str | tuple[str, ...]], tensors: Iterable[str]
+                 ) -> list[str]:
     """The parameter prefixes of the `optional` parts (parameter prefix -> tensor name
-    prefix) that have no tensor in `tensors`."""
+    prefix, or a tuple of the prefixes it goes by) that have no tensor in `tensors`."""
     tensors = list(tensors)
     return [part for part, hf in optional.items()
             if not any(name.startswith(hf) for name in tensors)]

@@ -308,13 +308,14 @@ def test_errors_name_the_tensor(imported, tmp_path, change, message):
 
 
 def _import_head(imported, tmp_path, model):
-    """`model` (a transformers BERT with a classifier head) with the reference's encoder and
-    a random classifier, saved and imported: (its directory, the workdir, the workdir's
-    config, its params, its task built from the data spec)."""
+    """`model` (a transformers BERT with a classifier head, or `qa_outputs`) with the
+    reference's encoder and a random head, saved and imported: (its directory, the workdir,
+    the workdir's config, its params, its task built from the data spec)."""
     model.bert.load_state_dict(imported.model.bert.state_dict(), strict=False)
+    head = model.qa_outputs if hasattr(model, "qa_outputs") else model.classifier
     with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 0.5)
-        model.classifier.bias.normal_(0.0, 0.5)
+        head.weight.normal_(0.0, 0.5)
+        head.bias.normal_(0.0, 0.5)
     hf_dir, workdir = _save(model, tmp_path / "hf"), str(tmp_path / "w")
     assert cli.main(["import-weights", f"--from={hf_dir}", "--family=bert",
                      f"--workdir={workdir}"]) == 0
@@ -417,3 +418,74 @@ def test_full_size_token_classifier_parameter_count(tmp_path):
         reference = transformers.BertForTokenClassification(transformers.BertConfig(
             vocab_size=28996, num_labels=9))
     assert ours == sum(p.numel() for p in reference.parameters()) == 107_726_601
+
+
+def _span_logits(reference, ids, segments) -> np.ndarray:
+    """transformers' start and end logits stacked as ours: `[b, L, 2]`."""
+    with torch.no_grad():
+        out = reference(input_ids=torch.from_numpy(ids),
+                        token_type_ids=torch.from_numpy(segments),
+                        attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
+    return np.stack([out.start_logits.numpy(), out.end_logits.numpy()], axis=-1)
+
+
+def test_a_question_answerer_imports_as_a_squad_run_and_exports(imported, tmp_path):
+    """A BertForQuestionAnswering (no pooler) becomes a SQuAD v1.1 run (its windows cut to the
+    checkpoint's 64 positions) whose first and last logits are transformers' start and end
+    logits, answers as transformers' best span does, and exports back to the same model."""
+    model = transformers.BertForQuestionAnswering(transformers.BertConfig(**SMALL)).eval()
+    hf_dir, workdir, config, params, task = _import_head(imported, tmp_path, model)
+    assert (config.task.name, config.data.name, config.data.version) == (
+        "question_answering", "squad", "1.1")
+    assert not config.task.no_answer and "pooler" not in params["encoder"]
+    assert (config.data.seq_length, config.data.max_query_length, config.data.doc_stride) == (
+        64, 10, 21)  # 384, 64 and 128 cut in proportion.
+    ids, segments = _inputs()
+    ours = np.asarray(task.model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
+                                       jnp.asarray(segments, jnp.int32)))
+    want = _span_logits(model, ids, segments)
+    real = ids != 0
+    assert np.abs(ours - want)[real].max() < 1e-4 and np.abs(want).max() > 0.1
+    out = str(tmp_path / "exported")
+    convert.export_weights(workdir, out, log=lambda _: None)
+    exported, info = transformers.BertForQuestionAnswering.from_pretrained(
+        out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    np.testing.assert_allclose(_span_logits(exported.eval(), ids, segments), want, rtol=1e-6,
+                               atol=1e-6)
+
+    # `answer` reads only the workdir: transformers' best span of the context (first <= last,
+    # at most max_answer_length tokens) at the argmax of start + end logits.
+    from jaxformer.inference.answer import answer
+    from jaxformer.inference.workdir import load_run, vocabulary_spec
+
+    question = "who said it to the king"
+    context = ("the queen said unto the king: thou shalt not be in this house, for the "
+               "people of god shall be with thee and thy son")
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(hf_dir)
+    encoded = tokenizer(question, context, return_offsets_mapping=True, return_tensors="np")
+    logits = _span_logits(model, encoded.input_ids, encoded.token_type_ids)[0]
+    in_context = np.array([s == 1 for s in encoded.sequence_ids(0)])
+    in_context[-1] = False  # The last [SEP].
+    scores = logits[:, 0, None] + logits[None, :, 1]
+    offset = np.arange(len(scores))[None, :] - np.arange(len(scores))[:, None]
+    valid = in_context[:, None] & in_context[None, :] & (offset >= 0) & (
+        offset < task.max_answer_length)
+    first, last = np.unravel_index(np.where(valid, scores, -np.inf).argmax(), scores.shape)
+    offsets = encoded.offset_mapping[0]
+    found = answer(load_run(workdir, data=vocabulary_spec), question, context)
+    assert (found.start, found.end) == (offsets[first][0], offsets[last][1])
+    assert found.text == context[found.start:found.end] and found.text
+    assert found.score == pytest.approx(scores[first, last], abs=1e-4)
+
+
+def test_full_size_question_answerer_parameter_count(tmp_path):
+    """bert-base-uncased with a span head (as a SQuAD fine-tuned BertForQuestionAnswering)."""
+    hf_config = dict(model_type="bert", architectures=["BertForQuestionAnswering"])
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    config, _ = convert.import_config(str(tmp_path), "bert")
+    assert config.task.name == "question_answering" and config.data.seq_length == 384
+    ours = sum(int(np.prod(s)) for s in convert.abstract_params(config).values())
+    with torch.device("meta"):
+        reference = transformers.BertForQuestionAnswering(transformers.BertConfig())
+    assert ours == sum(p.numel() for p in reference.parameters()) == 108_893_186
