@@ -29,6 +29,7 @@ COMMANDS = {
     "fill-mask": "jaxformer.commands.fill_mask",
     "classify": "jaxformer.commands.classify",
     "tag": "jaxformer.commands.tag",
+    "answer": "jaxformer.commands.answer",
     "zero-shot": "jaxformer.commands.zero_shot",
     "retrieve": "jaxformer.commands.retrieve",
     "caption": "jaxformer.commands.caption",

@@ -14,6 +14,7 @@ from jaxformer.models.bert import (
     BertClassifier,
     BertEncoder,
     BertForPreTraining,
+    BertSpanClassifier,
     BertTokenClassifier,
 )
 from jaxformer.train import transfer
@@ -262,13 +263,15 @@ def test_build_variants_and_explicit_sizes():
     assert explicit.dropout_rate == 0.0
     token = bert.build(_config(variant="tiny"), vocab_size=100, head="token", num_classes=7)
     assert isinstance(token, BertTokenClassifier)
+    span = bert.build(_config(variant="tiny"), vocab_size=100, head="span")
+    assert isinstance(span, BertSpanClassifier)
 
 
 def test_build_rejects_bad_configs():
     with pytest.raises(ValueError, match="unknown BERT variant"):
         bert.build(_config(variant="huge"), vocab_size=100)
     with pytest.raises(ValueError, match="unknown BERT head"):
-        bert.build(_config(variant="tiny"), vocab_size=100, head="span")
+        bert.build(_config(variant="tiny"), vocab_size=100, head="answer")
     with pytest.raises(ValueError, match="at least one class"):
         bert.build(_config(variant="tiny"), vocab_size=100, head="sequence")
     with pytest.raises(ValueError, match="divisible"):

@@ -1,0 +1,97 @@
+"""`jaxformer answer --workdir=DIR --question="Whose flock did Moses keep?" --context="..."`
+or `--context_file=FILE` (`-`: stdin).
+
+Prints one line, tab-separated: the answer (the context's own characters, case and
+punctuation kept), its first and past-the-end character offsets in the context (Python's
+`context[start:end]`) and its score (the sum of its first and last token's logits):
+
+    Jethro his father in law	28	52	16.370
+
+A line break or a tab inside the answer is printed as a space (one character for one, so the
+offsets still hold). A `--context_file` is read as UTF-8 with its line ends kept as they are:
+the offsets count its characters. A run fine-tuned with `task.no_answer` (SQuAD 2.0) answers
+nothing when that scores more than `task.null_threshold` above the best span; it then prints
+the line
+
+    no answer
+
+(no tab: unlike any answer's line), and on stderr the two scores that decided it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+
+from jaxformer.commands import common
+
+HELP = "answer a question from a context (extractive, SQuAD) with a question answering workdir"
+TAKES_OVERRIDES = False
+NO_ANSWER = "no answer"
+# Characters that would end or split the printed line (str.splitlines' line breaks and tab).
+_ONE_LINE = str.maketrans({c: " " for c in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--question", required=True, help="the question to answer")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--context", help="the text that holds the answer")
+    source.add_argument("--context_file", help="a UTF-8 file that holds the answer (-: stdin)")
+    common.add_checkpoint_choice(parser)
+
+
+def read_context(path: str) -> str:
+    """The text of `--context_file` (`-`: stdin), its characters as they are (no newline
+    translation), so that offsets count them."""
+    from jaxformer.errors import UserError
+
+    if path != "-" and not os.path.isfile(path):
+        raise UserError(f"--context_file {path}: no such file")
+    try:
+        if path == "-":
+            return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="").read()
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"--context_file {path}: not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise UserError(f"--context_file {path}: cannot read it ({e.strerror})") from e
+
+
+def run(args, overrides: list[str]) -> int:
+    from jaxformer.config import read_workdir_config
+    from jaxformer.errors import UserError
+    from jaxformer.inference import answer
+
+    if not args.question.strip():
+        raise UserError("the question is empty")
+    context = args.context if args.context is not None else read_context(args.context_file)
+    if not context.strip():
+        raise UserError("the context is empty")
+    answer.check_config(read_workdir_config(args.workdir), args.workdir)
+    from jaxformer.data import question_answering_pipeline as pipeline
+    from jaxformer.inference.workdir import load_run, vocabulary_spec
+
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
+                    data=vocabulary_spec)
+    result = answer.answer(run_, args.question, context)
+    print(f"answered with {run_.describe()} of {args.workdir}", file=sys.stderr)
+    query_length = pipeline.get(run_.config.data, "max_query_length")
+    if len(run_.data.tokenizer.encode(args.question)) > query_length:
+        print(f"the question was cut to the run's data.max_query_length {query_length} tokens, "
+              "as training cuts long questions", file=sys.stderr)
+    if result.start < 0:
+        if math.isfinite(result.score):
+            print(f"answering nothing scores {result.null_score:.3f}, more than the best span's "
+                  f"{result.score:.3f} by over task.null_threshold {run_.task.null_threshold}",
+                  file=sys.stderr)
+        else:
+            print("no span of the context can be an answer", file=sys.stderr)
+        print(NO_ANSWER)
+        return 0
+    text = result.text.translate(_ONE_LINE)
+    print(f"{text}\t{result.start}\t{result.end}\t{result.score:.3f}")
+    return 0
