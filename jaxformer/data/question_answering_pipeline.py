@@ -215,9 +215,8 @@ def get(config: ml_collections.ConfigDict, key: str):
 def check_config(config: ml_collections.ConfigDict, *, files: bool = True) -> None:
     """Raises ValueError for `seq_length`, `doc_stride`, `max_query_length` and the settings of
     `check_text_config` that `build_data` would reject."""
-    text_pipeline.check_text_config(
-        ml_collections.ConfigDict({**config.to_dict(), "seq_length": get(config, "seq_length")}),
-        files=files)
+    text_pipeline.check_text_config(config, files=files,
+                                    default_seq_length=DEFAULTS["seq_length"])
     query = common.require_int(config, "max_query_length", minimum=1,
                                default=DEFAULTS["max_query_length"])
     room = get(config, "seq_length") - query - 3

@@ -279,12 +279,13 @@ def get(config: ml_collections.ConfigDict, key: str):
     return config.get(key, DEFAULTS[key])
 
 
-def check_text_config(config: ml_collections.ConfigDict, *, files: bool = True) -> None:
-    """Raises ValueError for `seq_length`, `vocab_size`, `train_examples`, `subset_seed` or
-    `tokenizer_workdir` values `build` would reject (with `files`, a `tokenizer_workdir`
-    without a saved vocabulary too)."""
+def check_text_config(config: ml_collections.ConfigDict, *, files: bool = True,
+                      default_seq_length: int = DEFAULTS["seq_length"]) -> None:
+    """Raises ValueError for `seq_length` (`default_seq_length` when not set), `vocab_size`,
+    `train_examples`, `subset_seed` or `tokenizer_workdir` values `build` would reject (with
+    `files`, a `tokenizer_workdir` without a saved vocabulary too)."""
     seq_length = common.require_int(config, "seq_length", minimum=MIN_SEQ_LENGTH,
-                                    default=DEFAULTS["seq_length"])
+                                    default=default_seq_length)
     if seq_length > MAX_SEQ_LENGTH:
         raise ValueError(f"data.seq_length must be at most {MAX_SEQ_LENGTH}, got {seq_length}")
     common.require_int(config, "vocab_size", minimum=len(wordpiece.SPECIAL_TOKENS) + 1)
