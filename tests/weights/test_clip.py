@@ -239,13 +239,15 @@ def test_image_processor_sets_the_normalisation(tmp_path):
 
 @pytest.mark.parametrize("resample, method", [(3, "bicubic"), (2, "bilinear")])
 def test_imported_eval_view_is_the_processors(tmp_path, resample, method):
-    """The evaluation view of an imported CLIP is its processor's output, whose filter
-    (bicubic by default) it takes; with the other filter it is off by tens of levels."""
+    """The evaluation view of an imported CLIP is its processor's output (Pillow's resize, the
+    processor's backend without torchvision; torchvision's bilinear filter differs by up to
+    2 levels), whose filter (bicubic by default) it takes; with the other filter it is off by
+    tens of levels."""
     from jaxformer.data import image_pipeline
 
     (tmp_path / "config.json").write_text(json.dumps(B32))
-    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 240},
-                                                resample=resample)
+    pillow = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
+    processor = pillow(size={"shortest_edge": 240}, resample=resample)
     processor.save_pretrained(tmp_path)
     config, _ = convert.import_config(str(tmp_path), "clip")
     assert config.data.resample == method
