@@ -80,7 +80,7 @@ def test_unknown_evaluator_type_lists_the_types():
 
     with pytest.raises(UnknownNameError, match="available: bleu, captioning, classification, "
                                                "coco_ap, entity_f1, few_shot, linear_probe, loss, "
-                                               "retrieval, zero_shot$"):
+                                               "retrieval, squad, zero_shot$"):
         run_evaluators(config, data, task, params, batch_size=8)
 
 
