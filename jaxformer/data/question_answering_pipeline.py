@@ -113,15 +113,16 @@ def max_context(length: int, starts: Sequence[int], room: int) -> np.ndarray:
     return best
 
 
-def answer_pieces(offsets: Sequence[tuple[int, int]], start: int, text: str,
-                  context: str) -> tuple[int, int] | None:
-    """The first and last piece of the answer `text` at character `start` of `context`, or
-    None when the context does not hold that text there (or it covers no piece)."""
+def answer_pieces(offsets: np.ndarray, start: int, text: str, context: str
+                  ) -> tuple[int, int] | None:
+    """The first and last piece (of pieces covering `offsets` `[n, 2]` characters) of the
+    answer `text` at character `start` of `context`, or None when the context does not hold
+    that text there (or it covers no piece)."""
     end = start + len(text)
     if not text.strip() or context[start:end] != text:
         return None
-    covering = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
-    return (covering[0], covering[-1]) if covering else None
+    covering = np.flatnonzero((offsets[:, 1] > start) & (offsets[:, 0] < end))
+    return (int(covering[0]), int(covering[-1])) if len(covering) else None
 
 
 def encode(tokenizer: WordPiece, questions: Questions, *, seq_length: int, doc_stride: int,
@@ -129,10 +130,13 @@ def encode(tokenizer: WordPiece, questions: Questions, *, seq_length: int, doc_s
     """The windows of every question (see the module docstring); with `drop_unfound`, the
     questions whose first answer is not in their context are left out."""
     contexts = sorted(set(questions.contexts))
-    encoded = dict(zip(contexts, tokenizer.encode_batch_with_offsets(contexts), strict=True))
+    encoded = {context: (np.asarray(ids, np.int32), np.asarray(spans, np.int32).reshape(-1, 2))
+               for context, (ids, spans) in zip(
+                   contexts, tokenizer.encode_batch_with_offsets(contexts), strict=True)}
     question_ids = tokenizer.encode_batch(list(questions.questions)) if len(questions) else []
-    tokens, offsets, context_marks = [], [], []
-    lengths, first_lengths, labels, owners = [], [], [], []
+    sep = np.asarray([tokenizer.sep_id], np.int32)
+    tokens, offsets, marks = [], [], []
+    first_lengths, labels, owners = [], [], []
     skipped = 0
     for q, (query, context) in enumerate(zip(question_ids, questions.contexts, strict=True)):
         ids, spans = encoded[context]
@@ -142,32 +146,33 @@ def encode(tokenizer: WordPiece, questions: Questions, *, seq_length: int, doc_s
             if answer is None and drop_unfound:
                 skipped += 1
                 continue
-        query = query[:max_query_length]
-        room = seq_length - len(query) - 3
+        head = np.asarray([tokenizer.cls_id, *query[:max_query_length], tokenizer.sep_id],
+                          np.int32)
+        room = seq_length - len(head) - 1
         starts = window_starts(len(ids), room, doc_stride)
         best = max_context(len(ids), starts, room)
-        head = [tokenizer.cls_id, *query, tokenizer.sep_id]
         for w, start in enumerate(starts):
             end = min(start + room, len(ids))
-            tokens.extend([*head, *ids[start:end], tokenizer.sep_id])
-            offsets.extend([(-1, -1)] * len(head) + list(spans[start:end]) + [(-1, -1)])
-            marks = np.where(best[start:end] == w, MAX_CONTEXT, CONTEXT)
-            context_marks.extend([OUTSIDE] * len(head) + marks.tolist() + [OUTSIDE])
-            if answer is not None and start <= answer[0] and answer[1] < end:
-                labels.append((answer[0] - start + len(head), answer[1] - start + len(head)))
-            else:
-                labels.append((0, 0))
-            lengths.append(len(head) + end - start + 1)
+            tokens += [head, ids[start:end], sep]
+            offsets += [np.full((len(head), 2), -1, np.int32), spans[start:end],
+                        np.full((1, 2), -1, np.int32)]
+            marks += [np.full(len(head), OUTSIDE, np.int8),
+                      np.where(best[start:end] == w, MAX_CONTEXT, CONTEXT).astype(np.int8),
+                      np.full(1, OUTSIDE, np.int8)]
+            inside = answer is not None and start <= answer[0] and answer[1] < end
+            labels.append((answer[0] - start + len(head), answer[1] - start + len(head))
+                          if inside else (0, 0))
             first_lengths.append(len(head))
             owners.append(q)
+    lengths = [sum(len(part) for part in tokens[i:i + 3]) for i in range(0, len(tokens), 3)]
     return Windows(
-        tokens=np.asarray(tokens, np.int32),
+        tokens=np.concatenate(tokens) if tokens else np.zeros(0, np.int32),
         starts=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
         first_lengths=np.asarray(first_lengths, np.int32),
         labels=np.asarray(labels, np.int32).reshape(-1, 2),
         question=np.asarray(owners, np.int32),
-        offsets=np.asarray(offsets, np.int32).reshape(-1, 2),
-        context=np.asarray(context_marks, np.int8), skipped=skipped)
+        offsets=np.concatenate(offsets) if offsets else np.zeros((0, 2), np.int32),
+        context=np.concatenate(marks) if marks else np.zeros(0, np.int8), skipped=skipped)
 
 
 class SpanRows(text_pipeline.ExampleRows):
