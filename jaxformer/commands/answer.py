@@ -16,6 +16,11 @@ the line
     no answer
 
 (no tab: unlike any answer's line), and on stderr the two scores that decided it.
+
+`jaxformer answer --workdir=DIR --input=dev-v1.1.json` answers every question of a file in
+SQuAD's JSON format (its answers, if any, are not read), in batches, and prints the official
+evaluation script's predictions file: one JSON object, question id -> answer text ("" for no
+answer).
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ _ONE_LINE = str.maketrans({c: " " for c in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u20
 
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--question", required=True, help="the question to answer")
+    parser.add_argument("--question", help="the question to answer (with --context or "
+                                           "--context_file)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--context", help="the text that holds the answer")
     source.add_argument("--context_file", help="a UTF-8 file that holds the answer (-: stdin)")
+    source.add_argument("--input", help="a SQuAD JSON file: answer all its questions")
     common.add_checkpoint_choice(parser)
 
 
@@ -66,8 +73,11 @@ def run(args, overrides: list[str]) -> int:
     from jaxformer.errors import UserError
     from jaxformer.inference import answer
 
-    if not args.question.strip():
-        raise UserError("the question is empty")
+    if args.input is not None:
+        return answer_file(args)
+    if args.question is None or not args.question.strip():
+        raise UserError("the question is empty" if args.question is not None else
+                        "--question is required with --context or --context_file")
     context = args.context if args.context is not None else read_context(args.context_file)
     if not context.strip():
         raise UserError("the context is empty")
@@ -94,4 +104,37 @@ def run(args, overrides: list[str]) -> int:
         return 0
     text = result.text.translate(_ONE_LINE)
     print(f"{text}\t{result.start}\t{result.end}\t{result.score:.3f}")
+    return 0
+
+
+def answer_file(args) -> int:
+    """`--input`: the predictions file of every question of a SQuAD JSON file."""
+    import json
+
+    from jaxformer.config import read_workdir_config
+    from jaxformer.data import squad
+    from jaxformer.errors import UserError
+    from jaxformer.inference import answer
+
+    if args.question is not None:
+        raise UserError("--question goes with --context or --context_file; --input holds "
+                        "its questions")
+    if not os.path.isfile(args.input):
+        raise UserError(f"--input {args.input}: no such file")
+    try:
+        questions = squad.read_squad(args.input)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if not len(questions):
+        raise UserError(f"--input {args.input} has no questions")
+    answer.check_config(read_workdir_config(args.workdir), args.workdir)
+    from jaxformer.inference.workdir import load_run, vocabulary_spec
+
+    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
+                    data=vocabulary_spec)
+    answers = answer.answer_questions(run_, questions)
+    print(f"answered {len(answers)} questions with {run_.describe()} of {args.workdir}",
+          file=sys.stderr)
+    print(json.dumps(dict(zip(questions.ids, (a.text for a in answers), strict=True)),
+                     ensure_ascii=False, indent=1))
     return 0

@@ -80,21 +80,33 @@ def window_spans(predict: Callable[[dict], Any], rows: pipeline.SpanRows, batch_
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def answer(run: Any, question: str, context: str, *, batch_size: int = 8) -> Answer:
-    """The answer to `question` in `context` under `run` (a loaded question answering run, see
-    `jaxformer.inference.workdir.load_run`), with the run's `task.max_answer_length`,
-    `no_answer` and `null_threshold`."""
+def answer_questions(run: Any, questions: pipeline.Questions, *, batch_size: int = 32
+                     ) -> list[Answer]:
+    """The answer to each of `questions` (their gold answers are not read) under `run` (a
+    loaded question answering run, see `jaxformer.inference.workdir.load_run`), with the
+    run's `task.max_answer_length`, `no_answer` and `null_threshold`; windows go through the
+    model in batches of `batch_size`."""
     check_config(run.config, run.workdir)
-    if not question.strip() or not context.strip():
-        raise UserError("the question and the context must not be empty")
-    task = run.task
-    tokenizer, data = run.data.tokenizer, run.config.data
+    for i, (question, context) in enumerate(zip(questions.questions, questions.contexts,
+                                                strict=True)):
+        if not question.strip() or not context.strip():
+            raise UserError(f"question {questions.ids[i]!r}: the question and the context "
+                            "must not be empty")
+    task, tokenizer, data = run.task, run.data.tokenizer, run.config.data
     windows = pipeline.encode(
-        tokenizer, pipeline.Questions(["0"], [question], [context], [[]]),
-        seq_length=run.task.seq_length, doc_stride=pipeline.get(data, "doc_stride"),
+        tokenizer, questions, seq_length=task.seq_length,
+        doc_stride=pipeline.get(data, "doc_stride"),
         max_query_length=pipeline.get(data, "max_query_length"), drop_unfound=False)
-    rows = pipeline.SpanRows(windows, run.task.seq_length, (tokenizer.cls_id, tokenizer.sep_id))
+    rows = pipeline.SpanRows(windows, task.seq_length, (tokenizer.cls_id, tokenizer.sep_id))
     spans = window_spans(lambda batch: task.predict(run.params, batch), rows,
                          min(batch_size, len(rows)), task.max_answer_length)
-    return choose(windows, [context], spans, no_answer=task.no_answer,
-                  null_threshold=task.null_threshold)[0]
+    return choose(windows, questions.contexts, spans, no_answer=task.no_answer,
+                  null_threshold=task.null_threshold)
+
+
+def answer(run: Any, question: str, context: str, *, batch_size: int = 8) -> Answer:
+    """The answer to `question` in `context` under `run` (see `answer_questions`)."""
+    if not question.strip() or not context.strip():
+        raise UserError("the question and the context must not be empty")
+    questions = pipeline.Questions(["0"], [question], [context], [[]])
+    return answer_questions(run, questions, batch_size=batch_size)[0]

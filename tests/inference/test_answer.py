@@ -109,6 +109,7 @@ def test_bad_input_is_one_line_before_the_model_is_read(tmp_path, capsys):
         (folder / "config.json").write_text(json.dumps({"task": {"name": task}}))
     (tmp_path / "latin1.txt").write_bytes("Horeb, montagne de Dieu: caf\xe9".encode("latin-1"))
     (tmp_path / "blank.txt").write_text(" \n\n")
+    (tmp_path / "empty.json").write_text(json.dumps({"data": []}))
     for args, words in [
         ((f"--workdir={qa}", "--question= ", "--context=Horeb"), ("the question is empty",)),
         ((f"--workdir={qa}", "--question=Where?", "--context=\t"), ("the context is empty",)),
@@ -122,6 +123,12 @@ def test_bad_input_is_one_line_before_the_model_is_read(tmp_path, capsys):
          ("holds a 'token_classification' run", "needs a question answering")),
         ((f"--workdir={tmp_path / 'none'}", "--question=Where?", "--context=Horeb"),
          ("no such directory",)),
+        ((f"--workdir={qa}", "--context=Horeb"), ("--question is required",)),
+        ((f"--workdir={qa}", f"--input={tmp_path / 'none.json'}"), ("none.json: no such file",)),
+        ((f"--workdir={qa}", f"--input={tmp_path / 'blank.txt'}"), ("is not a JSON file",)),
+        ((f"--workdir={qa}", f"--input={tmp_path / 'empty.json'}"), ("has no questions",)),
+        ((f"--workdir={qa}", "--question=Where?", f"--input={tmp_path / 'empty.json'}"),
+         ("--input holds its questions",)),
     ]:
         assert cli.main(["answer", *args]) == 2
         out, err = capsys.readouterr()
@@ -221,3 +228,14 @@ def test_the_answer_is_the_contexts_own_characters(run, monkeypatch, capsys, tmp
         text, start, end, _ = out.rstrip("\n").split("\t")
         assert context[int(start):int(end)] == want and int(start) == context.index(want)
         assert text == want.replace("\n", " ")  # A line break in it printed as a space.
+
+
+@pytest.mark.slow
+def test_input_file_gives_the_official_predictions_file(monkeypatch, capsys, run, workdir):
+    code, out, err = cli_with_loaded_run(
+        monkeypatch, capsys, run, f"--input={workdir.parent / 'squad' / 'dev-v2.0.json'}")
+    assert code == 0 and "answered 7 questions with the checkpoint at step" in err
+    predictions = json.loads(out)
+    expected = {id_: golds[0][1] if golds else "" for id_, _, _, golds in training_questions()}
+    assert predictions == expected  # Every id, in the file's order, "" for no answer.
+    assert list(predictions) == list(expected)
