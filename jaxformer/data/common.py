@@ -270,6 +270,31 @@ def check_data_dir(data_dir: str, *, default_must_exist: bool) -> str:
     return path
 
 
+def split_files(config: ml_collections.ConfigDict, default_files: Mapping[str, str]
+                ) -> dict[str, str]:
+    """Split -> the path of its file under `config.path`: `default_files` (split -> file
+    name), renamed by `config.files`."""
+    files = {**default_files, **dict(config.get("files", {}))}
+    unknown = set(files) - set(default_files)
+    if unknown:
+        raise ValueError(f"data.files has unknown splits {sorted(unknown)}; available: "
+                         f"{', '.join(default_files)}")
+    return {split: os.path.join(os.path.expanduser(config.path), files[split])
+            for split in default_files}
+
+
+def check_files_or_data_dir(config: ml_collections.ConfigDict,
+                            default_files: Mapping[str, str]) -> None:
+    """With `config.path`, that each split's file (`split_files`) exists; without, that the
+    tfds data dir does."""
+    if config.get("path", ""):
+        for split, path in split_files(config, default_files).items():
+            if not os.path.isfile(path):
+                raise ValueError(f"the {split} file {path} does not exist (data.path, "
+                                 f"data.files)")
+    else:
+        check_data_dir(config.get("data_dir", ""), default_must_exist=True)
+
 def resolve_data_dir(data_dir: str, *, create: bool) -> str:
     """`check_data_dir(data_dir)`, making the default directory first if `create`."""
     path = check_data_dir(data_dir, default_must_exist=not create)

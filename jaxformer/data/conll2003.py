@@ -15,7 +15,6 @@ and the vocabulary come from `token_classification_pipeline`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 import ml_collections
@@ -45,13 +44,7 @@ def get_tags(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def split_files(config: ml_collections.ConfigDict) -> dict[str, str]:
     """Split -> the path of its CoNLL file under `config.path`."""
-    files = {**FILES, **dict(config.get("files", {}))}
-    unknown = set(files) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"data.files has unknown splits {sorted(unknown)}; available: "
-                         f"{', '.join(SPLITS)}")
-    return {split: os.path.join(os.path.expanduser(config.path), files[split])
-            for split in SPLITS}
+    return common.split_files(config, FILES)
 
 
 def parse_conll(lines: Iterable[str], tags: Sequence[str], *, source: str) -> Sentences:
@@ -115,13 +108,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for settings `build` would reject, before anything is read."""
     get_tags(config)
     text_pipeline.check_text_config(config)
-    if config.get("path", ""):
-        for split, path in split_files(config).items():
-            if not os.path.isfile(path):
-                raise ValueError(f"the {split} file {path} does not exist (data.path, "
-                                 f"data.files)")
-    else:
-        common.check_data_dir(config.get("data_dir", ""), default_must_exist=True)
+    common.check_files_or_data_dir(config, FILES)
 
 
 def spec(config: ml_collections.ConfigDict) -> DataSpec:

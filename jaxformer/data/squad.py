@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import ml_collections
 import numpy as np
@@ -39,17 +38,14 @@ def get_version(config: ml_collections.ConfigDict) -> str:
     return version
 
 
+def default_files(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Split -> the SQuAD site's file name of `config.version`."""
+    return {split: name.format(get_version(config)) for split, name in FILES.items()}
+
+
 def split_files(config: ml_collections.ConfigDict) -> dict[str, str]:
     """Split -> the path of its JSON file under `config.path`."""
-    version = get_version(config)
-    files = {split: name.format(version) for split, name in FILES.items()}
-    files.update(dict(config.get("files", {})))
-    unknown = set(files) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"data.files has unknown splits {sorted(unknown)}; available: "
-                         f"{', '.join(SPLITS)}")
-    return {split: os.path.join(os.path.expanduser(config.path), files[split])
-            for split in SPLITS}
+    return common.split_files(config, default_files(config))
 
 
 def parse_squad(document: dict, *, source: str) -> Questions:
@@ -109,13 +105,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for settings `build` would reject, before anything is read."""
     get_version(config)
     pipeline.check_config(config)
-    if config.get("path", ""):
-        for split, path in split_files(config).items():
-            if not os.path.isfile(path):
-                raise ValueError(f"the {split} file {path} does not exist (data.path, "
-                                 f"data.files)")
-    else:
-        common.check_data_dir(config.get("data_dir", ""), default_must_exist=True)
+    common.check_files_or_data_dir(config, default_files(config))
 
 
 def spec(config: ml_collections.ConfigDict) -> DataSpec:
