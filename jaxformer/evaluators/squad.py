@@ -129,6 +129,9 @@ class SquadEvaluator(Evaluator):
         table = np.concatenate(parts)
         if len(table) < len(windows):  # Leave out a question cut by the last batch.
             table = table[:np.searchsorted(windows.question, windows.question[len(table)])]
+            if not len(table):
+                raise ValueError(f"evals.{self.name}: the first question's windows do not fit "
+                                 "in num_batches batches; give more")
         found = dict(zip(SPAN_FIELDS, table.T, strict=True))
         found["first"], found["last"] = (found[k].astype(np.int64) for k in ("first", "last"))
         return found
