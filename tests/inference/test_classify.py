@@ -64,3 +64,55 @@ def test_command_prints_every_class(workdir):
     assert "classified with the checkpoint at step 4" in result.stderr
     assert_user_error(run_cli("classify", f"--workdir={workdir}", "--text= "),
                       "the text to classify is empty")
+
+
+@pytest.mark.slow
+def test_texts_classified_in_batches_equal_each_classified_alone(workdir):
+    run = load_run(str(workdir))
+    texts = ["what a lovely day", "so tired", "rain " * 80, "meh", "great game tonight"]
+    pairs = ["of this rain", "again", "x", "ok", "yes"]
+    for second in (None, pairs):
+        batched = classify.classify_texts(run, texts, second, batch_size=2)  # Last one padded.
+        for i, result in enumerate(batched):
+            alone = classify.classify(run, texts[i], None if second is None else second[i])
+            assert result.labels == alone.labels and result.truncated == alone.truncated
+            np.testing.assert_allclose(result.probabilities, alone.probabilities, atol=1e-6)
+    assert [r.truncated for r in classify.classify_texts(run, texts)] == [
+        False, False, True, False, False]
+
+
+@pytest.mark.slow
+def test_command_classifies_every_line_of_a_file(workdir, tmp_path):
+    run = load_run(str(workdir))
+    texts = ["what a lovely day", "so tired", "great game tonight"]
+    (tmp_path / "tweets.txt").write_text("\n".join(texts) + "\n")
+    result = run_cli("classify", f"--workdir={workdir}", f"--input={tmp_path / 'tweets.txt'}")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    expected = [classify.classify(run, text) for text in texts]
+    assert [label for label, _ in rows] == [e.labels[0] for e in expected]
+    assert [float(p) for _, p in rows] == pytest.approx(
+        [e.probabilities[0] for e in expected], abs=1e-3)
+    assert "classified 3 texts with the checkpoint at step 4" in result.stderr
+
+
+def test_bad_input_files_are_one_line(tmp_path, capsys):
+    from jaxformer import cli
+
+    files = {"blank.txt": "a tweet\n\nanother\n", "tabs.txt": "one\ttwo\nthree\n",
+             "three.txt": "a\tb\tc\n", "empty.txt": ""}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    workdir = f"--workdir={tmp_path / 'run'}"  # Never read: the file is checked first.
+    for args, words in [
+        ((f"--input={tmp_path / 'none.txt'}",), "none.txt: no such file"),
+        ((f"--input={tmp_path / 'blank.txt'}",), "blank.txt: line 2 is empty"),
+        ((f"--input={tmp_path / 'tabs.txt'}",), "two sentences separated by one tab"),
+        ((f"--input={tmp_path / 'three.txt'}",), "two sentences separated by one tab"),
+        ((f"--input={tmp_path / 'empty.txt'}",), "empty.txt has no lines"),
+        ((f"--input={tmp_path / 'tabs.txt'}", "--pair=x"), "--pair goes with --text"),
+    ]:
+        assert cli.main(["classify", workdir, *args]) == 2
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert not out and len(lines) == 1 and words in lines[0], err
