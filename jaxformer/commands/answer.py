@@ -69,7 +69,6 @@ def read_context(path: str) -> str:
 
 
 def run(args, overrides: list[str]) -> int:
-    from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
     from jaxformer.inference import answer
 
@@ -81,12 +80,9 @@ def run(args, overrides: list[str]) -> int:
     context = args.context if args.context is not None else read_context(args.context_file)
     if not context.strip():
         raise UserError("the context is empty")
-    answer.check_config(read_workdir_config(args.workdir), args.workdir)
     from jaxformer.data import question_answering_pipeline as pipeline
-    from jaxformer.inference.workdir import load_run, vocabulary_spec
 
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
-                    data=vocabulary_spec)
+    run_ = common.load_finetuned_run(args, answer.check_config)
     result = answer.answer(run_, args.question, context)
     print(f"answered with {run_.describe()} of {args.workdir}", file=sys.stderr)
     query_length = pipeline.get(run_.config.data, "max_query_length")
@@ -111,7 +107,6 @@ def answer_file(args) -> int:
     """`--input`: the predictions file of every question of a SQuAD JSON file."""
     import json
 
-    from jaxformer.config import read_workdir_config
     from jaxformer.data import squad
     from jaxformer.errors import UserError
     from jaxformer.inference import answer
@@ -127,11 +122,7 @@ def answer_file(args) -> int:
         raise UserError(str(e)) from e
     if not len(questions):
         raise UserError(f"--input {args.input} has no questions")
-    answer.check_config(read_workdir_config(args.workdir), args.workdir)
-    from jaxformer.inference.workdir import load_run, vocabulary_spec
-
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
-                    data=vocabulary_spec)
+    run_ = common.load_finetuned_run(args, answer.check_config)
     answers = answer.answer_questions(run_, questions)
     print(f"answered {len(answers)} questions with {run_.describe()} of {args.workdir}",
           file=sys.stderr)

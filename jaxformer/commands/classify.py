@@ -34,7 +34,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, overrides: list[str]) -> int:
-    from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
     from jaxformer.inference import classify
 
@@ -42,11 +41,7 @@ def run(args, overrides: list[str]) -> int:
         return classify_file(args)
     if not args.text.strip() or (args.pair is not None and not args.pair.strip()):
         raise UserError("the text to classify is empty")
-    classify.check_config(read_workdir_config(args.workdir), args.workdir)
-    from jaxformer.inference.workdir import load_run, vocabulary_spec
-
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
-                    data=vocabulary_spec)
+    run_ = common.load_finetuned_run(args, classify.check_config)
     result = classify.classify(run_, args.text, args.pair)
     print(f"classified with {run_.describe()} of {args.workdir}", file=sys.stderr)
     if result.truncated:
@@ -60,7 +55,6 @@ def run(args, overrides: list[str]) -> int:
 def classify_file(args) -> int:
     """`--input`: the most likely class of each line of a file."""
     from jaxformer.commands.translate import read_lines
-    from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
     from jaxformer.inference import classify
 
@@ -81,11 +75,7 @@ def classify_file(args) -> int:
     for i, text in enumerate(texts):
         if not text.strip() or (pairs is not None and not pairs[i].strip()):
             raise UserError(f"--input {args.input}: line {i + 1} is empty")
-    classify.check_config(read_workdir_config(args.workdir), args.workdir)
-    from jaxformer.inference.workdir import load_run, vocabulary_spec
-
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
-                    data=vocabulary_spec)
+    run_ = common.load_finetuned_run(args, classify.check_config)
     results = classify.classify_texts(run_, texts, pairs)
     print(f"classified {len(results)} texts with {run_.describe()} of {args.workdir}",
           file=sys.stderr)

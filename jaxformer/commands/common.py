@@ -78,3 +78,15 @@ def add_checkpoint_choice(parser: argparse.ArgumentParser) -> None:
                         help="the checkpoint of this step (default: the newest readable one)")
     parser.add_argument("--average_last", type=int, default=0,
                         help="the mean parameters of the last K checkpoints")
+
+
+def load_finetuned_run(args: argparse.Namespace, check):
+    """The run in `args.workdir` at `args.step` (or the mean of `args.average_last`), read
+    without its data set (the data spec and the saved vocabulary), once `check(config,
+    workdir)` has accepted its config (raising UserError otherwise)."""
+    from jaxformer.config import read_workdir_config
+    from jaxformer.inference.workdir import load_run, vocabulary_spec
+
+    check(read_workdir_config(args.workdir), args.workdir)
+    return load_run(args.workdir, step=args.step, average_last=args.average_last,
+                    data=vocabulary_spec)

@@ -38,7 +38,6 @@ def add_arguments(parser) -> None:
 
 def run(args, overrides: list[str]) -> int:
     from jaxformer.commands.translate import read_lines
-    from jaxformer.config import read_workdir_config
     from jaxformer.errors import UserError
     from jaxformer.inference import tag
 
@@ -46,11 +45,7 @@ def run(args, overrides: list[str]) -> int:
         raise UserError("the text has no words to tag")
     if args.input is not None and args.input != "-" and not os.path.isfile(args.input):
         raise UserError(f"--input {args.input}: no such file")
-    tag.check_config(read_workdir_config(args.workdir), args.workdir)
-    from jaxformer.inference.workdir import load_run, vocabulary_spec
-
-    run_ = load_run(args.workdir, step=args.step, average_last=args.average_last,
-                    data=vocabulary_spec)
+    run_ = common.load_finetuned_run(args, tag.check_config)
     if args.text is not None:
         results = [tag.tag(run_, args.text)]
     else:
