@@ -88,6 +88,12 @@ class Windows:
     def span(self, i: int) -> slice:
         return slice(self.starts[i], self.starts[i + 1])
 
+    def characters(self, i: int, first: int, last: int) -> tuple[int, int]:
+        """The context characters `[start, end)` from token `first` to token `last` (row
+        positions) of window `i`."""
+        offsets = self.offsets[self.span(i)]
+        return int(offsets[first, 0]), int(offsets[last, 1])
+
 
 def window_starts(length: int, room: int, stride: int) -> list[int]:
     """The first piece of each window of `room` pieces over `length` pieces, `stride` apart
@@ -208,9 +214,8 @@ class QuestionAnsweringData(text_pipeline.EncodedSplits):
         """The context's text from token `first` to token `last` (row positions) of a window
         of `split`."""
         windows = self.eval[split]
-        offsets = windows.offsets[windows.span(window)]
-        context = self.questions[split].contexts[windows.question[window]]
-        return context[offsets[first, 0]:offsets[last, 1]]
+        start, end = windows.characters(window, first, last)
+        return self.questions[split].contexts[windows.question[window]][start:end]
 
 
 def get(config: ml_collections.ConfigDict, key: str):

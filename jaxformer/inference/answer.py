@@ -58,9 +58,7 @@ def choose(windows: pipeline.Windows, contexts: Sequence[str], spans: dict[str, 
         if not np.isfinite(score) or (no_answer and null - score > null_threshold):
             answers.append(Answer("", -1, -1, score, null))
             continue
-        offsets = windows.offsets[windows.span(best)]
-        start = int(offsets[spans["first"][best], 0])
-        end = int(offsets[spans["last"][best], 1])
+        start, end = windows.characters(best, spans["first"][best], spans["last"][best])
         context = contexts[windows.question[best]]
         answers.append(Answer(context[start:end], start, end, score, null))
     return answers
