@@ -5,8 +5,9 @@ count), so that they combine exactly over micro-batches, devices, hosts and eval
 trainer adds the sums and the counts up, and divides once at the end.
 
 Losses over the whole global batch (contrastive negatives, set matching normalised by the
-number of boxes on every device) use `axis_name`: under the default `sharded` strategy the
-task sees the global batch and `axis_name` is None; under `pmap` each device sees its shard
+number of boxes on every device) use `axis_name`: where a step is jitted over the whole
+mesh (the `sharded` strategy on accelerators) the task sees the global batch and `axis_name`
+is None; in a step written per device (`pmap`; `sharded` on CPUs) each device sees its shard
 and `axis_name` names the device axis. `all_gather` and `global_sum` below work in both;
 `per_batch_shard` keeps per-example host callbacks on each device's share of the batch.
 """
@@ -87,14 +88,16 @@ def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 def per_batch_shard(fn: Callable, batch_axis: int) -> Callable:
     """`fn` applied to each device's share of the batch when the step is jitted over a mesh
-    (`train.parallel.Sharded` sets it while tracing), else `fn` itself.
+    (`train.parallel.Sharded` sets it while tracing), else `fn` itself (also in a step
+    already written per device).
 
     Every argument and result of `fn` has the batch at dimension `batch_axis`. For per-example
     host callbacks (`jax.pure_callback`), which would otherwise bring the whole batch to one
     device and back.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    axes = () if mesh.empty else tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    axes = () if mesh.empty else tuple(
+        a for a in BATCH_AXES if a in mesh.axis_names and a not in mesh.manual_axes)
     if not axes:
         return fn
     spec = P(*[None] * batch_axis, axes)

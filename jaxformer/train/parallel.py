@@ -53,15 +53,29 @@ class Sharded:
     ZeRO-3 / FSDP do: each device keeps 1/fsdp of it between steps; in the step XLA gathers
     the parameters for the forward and backward passes, and each device updates its own
     part. The numbers are those of the replicated step, up to the order of float additions.
+
+    With a replicated state the step's gradients are summed over devices either where XLA's
+    partitioner puts the all-reduces (one per gradient leaf, combined and overlapped with the
+    backward pass by XLA: the default on GPUs and TPUs), or, with `per_device_step`, by a
+    step written per device (`shard_map` over the `data` axis, as `pmap` runs it) that sums
+    them in one all-reduce of a flat buffer (`state.psum_flat`): the default on CPUs, whose
+    collectives synchronise the host devices once per buffer. A per-device step draws its
+    random numbers per device (dropout masks then depend on the number of devices).
     """
 
-    axis_name = None  # The jitted step sees the global batch.
+    axis_name = None  # `reduce_fn`'s function sees the global batch.
 
-    def __init__(self, devices: list[jax.Device] | None = None, fsdp: int = 1):
+    def __init__(self, devices: list[jax.Device] | None = None, fsdp: int = 1,
+                 per_device_step: bool | None = None):
         devices = devices or jax.devices()
         if fsdp < 1 or len(devices) % fsdp:
             raise UserError(f"train.fsdp must divide the {len(devices)} devices, got {fsdp}")
+        if per_device_step is None:
+            per_device_step = fsdp == 1 and devices[0].platform == "cpu"
+        if per_device_step and fsdp != 1:
+            raise ValueError("a per-device step keeps the state replicated (fsdp 1)")
         self.fsdp = fsdp
+        self.per_device_step = per_device_step
         self.name = "sharded" if fsdp == 1 else f"sharded, fsdp {fsdp}"
         self.mesh = Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), MESH_AXES)
         self.replicated = NamedSharding(self.mesh, P())
@@ -97,6 +111,12 @@ class Sharded:
             batch)
 
     def train_step(self, task, tx, grad_accum_steps: int, frozen=None) -> Callable:
+        if self.per_device_step:
+            step = make_train_step(task, tx, grad_accum_steps=grad_accum_steps,
+                                   axis_name="data", frozen=frozen)
+            per_device = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(BATCH_AXES)),
+                                       out_specs=P(), check_vma=False)
+            return self._in_mesh(jax.jit(per_device, donate_argnums=0))
         # Split parameters are gathered whole where the loss reads them: the forward and
         # backward passes are then split over the batch alone, instead of following the
         # parameters' splits into the activations.

@@ -8,6 +8,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from jaxformer.tasks.base import Task
@@ -41,8 +42,9 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
     The task's loss is a sum over the items of its (micro-)batch with a count (see
     `tasks.base.Average`). Sums and counts are added over micro-batches (rows i, i+k, i+2k,
     ... form micro-batch i, so a batch sharded over devices stays sharded) and, with
-    `axis_name` (pmap), over devices; the gradient is then divided by the total count, so the
-    step is one pass over the global batch whatever the split. `frozen`, a tree of bools like
+    `axis_name` (a step written per device: pmap, shard_map), over devices (`psum_flat`); the
+    gradient is then divided by the total count, so the step is one pass over the global batch
+    whatever the split. `frozen`, a tree of bools like
     the params, stops gradients at the frozen ones, so that their backward pass is not computed.
     `params_in_use` maps the params as stored to the params the loss reads (FSDP: gathered
     whole, so that the passes are split over the batch alone).
@@ -81,7 +83,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
                 summed_grads, state.params, jax.tree.map(lambda x: x[0], micro), rng))
             (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
         if axis_name is not None:
-            grads, metrics = jax.lax.psum((grads, metrics), axis_name)
+            grads, metrics = psum_flat((grads, metrics), axis_name)
         count = jnp.maximum(metrics["loss"].count, 1e-9)
         grads = jax.tree.map(lambda g: g / count, grads)
         scalars = {name: average.value() for name, average in metrics.items()}
@@ -91,6 +93,26 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), scalars
 
     return train_step
+
+
+def psum_flat(tree: Any, axis_name: str) -> Any:
+    """`lax.psum(tree, axis_name)` as one all-reduce per dtype, of all leaves concatenated.
+
+    XLA:CPU's collectives synchronise the host devices once per buffer: a 4-layer GPT's 50
+    gradient leaves summed one by one cost ~4 ms of rendezvous per step, the concatenation
+    ~0.3 ms.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    groups: dict[Any, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        groups.setdefault(jnp.result_type(leaf), []).append(i)
+    summed = list(leaves)
+    for indices in groups.values():
+        flat = jax.lax.psum(jnp.concatenate([jnp.ravel(leaves[i]) for i in indices]), axis_name)
+        bounds = np.cumsum([0] + [np.size(leaves[i]) for i in indices])
+        for i, start, stop in zip(indices, bounds[:-1], bounds[1:]):
+            summed[i] = flat[start:stop].reshape(np.shape(leaves[i]))
+    return jax.tree.unflatten(treedef, summed)
 
 
 def abstract_state(config: ml_collections.ConfigDict, task: Task,

@@ -1,5 +1,6 @@
 """The Task contract: a loss over the whole global batch gives the same value and gradient on
-one device, on 8 devices under jit (global arrays), and on 8 devices under pmap (collectives)."""
+one device, on 8 devices under jit (global arrays, or a per-device step under shard_map), and
+on 8 devices under pmap (collectives)."""
 
 import jax
 import jax.numpy as jnp
@@ -75,12 +76,19 @@ def reference_loss():
     return float(((xent(logits) + xent(logits.T)) / 2).mean())
 
 
-@pytest.mark.parametrize("strategy", ["sharded8", "pmap8"])
+STRATEGIES = {
+    "sharded8": lambda: parallel.Sharded(per_device_step=False),
+    "sharded8_per_device": lambda: parallel.Sharded(per_device_step=True),
+    "pmap8": parallel.Pmap,
+}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_global_batch_loss_matches_one_device(strategy):
     assert jax.device_count() == 8
-    single_metrics, single_grads = one_step(parallel.Sharded(devices=jax.devices()[:1]))
-    other = parallel.Sharded() if strategy == "sharded8" else parallel.Pmap()
-    metrics, grads = one_step(other)
+    single_metrics, single_grads = one_step(
+        parallel.Sharded(devices=jax.devices()[:1], per_device_step=False))
+    metrics, grads = one_step(STRATEGIES[strategy]())
     assert single_metrics["loss"] == pytest.approx(reference_loss(), rel=1e-5)
     assert metrics["loss"] == pytest.approx(single_metrics["loss"], rel=1e-5)
     assert metrics["rows"] == single_metrics["rows"] == BATCH
@@ -89,10 +97,10 @@ def test_global_batch_loss_matches_one_device(strategy):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["sharded", "pmap"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_train_step_compiles_ahead_of_time(strategy):
     """Benchmarks lower and compile the step themselves to read its memory and FLOPs."""
-    strategy = parallel.Sharded() if strategy == "sharded" else parallel.Pmap()
+    strategy = STRATEGIES[strategy]()
     task, tx = Contrastive(), optax.sgd(1.0)
     batch = strategy.place_batch({"x": np.ones((BATCH, WIDTH), np.float32),
                                   "y": np.ones((BATCH, WIDTH), np.float32)})

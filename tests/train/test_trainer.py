@@ -78,12 +78,15 @@ def test_sharded_pmap_and_single_device_agree(tmp_path, data_dir):
     config = tiny_config("train.batch_size=16", data_dir=data_dir)
     single, single_params = losses_and_params(
         config, parallel.Sharded(devices=jax.devices()[:1]), 6, tmp_path)
-    sharded, sharded_params = losses_and_params(config, parallel.Sharded(), 6, tmp_path)
+    sharded, sharded_params = losses_and_params(
+        config, parallel.Sharded(per_device_step=False), 6, tmp_path)
+    per_device, per_device_params = losses_and_params(
+        config, parallel.Sharded(per_device_step=True), 6, tmp_path)
     pmapped, pmap_params = losses_and_params(config, parallel.Pmap(), 6, tmp_path)
     assert single[-1] < single[0]  # It learns.
-    np.testing.assert_allclose(sharded, single, rtol=1e-5)
-    np.testing.assert_allclose(pmapped, single, rtol=1e-5)
-    for other in (sharded_params, pmap_params):
+    for losses in (sharded, per_device, pmapped):
+        np.testing.assert_allclose(losses, single, rtol=1e-5)
+    for other in (sharded_params, per_device_params, pmap_params):
         for a, b in zip(jax.tree.leaves(single_params), jax.tree.leaves(other)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
