@@ -44,8 +44,8 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
     ... form micro-batch i, so a batch sharded over devices stays sharded) and, with
     `axis_name` (a step written per device: pmap, shard_map), over devices (`psum_flat`); the
     gradient is then divided by the total count, so the step is one pass over the global batch
-    whatever the split. `frozen`, a tree of bools like
-    the params, stops gradients at the frozen ones, so that their backward pass is not computed.
+    whatever the split. `frozen`, a tree of bools like the params, stops gradients at the
+    frozen ones, so that their backward pass is not computed.
     `params_in_use` maps the params as stored to the params the loss reads (FSDP: gathered
     whole, so that the passes are split over the batch alone).
     """
@@ -98,9 +98,9 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *, grad_accum_
 def psum_flat(tree: Any, axis_name: str) -> Any:
     """`lax.psum(tree, axis_name)` as one all-reduce per dtype, of all leaves concatenated.
 
-    XLA:CPU's collectives synchronise the host devices once per buffer: a 4-layer GPT's 50
-    gradient leaves summed one by one cost ~4 ms of rendezvous per step, the concatenation
-    ~0.3 ms.
+    XLA:CPU's collectives synchronise the host devices once per buffer: the 55 gradient and
+    metric leaves of the nano GPT CPU recipe, summed one by one, took ~5 ms of its ~35 ms step
+    on two host devices; as one buffer the step takes ~31 ms (experiments/results).
     """
     leaves, treedef = jax.tree.flatten(tree)
     groups: dict[Any, list[int]] = {}
