@@ -14,7 +14,6 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 
 

@@ -18,6 +18,7 @@ def xla_flags(devices: int | None = 8) -> str:
     count = f" --xla_force_host_platform_device_count={devices}" if devices else ""
     return FAST_COMPILE_FLAG + count
 
+
 # Every experiment config (configs/common.py holds shared blocks, not an experiment).
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)

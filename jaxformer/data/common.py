@@ -295,6 +295,7 @@ def check_files_or_data_dir(config: ml_collections.ConfigDict,
     else:
         check_data_dir(config.get("data_dir", ""), default_must_exist=True)
 
+
 def resolve_data_dir(data_dir: str, *, create: bool) -> str:
     """`check_data_dir(data_dir)`, making the default directory first if `create`."""
     path = check_data_dir(data_dir, default_must_exist=not create)

@@ -43,6 +43,7 @@ def read_config(directory: str) -> dict:
         raise UserError(f"{directory} has no {CONFIG_NAME}: not a Hugging Face model directory")
     return read_json(path)
 
+
 def weight_files(directory: str) -> list[str]:
     """The safetensors files of `directory`, in the order of its index if sharded."""
     index = os.path.join(directory, INDEX_NAME)

@@ -178,8 +178,6 @@ def test_too_many_shots_for_the_block_and_bad_options_are_refused(setup):
 # CIDEr-D and BLEU-4.
 
 
-
-
 def test_caption_shots_are_other_examples():
     for index in range(10):
         shots = captioning.shot_indices(10, index, 4, seed=0)
