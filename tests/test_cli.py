@@ -87,6 +87,7 @@ def trained(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("trained") / "run"
     result = run_cli(*train_args(workdir, data_dir))
     assert result.returncode == 0, result.stderr
+    assert '"optim"' in result.stdout.split("starting:")[0]  # The config, before training.
     return workdir
 
 
@@ -122,7 +123,9 @@ def test_train_user_error_leaves_workdir_alone(trained, data_dir, args, words):
     before = snapshot(trained)
     config = args[0].removeprefix("--config=") if args[0].startswith("--config=") else CHAR
     overrides = [] if args[0].startswith("--config=") else args
-    assert_user_error(run_cli(*train_args(trained, data_dir, *overrides, config=config)), *words)
+    result = run_cli(*train_args(trained, data_dir, *overrides, config=config))
+    assert_user_error(result, *words)
+    assert '"optim"' not in result.stdout  # The config is printed by a run that starts.
     assert snapshot(trained) == before
 
 

@@ -15,16 +15,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args, overrides: list[str]) -> int:
-    from jaxformer import config as config_lib
-
     config = common.load_config(args.config, overrides)
     if not common.is_distributed(args):
         common.host_devices_per_core(common.micro_batch(config))
     common.init_distributed(args)
     common.check_overrides(config, overrides)
-    from jaxformer.console import log
     from jaxformer.train import trainer
 
-    log(config_lib.to_json(config))
     trainer.train(config, args.workdir)
     return 0

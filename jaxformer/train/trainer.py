@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxformer import config as config_lib
 from jaxformer import registry
 from jaxformer.console import log
 from jaxformer.data import common as data_common
@@ -195,6 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     raise UserError(str(e)) from e
                 _commit(config, workdir, staging)
                 staging = None  # Gone: none is left behind by a run killed while it trains.
+                log(config_lib.to_json(config))  # Printed once the run is known to be valid.
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("jaxformer: workdir ready")
             if not lead:  # The other processes read the assets process 0 wrote.
