@@ -9,8 +9,9 @@ TRANSFORMER_WIDTHS = {"base": 512, "big": 1024}
 def train(**fields) -> ml_collections.ConfigDict:
     """The `train` block with the trainer's defaults, updated by `fields`."""
     block = dict(batch_size=64, num_steps=1000, grad_accum_steps=1, compute_dtype="float32",
-                 remat=False, strategy="sharded", fsdp=1, log_every=50, checkpoint_every=1000,
-                 keep_checkpoints=3, average_last=0, profile_steps=0, profile_start=10)
+                 remat=False, strategy="sharded", fsdp=1, cpu_matmuls="onednn", log_every=50,
+                 checkpoint_every=1000, keep_checkpoints=3, average_last=0, profile_steps=0,
+                 profile_start=10)
     block.update(fields)
     return ml_collections.ConfigDict(block)
 

@@ -103,6 +103,7 @@ TRAIN_USER_ERRORS = [
     (["--config.train.num_steps=abc"], ["expected an integer"]),
     (["--config.train.checkpoint_every=0"], ["train.checkpoint_every"]),
     (["--config.train.batch_size=0"], ["train.batch_size"]),
+    (["--config.train.cpu_matmuls=mkl"], ["train.cpu_matmuls", "mkl", "onednn"]),
     (["--config.data.block_size=0"], ["block_size"]),
     (["--config.data.tokenizer=nope"], ["nope"]),
     (["--config.model.variant=nope"], ["nope"]),

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = common.train(
         batch_size=768, num_steps=num_steps, compute_dtype="bfloat16", log_every=100,
         checkpoint_every=2000 if not big else 5000, keep_checkpoints=20 if big else 5,
-        average_last=20 if big else 5)
+        average_last=20 if big else 5, cpu_matmuls="xla")  # As bible_enes.py.
     config.evals = common.translation_evals(loss_every=5000, bleu_every=10_000,
                                             bleu_examples=-1)
     common.add_transfer(config)

@@ -17,6 +17,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxformer.errors import UserError
 from jaxformer.tasks.base import BATCH_AXES
+from jaxformer.train.cpu_matmuls import check as check_cpu_matmuls
+from jaxformer.train.cpu_matmuls import compiler_options
 from jaxformer.train.state import TrainState, make_train_step
 
 STRATEGIES = ("sharded", "pmap")
@@ -61,12 +63,13 @@ class Sharded:
     them in one all-reduce of a flat buffer (`state.psum_flat`): the default on CPUs, whose
     collectives synchronise the host devices once per buffer. A per-device step draws its
     random numbers per device (dropout masks then depend on the number of devices).
+    `cpu_matmuls` picks the library of the train step's matmuls on CPUs (cpu_matmuls.py).
     """
 
     axis_name = None  # `reduce_fn`'s function sees the global batch.
 
     def __init__(self, devices: list[jax.Device] | None = None, fsdp: int = 1,
-                 per_device_step: bool | None = None):
+                 per_device_step: bool | None = None, cpu_matmuls: str = "xla"):
         devices = devices or jax.devices()
         if fsdp < 1 or len(devices) % fsdp:
             raise UserError(f"train.fsdp must divide the {len(devices)} devices, got {fsdp}")
@@ -76,6 +79,7 @@ class Sharded:
             raise ValueError("a per-device step keeps the state replicated (fsdp 1)")
         self.fsdp = fsdp
         self.per_device_step = per_device_step
+        self.step_options = compiler_options(cpu_matmuls, devices[0].platform)
         self.name = "sharded" if fsdp == 1 else f"sharded, fsdp {fsdp}"
         self.mesh = Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), MESH_AXES)
         self.replicated = NamedSharding(self.mesh, P())
@@ -116,7 +120,8 @@ class Sharded:
                                    axis_name="data", frozen=frozen)
             per_device = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(BATCH_AXES)),
                                        out_specs=P(), check_vma=False)
-            return self._in_mesh(jax.jit(per_device, donate_argnums=0))
+            return self._in_mesh(jax.jit(per_device, donate_argnums=0,
+                                         compiler_options=self.step_options))
         # Split parameters are gathered whole where the loss reads them: the forward and
         # backward passes are then split over the batch alone, instead of following the
         # parameters' splits into the activations.
@@ -133,7 +138,8 @@ class Sharded:
             return (self._constrain_state(state),
                     jax.lax.with_sharding_constraint(metrics, self.replicated))
 
-        return self._in_mesh(jax.jit(sharded_step, donate_argnums=0))
+        return self._in_mesh(jax.jit(sharded_step, donate_argnums=0,
+                                     compiler_options=self.step_options))
 
     def reduce_fn(self, fn: Callable) -> Callable:
         """`fn(params, batch) -> pytree of sums` over the global batch, jitted; `params` as
@@ -214,11 +220,13 @@ class Pmap:
         return lambda params, batch: jax.tree.map(lambda x: x[0], pfn(params, batch))
 
 
-def make_strategy(name: str, fsdp: int = 1):
+def make_strategy(name: str, fsdp: int = 1, cpu_matmuls: str = "xla"):
     """The strategy `train.strategy` names; `fsdp` (`train.fsdp`) > 1 splits the train state
-    over that many devices (sharded only)."""
+    over that many devices (sharded only); `cpu_matmuls` (`train.cpu_matmuls`, sharded only)
+    picks the library of the train step's matmuls on CPUs (jaxformer/train/cpu_matmuls.py)."""
+    check_cpu_matmuls(cpu_matmuls)
     if name == "sharded":
-        return Sharded(fsdp=fsdp)
+        return Sharded(fsdp=fsdp, cpu_matmuls=cpu_matmuls)
     if name == "pmap":
         if fsdp != 1:
             raise UserError(f"train.fsdp={fsdp} needs train.strategy=sharded (pmap keeps a "

@@ -133,7 +133,8 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resu
     evaluators, the train state's shapes and `init_from`'s parameters (unless resuming); a
     ValueError here is a config mistake."""
     with as_user_error("config"):
-        strategy = parallel.make_strategy(config.train.strategy, config.train.fsdp)
+        strategy = parallel.make_strategy(config.train.strategy, config.train.fsdp,
+                                          config.train.get("cpu_matmuls", "xla"))
         data, task = build_data_and_task(config, assets_workdir)
         data_common.open_lazy_sources(data)
         freeze = tuple(config.get("freeze", ()))

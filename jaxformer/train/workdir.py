@@ -29,10 +29,10 @@ from jaxformer.errors import UserError
 LOCK_NAME = ".lock"
 
 # Config fields that may change between a run and its resume without a warning: the step
-# budget, how the state is split over devices (a checkpoint restores into any split) and the
-# profiler window.
-RESUMABLE_CHANGES = ("train.num_steps", "train.fsdp", "train.profile_steps",
-                     "train.profile_start")
+# budget, how the state is split over devices (a checkpoint restores into any split), the
+# library of the CPU matmuls and the profiler window.
+RESUMABLE_CHANGES = ("train.num_steps", "train.fsdp", "train.cpu_matmuls",
+                     "train.profile_steps", "train.profile_start")
 
 
 class WorkdirBusyError(UserError):
