@@ -51,7 +51,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         data, task = build_data_and_task(config, workdir or scratch)
         batch_size = parallel.local_batch_size(cfg.batch_size)
         batch = next(data.train_iter(batch_size=batch_size, seed=config.seed))
-    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp, cfg.get("cpu_matmuls", "xla"))
+    cpu_matmuls = cfg.get("cpu_matmuls", "xla")
+    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp, cpu_matmuls)
     tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)
@@ -80,7 +81,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         "device": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "compute_dtype": cfg.compute_dtype,
-        "cpu_matmuls": cfg.get("cpu_matmuls", "xla"),
+        "cpu_matmuls": cpu_matmuls,
         "global_batch": cfg.batch_size,
         "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
         "compile_seconds": round(compile_seconds, 3),

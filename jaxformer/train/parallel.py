@@ -224,10 +224,10 @@ def make_strategy(name: str, fsdp: int = 1, cpu_matmuls: str = "xla"):
     """The strategy `train.strategy` names; `fsdp` (`train.fsdp`) > 1 splits the train state
     over that many devices (sharded only); `cpu_matmuls` (`train.cpu_matmuls`, sharded only)
     picks the library of the train step's matmuls on CPUs (jaxformer/train/cpu_matmuls.py)."""
-    check_cpu_matmuls(cpu_matmuls)
     if name == "sharded":
         return Sharded(fsdp=fsdp, cpu_matmuls=cpu_matmuls)
     if name == "pmap":
+        check_cpu_matmuls(cpu_matmuls)
         if fsdp != 1:
             raise UserError(f"train.fsdp={fsdp} needs train.strategy=sharded (pmap keeps a "
                             "whole copy of the state on every device)")
