@@ -3,7 +3,7 @@
 - "xla": XLA:CPU's own choice. It gives a dot to YNN unless its left operand is transposed,
   as in the kernel gradient of every dense layer, `x^T dy`, which contracts over the batch's
   tokens; those run in Eigen, which first packs the transposed operand (on a 2-core AMD EPYC,
-  a fifth of the CLIP tiny/4 step, at about three quarters of a core's speed).
+  about a fifth of the CLIP tiny/4 step).
 - "onednn": every dot of the step runs as one oneDNN matmul, transposed or not (one dot per
   call: jaxlib 0.10's oneDNN fusions of several dots with their sums fail to compile).
 
