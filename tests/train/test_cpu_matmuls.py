@@ -32,9 +32,7 @@ def dots(choice: str) -> tuple[int, int]:
     """(dots inside oneDNN fusions, other dots) of the compiled step."""
     step, state, batch = step_and_batch(choice)
     text = step.lower(state, batch).compile().as_text()
-    onednn = {m for m in re.findall(r"calls=(%[\w.\-]+)", text)
-              if any(f"calls={m}," in line and "__onednn_fusion" in line
-                     for line in text.splitlines())}
+    onednn = set(re.findall(r"calls=(%[\w.\-]+).*__onednn_fusion", text))
     bodies = re.findall(r"^(%[\w.\-]+) .*?\{\n(.*?)\n\}", text, re.S | re.M)
     inside = sum(body.count(" dot(") for name, body in bodies if name in onednn)
     return inside, text.count(" dot(") - inside
