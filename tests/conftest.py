@@ -1,6 +1,6 @@
-"""Test set-up, before jax is imported: eight simulated CPU devices; XLA's backend (LLVM)
-optimisation off, as the suite spends most of its time compiling programs it then runs for a
-few steps (a third less time in all); the malloc settings of the `jaxformer` executable
+"""Test set-up, before jax is imported: eight simulated CPU devices; XLA compiling for speed
+of compilation (helpers.FAST_COMPILE_FLAGS), as the suite spends most of its time compiling
+programs it then runs for a few steps; the malloc settings of the `jaxformer` executable
 (allocator.py); one persistent compilation cache shared by the worker processes
 (pytest-xdist) and the runs they start, created empty for each session, so a program that
 several tests compile (a config's train step, the resumed run's) is compiled once."""
@@ -9,11 +9,11 @@ import shutil
 import tempfile
 
 from jaxformer.allocator import tuned_environment
-from tests.helpers import FAST_COMPILE_FLAG
+from tests.helpers import FAST_COMPILE_FLAGS
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_backend_optimization_level" not in _flags:
-    _flags += " " + FAST_COMPILE_FLAG
+    _flags += " " + FAST_COMPILE_FLAGS
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.update(tuned_environment(dict(os.environ)) or {})

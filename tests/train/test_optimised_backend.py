@@ -1,6 +1,6 @@
-"""The suite compiles with XLA's backend optimisation off (tests/conftest.py); users' runs
-compile with it on. The same run gives the same numbers under both, so what the suite checks
-of a run holds for the code users run."""
+"""The suite compiles for speed of compilation (tests/helpers.py: XLA's backend optimisation
+off, element-wise emitters); users' runs compile with XLA's defaults. The same run gives the
+same numbers under both, so what the suite checks of a run holds for the code users run."""
 
 import os
 import subprocess
