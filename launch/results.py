@@ -43,9 +43,10 @@ def metric_columns(state: dict, metrics: Sequence[str] = ()) -> list[str]:
                                                                    else [])
 
 
-def rows(state: dict, metrics: Sequence[str] = ()) -> tuple[list[str], list[list]]:
-    """(header, rows): point name, swept values, status, step, wall time, metrics."""
-    keys, columns = swept_keys(state), metric_columns(state, metrics)
+def rows(state: dict, columns: Sequence[str]) -> tuple[list[str], list[list]]:
+    """(header, rows): point name, swept values, status, step, wall time, and the final
+    values of the metrics in `columns` (`metric_columns`)."""
+    keys = swept_keys(state)
     header = ["point", *keys, "status", "step", "time", *columns]
     table = []
     for point in state["points"]:

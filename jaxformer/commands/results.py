@@ -42,10 +42,10 @@ def run(args, overrides: list[str]) -> int:
     else:
         running = set()
     state = sweep_lib.refresh(sweep, launcher=previous.get("launcher", "local"), running=running)
-    header, table = results.rows(state, args.metric)
+    columns = results.metric_columns(state, args.metric)
+    header, table = results.rows(state, columns)
     print(results.format_table(header, table, args.format))
     print(sweep_lib.progress_line(state), file=sys.stderr)
-    columns = results.metric_columns(state, args.metric)
     if columns:
         path = args.plot or os.path.join(args.root, "results.png")
         results.plot(state, columns[0], path)
