@@ -207,3 +207,8 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
             return ml_collections.ConfigDict(json.load(f))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from e
+
+
+def runs_at_end(evaluator: ml_collections.ConfigDict) -> bool:
+    """Whether an entry of `config.evals` runs after the last step (`at_end`, default true)."""
+    return evaluator.get("at_end", True)

@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, overrides: list[str]) -> int:
-    from jaxformer.config import read_workdir_config
+    from jaxformer.config import read_workdir_config, runs_at_end
     from jaxformer.errors import UserError
 
     config = read_workdir_config(args.workdir)
@@ -27,7 +27,7 @@ def run(args, overrides: list[str]) -> int:
     unknown = [name for name in args.eval if name not in evals]
     if unknown:
         raise UserError(f"--eval {unknown[0]}: config.evals has {', '.join(evals) or 'none'}")
-    chosen = args.eval or [n for n, e in evals.items() if e.get("at_end", True)]
+    chosen = args.eval or [n for n, e in evals.items() if runs_at_end(e)]
     if not chosen:
         raise UserError(f"{args.workdir}: no evaluator of config.evals runs at the end of "
                         f"training; name one with --eval ({', '.join(evals) or 'none'})")

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer import registry
+from jaxformer.config import runs_at_end
 from jaxformer.tasks.base import Task
 
 
@@ -48,7 +49,7 @@ class Evaluator(abc.ABC):
         self.config = config
         self.context = context
         self.every_steps = config.get("every_steps", 0)
-        self.at_end = config.get("at_end", True)
+        self.at_end = runs_at_end(config)
         if self.every_steps < 0:
             raise ValueError(f"evals.{name}.every_steps must be >= 0, got {self.every_steps}")
 
