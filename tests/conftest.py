@@ -3,7 +3,9 @@ of compilation (helpers.FAST_COMPILE_FLAGS), as the suite spends most of its tim
 programs it then runs for a few steps; the malloc settings of the `jaxformer` executable
 (allocator.py); one persistent compilation cache shared by the worker processes
 (pytest-xdist) and the runs they start, created empty for each session, so a program that
-several tests compile (a config's train step, the resumed run's) is compiled once."""
+several tests compile (a config's train step, the resumed run's) is compiled once; and, unless
+TFDS_DATA_DIR names one, a tfds data dir of the session's own, so that the data sets the tests
+prepare stay out of ~/tensorflow_datasets."""
 import os
 import shutil
 import tempfile
@@ -17,14 +19,17 @@ if "--xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.update(tuned_environment(dict(os.environ)) or {})
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; workers inherit its dir
+_OWN_DIRS = []
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; workers inherit its dirs
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxformer-xla-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
-else:
-    _OWN_CACHE = None
+    _OWN_DIRS.append(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    if not os.environ.get("TFDS_DATA_DIR"):
+        os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxformer-tfds-")
+        _OWN_DIRS.append(os.environ["TFDS_DATA_DIR"])
 
 
 def pytest_unconfigure(config):
-    if _OWN_CACHE and not hasattr(config, "workerinput"):
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+    if not hasattr(config, "workerinput"):
+        for path in _OWN_DIRS:
+            shutil.rmtree(path, ignore_errors=True)
