@@ -56,7 +56,7 @@ def measure(config, *, steps: int, warmup: int, workdir: str) -> dict:
     import jax
 
     from jaxformer.registry import build_data_and_task
-    from jaxformer.train import parallel, transfer
+    from jaxformer.train import cpu_matmuls, parallel, transfer
     from jaxformer.train.optimizer import make_optimizer
     from jaxformer.train.state import create_state
 
@@ -65,7 +65,7 @@ def measure(config, *, steps: int, warmup: int, workdir: str) -> dict:
     data, task = build_data_and_task(config, workdir)
     batch = next(data.train_iter(batch_size=parallel.local_batch_size(cfg.batch_size),
                                  seed=config.seed))
-    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp)
+    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp, cpu_matmuls.chosen(cfg))
     tx = make_optimizer(config.optim, freeze)
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)

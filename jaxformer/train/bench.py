@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxformer.errors import UserError, as_user_error
 from jaxformer.registry import build_data_and_task
-from jaxformer.train import parallel, transfer
+from jaxformer.train import cpu_matmuls, parallel, transfer
 from jaxformer.train.optimizer import make_optimizer
 from jaxformer.train.state import create_state
 
@@ -51,8 +51,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         data, task = build_data_and_task(config, workdir or scratch)
         batch_size = parallel.local_batch_size(cfg.batch_size)
         batch = next(data.train_iter(batch_size=batch_size, seed=config.seed))
-    cpu_matmuls = cfg.get("cpu_matmuls", "xla")
-    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp, cpu_matmuls)
+    strategy = parallel.make_strategy(cfg.strategy, cfg.fsdp, cpu_matmuls.chosen(cfg))
     tx = make_optimizer(config.optim, tuple(config.get("freeze", ())))
     state = strategy.init_state(lambda: create_state(task, tx, config.seed))
     batch = strategy.place_batch(batch)
@@ -81,7 +80,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3,
         "device": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "compute_dtype": cfg.compute_dtype,
-        "cpu_matmuls": cpu_matmuls,
+        "cpu_matmuls": cpu_matmuls.chosen(cfg),
         "global_batch": cfg.batch_size,
         "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
         "compile_seconds": round(compile_seconds, 3),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 
 import jax
+import ml_collections
 
 from jaxformer.errors import UserError
 
@@ -33,6 +34,11 @@ ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True,
 ONEDNN_SINCE = (0, 10)
 
 warnings.filterwarnings("ignore", message=r"(?s).*thunk kind: onednn-fusion", category=UserWarning)
+
+
+def chosen(train: ml_collections.ConfigDict) -> str:
+    """The `train` block's choice; "xla" for workdirs written before the field existed."""
+    return train.get("cpu_matmuls", "xla")
 
 
 def check(choice: str) -> None:

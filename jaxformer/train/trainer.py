@@ -33,7 +33,7 @@ from jaxformer.data import common as data_common
 from jaxformer.errors import UserError, as_user_error
 from jaxformer.evaluators.base import Context, build_evaluators
 from jaxformer.registry import build_data_and_task
-from jaxformer.train import parallel, transfer
+from jaxformer.train import cpu_matmuls, parallel, transfer
 from jaxformer.train.checkpoint import Checkpointer, CheckpointMismatchError
 from jaxformer.train.metrics import AVERAGED, MetricWriter, progress_line, read_metrics
 from jaxformer.train.optimizer import make_optimizer, make_schedule
@@ -134,7 +134,7 @@ def _build_parts(config: ml_collections.ConfigDict, assets_workdir: str, *, resu
     ValueError here is a config mistake."""
     with as_user_error("config"):
         strategy = parallel.make_strategy(config.train.strategy, config.train.fsdp,
-                                          config.train.get("cpu_matmuls", "xla"))
+                                          cpu_matmuls.chosen(config.train))
         data, task = build_data_and_task(config, assets_workdir)
         data_common.open_lazy_sources(data)
         freeze = tuple(config.get("freeze", ()))
