@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import heapq
 import os
+import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -178,11 +179,7 @@ def train(texts: Iterable[str], vocab_size: int) -> WordPiece:
     same texts give the same vocabulary (the trainer breaks them in hash order)."""
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    bert = _bert_tokenizer()
-    counts: collections.Counter[str] = collections.Counter()
-    for text in texts:
-        words = bert.pre_tokenizer.pre_tokenize_str(bert.normalizer.normalize_str(text))
-        counts.update(w for w, _ in words if len(w) <= _MAX_WORD_CHARS)
+    counts = _word_counts(texts)
     if not counts:
         raise ValueError("cannot train a WordPiece vocabulary on empty text")
     # The special tokens stay plain vocabulary entries, so text never encodes to them:
@@ -191,9 +188,54 @@ def train(texts: Iterable[str], vocab_size: int) -> WordPiece:
     return WordPiece(_bert_tokenizer({t: i for i, t in enumerate(tokens)}))
 
 
+def _word_counts(texts: Iterable[str], chunk_chars: int = 1 << 20
+                 ) -> collections.Counter[str]:
+    """How often each word of `texts`, normalised and pre-tokenised as BERT's tokenizer does,
+    occurs (words over `_MAX_WORD_CHARS` characters left out).
+
+    Both steps act on each character alone, so they run over chunks of texts joined by
+    spaces: an ASCII text is normalised by a table of what the normaliser makes of each
+    ASCII character (any other text by the normaliser), and a chunk is split by a regular
+    expression over the characters that the pre-tokeniser finds to be white space or
+    punctuation (the same words as `pre_tokenize_str`, without a Python object per word).
+    """
+    bert = _bert_tokenizer()
+    normalize, pre_tokenize = bert.normalizer.normalize_str, bert.pre_tokenizer.pre_tokenize_str
+    ascii_table = {c: normalize(chr(c)) for c in range(128)}
+    separators, punctuation, seen = {" "}, set(), {" "}
+    counts: collections.Counter[str] = collections.Counter()
+    chunk: list[str] = []
+    size = 0
+
+    def count_chunk():
+        text = " ".join(chunk)
+        for c in set(text) - seen:
+            pieces = len(pre_tokenize("a" + c + "a"))  # 1: part of a word.
+            (separators if pieces == 2 else punctuation if pieces == 3 else seen).add(c)
+        seen.update(separators, punctuation)
+        split = "".join(map(re.escape, sorted(separators | punctuation)))
+        isolated = "".join(map(re.escape, sorted(punctuation)))
+        words = re.findall(f"[^{split}]+|[{isolated}]" if isolated else f"[^{split}]+", text)
+        counts.update(words)
+        chunk.clear()
+
+    for text in texts:
+        chunk.append(text.translate(ascii_table) if text.isascii() else normalize(text))
+        size += len(text)
+        if size >= chunk_chars:
+            count_chunk()
+            size = 0
+    if chunk:
+        count_chunk()
+    for word in [w for w in counts if len(w) > _MAX_WORD_CHARS]:
+        del counts[word]
+    return counts
+
+
 def _learn(counts: collections.Counter[str], size: int) -> list[str]:
-    """Up to `size` pieces: the most frequent characters (first in a word, and "##" inside
-    one), then merges of the most frequent adjacent pair, ties to the smallest pair."""
+    """Up to `size` pieces: the characters (first in a word, and "##" inside one) by the
+    count of the words they are in, then merges of the most frequent adjacent pair, ties to
+    the smallest pair."""
     words = sorted(counts)
     freq = [counts[w] for w in words]
     symbols = [[w[0]] + [SUBWORD_PREFIX + c for c in w[1:]] for w in words]
@@ -223,30 +265,39 @@ def _learn(counts: collections.Counter[str], size: int) -> list[str]:
         if merged not in known:
             vocab.append(merged)
             known.add(merged)
-        touched = set()
-        for i in sorted(where.pop(pair)):
-            old, new = symbols[i], _merge(symbols[i], pair, merged)
-            for p in zip(old, old[1:]):
-                pairs[p] -= freq[i]
-                touched.add(p)
-            for p in zip(new, new[1:]):
-                pairs[p] += freq[i]
-                where[p].add(i)
-                touched.add(p)
-            symbols[i] = new
-        for p in sorted(touched):
-            if pairs[p] > 0 and p != pair:
-                heapq.heappush(heap, (-pairs[p], p))
-        del pairs[pair]
+        changes: collections.Counter[tuple[str, str]] = collections.Counter()
+        for i in where.pop(pair):
+            symbols[i] = _merge(symbols[i], pair, merged, freq[i], changes, where, i)
+        del pairs[pair]  # Every occurrence is merged.
+        for p, change in changes.items():
+            if change and p != pair:
+                pairs[p] += change
+                if pairs[p] > 0:
+                    heapq.heappush(heap, (-pairs[p], p))
     return vocab
 
 
-def _merge(word: list[str], pair: tuple[str, str], merged: str) -> list[str]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+def _merge(word: list[str], pair: tuple[str, str], merged: str, count: int,
+           changes: collections.Counter, where: dict[tuple[str, str], set[int]],
+           index: int) -> list[str]:
+    """`word` with each occurrence of `pair` (left to right) made `merged`; adds to
+    `changes` how the counts of the pairs around them change (`count` per occurrence) and
+    `index` to the `where` of each pair it creates."""
+    first, second = pair
+    out: list[str] = []
+    i, end = 0, len(word)
+    while i < end:
+        if i + 1 < end and word[i] == first and word[i + 1] == second:
+            if out:
+                changes[out[-1], first] -= count
+                changes[out[-1], merged] += count
+                where[out[-1], merged].add(index)
             out.append(merged)
             i += 2
+            if i < end:
+                changes[second, word[i]] -= count
+                changes[merged, word[i]] += count
+                where[merged, word[i]].add(index)
         else:
             out.append(word[i])
             i += 1

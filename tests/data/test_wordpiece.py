@@ -1,3 +1,5 @@
+import collections
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,69 @@ def test_rejects_too_small_or_empty():
         wordpiece.train(TEXTS, 5)
     with pytest.raises(ValueError, match="empty text"):
         wordpiece.train([], 100)
+
+
+def test_word_counts_are_the_words_of_the_tokenizers_own_steps():
+    texts = [
+        "Plain ASCII, with punctuation_marks & symbols: $5 + 3% (ok?) [MASK] #tag ~x^y`z.",
+        "Control\x00chars\x0bgone\ttab\nnewline\rreturn\x7fdel",
+        "Accents: Café naïve résumé ÉCOLE İstanbul ΣΟΦΊΑ σοφός",
+        "Chinese 中文字符 mixed中文text; Japanese カタカナ, emoji 😀👍 and dashes — – ‑",
+        "Quotes «guillemets» „low“ ¿qué? ¡sí! zero\u200bwidth non\u00a0breaking",
+        "x" * 101 + " " + "y" * 100 + " short",
+        "",
+    ] * 3
+    bert = wordpiece._bert_tokenizer()
+    expected = collections.Counter()
+    for text in texts:
+        words = bert.pre_tokenizer.pre_tokenize_str(bert.normalizer.normalize_str(text))
+        expected.update(w for w, _ in words if len(w) <= 100)
+    assert "y" * 100 in expected and "x" * 101 not in expected
+    for chunk_chars in (1, 50, 1 << 20):  # One text per chunk, a few, all.
+        assert wordpiece._word_counts(texts, chunk_chars) == expected
+
+
+def naive_merges(counts, size):
+    """The vocabulary `wordpiece._learn` should make, by recounting every pair per merge."""
+    words = {w: [w[0]] + ["##" + c for c in w[1:]] for w in counts}
+    alphabet = collections.Counter()
+    for w, symbols in words.items():
+        for s in set(symbols):  # A character counts the words it is in.
+            alphabet[s] += counts[w]
+    vocab = sorted(alphabet, key=lambda s: (-alphabet[s], s))[:size]
+    while len(vocab) < size:
+        pairs = collections.Counter()
+        for w, symbols in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += counts[w]
+        if not pairs:
+            break
+        pair = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[pair] < 2:
+            break
+        merged = pair[0] + pair[1][2:]
+        if merged not in vocab:
+            vocab.append(merged)
+        for w, symbols in words.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if tuple(symbols[i:i + 2]) == pair:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            words[w] = out
+    return vocab
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merges_equal_a_recount_of_every_pair(seed):
+    rng = np.random.default_rng(seed)
+    words = {"".join(rng.choice(list("aab" if seed % 2 else "abcd"), rng.integers(1, 8)))
+             for _ in range(120)}
+    counts = collections.Counter({w: int(rng.integers(1, 6)) for w in words})
+    for size in (3, 20, 60):
+        assert wordpiece._learn(counts, size) == naive_merges(counts, size)
+    text_counts = wordpiece._word_counts(TEXTS)
+    assert wordpiece._learn(text_counts, 150) == naive_merges(text_counts, 150)
