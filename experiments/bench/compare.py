@@ -6,9 +6,9 @@ step time of its timed steps. The summary gives the host's CPU, the versions, ev
 the means and the ratio of jaxformer's step time to PyTorch's, against the goal of 0.8x
 (for CLIP the same goal read as throughput: 1.25x open_clip's pairs per second).
 
-  pip install torch open_clip_torch transformers   # the references' packages (CPU build)
+  pip install torch open_clip_torch timm transformers   # the references' packages (CPU build)
   python experiments/bench/compare.py gpt [--rounds 4] [--steps 200] [--markdown]
-  python experiments/bench/compare.py clip | bert | bert-tiny
+  python experiments/bench/compare.py clip | bert | bert-tiny | vit
 
 `--same_malloc` also runs the reference with the glibc malloc settings that `jaxformer`
 gives itself (jaxformer/allocator.py), as a third column. Exit code 0 whether or not the goal
@@ -57,6 +57,9 @@ PAIRS = {
     "bert-tiny": Pair("configs/bert/books_pretraining.py:variant=tiny",
                       "torch_bert_reference.py", ("--variant", "tiny", "--threads", "2"), 20,
                       "BERT tiny pretraining (MLM + NSP, batch 64 x 128), transformers"),
+    "vit": Pair("configs/vit/fashion_mnist.py", "torch_vit_reference.py", ("--threads", "2"),
+                100, "ViT on Fashion-MNIST (6 layers of width 128, 7 x 7 patches, batch 128), "
+                "timm"),
 }
 
 
@@ -104,6 +107,7 @@ def tuned_env() -> dict[str, str]:
 @dataclasses.dataclass
 class Summary:
     columns: dict[str, list[float]]  # column name -> step seconds per round
+    num_params: dict[str, int] = dataclasses.field(default_factory=dict)  # side -> count
 
     def mean(self, column: str) -> float:
         return statistics.fmean(self.columns[column])
@@ -112,6 +116,16 @@ class Summary:
     def ratio(self) -> float:
         """jaxformer's mean step time over the reference's."""
         return self.mean("jaxformer") / self.mean("reference")
+
+    def same_model(self) -> str:
+        """What the two sides report of their parameter counts, and whether they agree."""
+        ours, theirs = self.num_params.get("jaxformer"), self.num_params.get("reference")
+        if ours is None or theirs is None:
+            return "parameter counts: not reported"
+        if ours == theirs:
+            return f"parameters: {ours:,} on both sides"
+        return (f"parameters: jaxformer {ours:,}, reference {theirs:,}: NOT the same model, "
+                "so the times do not compare")
 
 
 def markdown(pair: Pair, summary: Summary, versions: dict[str, str], command: str) -> str:
@@ -128,7 +142,8 @@ def markdown(pair: Pair, summary: Summary, versions: dict[str, str], command: st
                  + " |")
     verdict = "met" if summary.ratio <= GOAL else "not met"
     lines += ["", f"jaxformer / reference step time: **{summary.ratio:.2f}x** "
-              f"({1 / summary.ratio:.2f}x its throughput); the {GOAL}x goal is {verdict}."]
+              f"({1 / summary.ratio:.2f}x its throughput); the {GOAL}x goal is {verdict}; "
+              f"{summary.same_model()}."]
     return "\n".join(lines)
 
 
@@ -158,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, (command, env) in runs.items():
             result = run_json(command, env)
             summary.columns[name].append(result["step_seconds_median"])
+            if "num_params" in result:
+                summary.num_params[name.partition(",")[0]] = int(result["num_params"])
             if "framework" in result:
                 versions["reference"] = result["framework"]
             print(f"round {round_}  {name:<32} {result['step_seconds_median'] * 1e3:9.1f} ms",
                   flush=True)
-    print(f"jaxformer / reference: {summary.ratio:.2f}x (goal <= {GOAL}x)")
+    print(f"jaxformer / reference: {summary.ratio:.2f}x (goal <= {GOAL}x); "
+          f"{summary.same_model()}")
     if args.markdown:
         shown = " ".join(["python experiments/bench/compare.py", *(argv or sys.argv[1:])])
         print("\n" + markdown(pair, summary, versions, shown))

@@ -27,15 +27,17 @@ def test_last_json_skips_log_lines(compare):
         compare.last_json("no figures here\n")
 
 
-def fake_runs(compare, monkeypatch, figures):
+def fake_runs(compare, monkeypatch, figures, num_params=None):
     """Replaces the subprocesses: each call pops the next figure of its side."""
+    num_params = num_params or {"jaxformer": 810880, "reference": 810880}
     calls = []
 
     def run_json(command, env=None):
         side = "jaxformer" if "jaxformer" in command else "reference"
         tuned = env is not None and "GLIBC_TUNABLES" in env
         calls.append((side, tuned, command))
-        result = {"step_seconds_median": figures[(side, tuned)].pop(0)}
+        result = {"step_seconds_median": figures[(side, tuned)].pop(0),
+                  "num_params": num_params[side]}
         if side == "reference":
             result["framework"] = "torch 2.13.0+cpu eager"
         return result
@@ -63,7 +65,8 @@ def test_rounds_alternate_and_the_ratio_is_of_the_means(compare, monkeypatch, ca
     assert "jaxformer / reference: 0.66x (goal <= 0.8x)" in out
     assert "| 1 | 24.0 | 36.0 | 30.0 |" in out and "| 2 | 22.0 | 34.0 | 32.0 |" in out
     assert "| mean | **23.0** | **35.0** | **31.0** |" in out
-    assert "**0.66x** (1.52x its throughput); the 0.8x goal is met." in out
+    assert ("**0.66x** (1.52x its throughput); the 0.8x goal is met; parameters: 810,880 on "
+            "both sides." in out)
     assert "jax " in out and "torch 2.13.0+cpu eager" in out
 
 
@@ -71,7 +74,16 @@ def test_goal_not_met_is_said(compare, monkeypatch, capsys):
     fake_runs(compare, monkeypatch, {("jaxformer", False): [0.9], ("reference", False): [1.0]})
     assert compare.main(["clip", "--rounds", "1", "--markdown"]) == 0
     out = capsys.readouterr().out
-    assert "**0.90x** (1.11x its throughput); the 0.8x goal is not met." in out
+    assert "**0.90x** (1.11x its throughput); the 0.8x goal is not met;" in out
+
+
+def test_a_reference_of_another_size_is_called_out(compare, monkeypatch, capsys):
+    fake_runs(compare, monkeypatch, {("jaxformer", False): [0.5], ("reference", False): [1.0]},
+              num_params={"jaxformer": 805130, "reference": 805140})
+    assert compare.main(["vit", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert ("parameters: jaxformer 805,130, reference 805,140: NOT the same model, so the "
+            "times do not compare" in out)
 
 
 @pytest.mark.parametrize("argv", [["gpt", "--rounds", "0"], ["gpt", "--steps", "-1"],
