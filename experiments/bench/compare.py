@@ -8,7 +8,7 @@ the means and the ratio of jaxformer's step time to PyTorch's, against the goal 
 
   pip install torch open_clip_torch timm transformers   # the references' packages (CPU build)
   python experiments/bench/compare.py gpt [--rounds 4] [--steps 200] [--markdown]
-  python experiments/bench/compare.py clip | bert | bert-tiny | vit
+  python experiments/bench/compare.py clip | bert | bert-tiny | translation | vit
 
 `--same_malloc` also runs the reference with the glibc malloc settings that `jaxformer`
 gives itself (jaxformer/allocator.py), as a third column. Exit code 0 whether or not the goal
@@ -57,6 +57,10 @@ PAIRS = {
     "bert-tiny": Pair("configs/bert/books_pretraining.py:variant=tiny",
                       "torch_bert_reference.py", ("--variant", "tiny", "--threads", "2"), 20,
                       "BERT tiny pretraining (MLM + NSP, batch 64 x 128), transformers"),
+    "translation": Pair("configs/translation/bible_enes.py", "torch_translation_reference.py",
+                        ("--threads", "2"), 20,
+                        "Transformer en-es (3 + 3 post-LN layers of width 256, 8k shared "
+                        "vocabulary, 64 pairs of 40 tokens), torch.nn.Transformer layers"),
     "vit": Pair("configs/vit/fashion_mnist.py", "torch_vit_reference.py", ("--threads", "2"),
                 100, "ViT on Fashion-MNIST (6 layers of width 128, 7 x 7 patches, batch 128), "
                 "timm"),
