@@ -70,15 +70,16 @@ class Windows:
     """Encoded windows, flattened: window `i` is `tokens[starts[i]:starts[i + 1]]`, its first
     `first_lengths[i]` tokens `[CLS] question [SEP]`; `labels[i]` its answer tokens,
     `question[i]` the index of its question. Per token, `offsets` `[tokens, 2]` are the context
-    characters it covers (-1 off the context) and `context` its `context` value.
-    `skipped` questions were left out."""
+    characters it covers (-1 off the context; None for training windows, which never map
+    an answer back to text) and `context` its `context` value. `skipped` questions were left
+    out."""
 
     tokens: np.ndarray
     starts: np.ndarray
     first_lengths: np.ndarray
     labels: np.ndarray
     question: np.ndarray
-    offsets: np.ndarray
+    offsets: np.ndarray | None
     context: np.ndarray
     skipped: int = 0
 
@@ -91,6 +92,8 @@ class Windows:
     def characters(self, i: int, first: int, last: int) -> tuple[int, int]:
         """The context characters `[start, end)` from token `first` to token `last` (row
         positions) of window `i`."""
+        if self.offsets is None:
+            raise ValueError("these windows keep no character offsets (training windows)")
         offsets = self.offsets[self.span(i)]
         return int(offsets[first, 0]), int(offsets[last, 1])
 
@@ -132,9 +135,10 @@ def answer_pieces(offsets: np.ndarray, start: int, text: str, context: str
 
 
 def encode(tokenizer: WordPiece, questions: Questions, *, seq_length: int, doc_stride: int,
-           max_query_length: int, drop_unfound: bool) -> Windows:
+           max_query_length: int, drop_unfound: bool, keep_offsets: bool = True) -> Windows:
     """The windows of every question (see the module docstring); with `drop_unfound`, the
-    questions whose first answer is not in their context are left out."""
+    questions whose first answer is not in their context are left out; without
+    `keep_offsets`, the windows keep no character offsets (8 bytes a token)."""
     contexts = sorted(set(questions.contexts))
     encoded = {context: (np.asarray(ids, np.int32), np.asarray(spans, np.int32).reshape(-1, 2))
                for context, (ids, spans) in zip(
@@ -160,8 +164,9 @@ def encode(tokenizer: WordPiece, questions: Questions, *, seq_length: int, doc_s
         for w, start in enumerate(starts):
             end = min(start + room, len(ids))
             tokens += [head, ids[start:end], sep]
-            offsets += [np.full((len(head), 2), -1, np.int32), spans[start:end],
-                        np.full((1, 2), -1, np.int32)]
+            if keep_offsets:
+                offsets += [np.full((len(head), 2), -1, np.int32), spans[start:end],
+                            np.full((1, 2), -1, np.int32)]
             marks += [np.full(len(head), OUTSIDE, np.int8),
                       np.where(best[start:end] == w, MAX_CONTEXT, CONTEXT).astype(np.int8),
                       np.full(1, OUTSIDE, np.int8)]
@@ -177,7 +182,8 @@ def encode(tokenizer: WordPiece, questions: Questions, *, seq_length: int, doc_s
         first_lengths=np.asarray(first_lengths, np.int32),
         labels=np.asarray(labels, np.int32).reshape(-1, 2),
         question=np.asarray(owners, np.int32),
-        offsets=np.concatenate(offsets) if offsets else np.zeros((0, 2), np.int32),
+        offsets=(None if not keep_offsets else np.concatenate(offsets) if offsets
+                 else np.zeros((0, 2), np.int32)),
         context=np.concatenate(marks) if marks else np.zeros(0, np.int8), skipped=skipped)
 
 
@@ -258,7 +264,8 @@ def build_data(config: ml_collections.ConfigDict, *, workdir: str | None, train:
     sizes = dict(seq_length=get(config, "seq_length"), doc_stride=get(config, "doc_stride"),
                  max_query_length=get(config, "max_query_length"))
     return QuestionAnsweringData(
-        tokenizer=tokenizer, train=encode(tokenizer, train, drop_unfound=True, **sizes),
+        tokenizer=tokenizer,
+        train=encode(tokenizer, train, drop_unfound=True, keep_offsets=False, **sizes),
         eval={name: encode(tokenizer, questions, drop_unfound=False, **sizes)
               for name, questions in evals.items()},
         class_names=(), vocab_size=config.vocab_size, seq_length=sizes["seq_length"],

@@ -146,11 +146,27 @@ def test_training_drops_questions_whose_answer_is_not_in_the_context():
     assert every.question.tolist() == [0, 1, 2] and every.labels[1].tolist() == [0, 0]
 
 
+def test_training_windows_keep_no_offsets_and_are_otherwise_the_same():
+    tokenizer = WordPiece.from_tokens(VOCAB)
+    context = "Jethro his father in law, the priest of Midian: and he kept the flock"
+    questions = Questions(["q"], ["Who kept the flock?"], [context],
+                          [[(context.index("Midian"), "Midian")]])
+    sizes = dict(seq_length=16, doc_stride=4, max_query_length=8, drop_unfound=True)
+    full = pipeline.encode(tokenizer, questions, **sizes)
+    lean = pipeline.encode(tokenizer, questions, keep_offsets=False, **sizes)
+    assert full.offsets.shape == (len(full.tokens), 2) and lean.offsets is None
+    for field in ("tokens", "starts", "first_lengths", "labels", "question", "context"):
+        np.testing.assert_array_equal(getattr(lean, field), getattr(full, field))
+    with pytest.raises(ValueError, match="keep no character offsets"):
+        lean.characters(0, 0, 1)
+
+
 def test_build_from_files_gives_span_batches(tmp_path):
     data = squad.build(config(write_files(tmp_path / "squad")), workdir=str(tmp_path / "w"))
     assert data.eval_splits == ("validation",) and len(data.questions["validation"]) == 6
     assert (tmp_path / "w" / "assets" / "wordpiece.json").is_file()
     windows = data.eval["validation"]
+    assert data.train.offsets is None and windows.offsets.shape == (len(windows.tokens), 2)
     batches = list(data.eval_iter(batch_size=16, num_batches=-1))
     assert len(batches) == -(-len(windows) // 16) > 1
     batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
