@@ -32,13 +32,12 @@ is reused for every step, as `jaxformer bench` does. Prints one JSON line like
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
 import transformers
 from torch.nn import functional as F
+from torch_timing import decay_groups, timed
 
 # As jaxformer.models.bert.VARIANTS (kept here so that the script needs no jax).
 VARIANTS = {
@@ -111,10 +110,7 @@ def main():
     model = transformers.BertForPreTraining(config)
     model.train()
     params = list(model.parameters())  # Tied weights appear once.
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                   {"params": no_decay, "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW(decay_groups(params, 0.01),
                                   lr=5e-4, betas=(0.9, 0.999), eps=1e-6)
     batch = make_batch(np.random.default_rng(0), args.batch, args.seq_length,
                        args.max_predictions, args.vocab)
@@ -135,14 +131,7 @@ def main():
         optimizer.step()
         return loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, _ = timed(step, warmup=args.warmup, steps=args.steps)
     print(json.dumps({
         "framework": f"torch {torch.__version__} eager, transformers {transformers.__version__}",
         "config": args.variant, "attention": model.config._attn_implementation,

@@ -17,13 +17,12 @@ one JSON line like `jaxformer bench`: image-text pairs per second.
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from torch_timing import decay_groups, timed
 
 # As jaxformer.models.clip.VARIANTS (kept here so that the script needs no jax).
 VARIANTS = {
@@ -71,10 +70,7 @@ def main():
     model = build(args.variant, args.image_size, args.context, args.vocab)
     model.train()
     params = list(model.parameters())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                   {"params": no_decay, "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW(decay_groups(params, 0.1),
                                   lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.ClipLoss()
     rng = np.random.default_rng(0)
@@ -99,14 +95,7 @@ def main():
             model.logit_scale.clamp_(0, np.log(100))
         return loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, _ = timed(step, warmup=args.warmup, steps=args.steps)
     print(json.dumps({
         "framework": f"torch {torch.__version__} eager, open_clip {open_clip.__version__}",
         "config": args.variant, "threads": torch.get_num_threads(),

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from torch_timing import timed
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 from transformers.loss.loss_for_object_detection import HungarianMatcher
 
@@ -78,13 +79,7 @@ def main() -> None:
         optimizer.step()
         return out
 
-    for _ in range(args.warmup):
-        out = step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        out = step()
-        times.append(time.perf_counter() - start)
+    step_seconds, out = timed(step, warmup=args.warmup, steps=args.steps)
 
     # The matcher alone, on the last step's outputs, for the last layer and each auxiliary.
     matcher = HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
@@ -98,7 +93,7 @@ def main() -> None:
             for layer in layers:
                 matcher(layer, labels)
             match_times.append(time.perf_counter() - start)
-    step_seconds, match_seconds = statistics.median(times), statistics.median(match_times)
+    match_seconds = statistics.median(match_times)
     print(json.dumps({
         "implementation": f"transformers {__import__('transformers').__version__} "
                           f"DetrForObjectDetection, torch {torch.__version__} eager",

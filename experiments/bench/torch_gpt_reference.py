@@ -12,12 +12,11 @@ Prints one JSON line like `jaxformer bench`.
 import argparse
 import json
 import math
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch_timing import decay_groups, timed
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,10 +91,7 @@ def main():
 
     torch.manual_seed(0)
     model = GPT(args.vocab, args.block, args.layers, args.heads, args.d_model)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                   {"params": no_decay, "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW(decay_groups(model.parameters(), 0.1),
                                   lr=1e-3, betas=(0.9, 0.99))
     x = torch.randint(0, args.vocab, (args.batch, args.block))
     y = torch.randint(0, args.vocab, (args.batch, args.block))
@@ -108,14 +104,7 @@ def main():
         optimizer.step()
         return loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, _ = timed(step, warmup=args.warmup, steps=args.steps)
     print(json.dumps({
         "framework": f"torch {torch.__version__} eager", "threads": torch.get_num_threads(),
         "num_params": sum(p.numel() for p in model.parameters()),

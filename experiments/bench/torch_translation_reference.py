@@ -20,13 +20,12 @@ JSON line like `jaxformer bench`.
 import argparse
 import json
 import math
-import statistics
-import time
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch_timing import timed
 
 PAD_ID, BOS_ID = 0, 1
 
@@ -127,14 +126,7 @@ def main():
         optimizer.step()
         return loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, _ = timed(step, warmup=args.warmup, steps=args.steps)
     tokens = int((targets != PAD_ID).sum())
     print(json.dumps({
         "framework": f"torch {torch.__version__} eager, nn.Transformer layers",

@@ -16,14 +16,13 @@ Prints one JSON line like `jaxformer bench`.
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
+from torch_timing import decay_groups, timed
 
 
 def main():
@@ -50,10 +49,7 @@ def main():
         class_token=True, global_pool="token")
     model.train()
     params = list(model.parameters())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                                   {"params": no_decay, "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW(decay_groups(params, 0.05),
                                   lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.normal(size=(args.batch, 1, args.image_size,
@@ -68,14 +64,7 @@ def main():
         optimizer.step()
         return loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, _ = timed(step, warmup=args.warmup, steps=args.steps)
     print(json.dumps({
         "framework": f"torch {torch.__version__} eager, timm {timm.__version__}",
         "config": f"ViT {args.layers} x {args.width}, patch {args.patch_size}",
