@@ -27,11 +27,15 @@ out the language model's prior over the class captions, a prior that decides the
 a small model by itself; and the baselines `chance` (1 / classes) and `majority` (the share
 of the commonest label among the queries).
 
-Each query's k + 1 images go through the image tower and resampler once; all classes are
-scored in one `decode_text` call with those visual tokens repeated per class. Sequences are
-right-padded to `(k + 1) * longest chunk - 1` tokens (a fixed shape per k; padding comes
-after every scored position and attention is causal, so it changes no score), and must fit
-the language model's `block_size`. Batches run under the strategy, like the loss evaluator's.
+Each query's k + 1 images go through the image tower and resampler once, and its shots'
+chunks through the language model once: a row packs them (segment 0) with every class's query
+chunk after them (segment c + 1, `packed_layout` in jaxformer/models/flamingo.py), each chunk
+attending to the shots and to itself, at the positions it would have after the shots alone,
+so that every class is scored as in a sequence of its own; the vocabulary projection runs at
+the scored positions only. Rows are right-padded to `k * longest chunk + the classes' chunks`
+tokens (a fixed shape per k; the padding comes after every scored position and attention is
+causal, so it changes no score); a class's chunk after the longest shots must fit the
+language model's `block_size`. Batches run under the strategy, like the loss evaluator's.
 """
 
 from __future__ import annotations
@@ -55,20 +59,21 @@ PAD_ID = 0
 def class_scores(model: Any, params: Any, batch: dict) -> jax.Array:
     """float32 `[queries, classes]`: the summed log-probability of each class's query chunk.
 
-    `batch`: `images` float32 `[queries, media, H, W, C]`, `inputs`, `targets` int32 and
-    `weights` float32 `[queries, classes, length]` (weights 1 at the targets scored).
+    `batch`: `images` float32 `[queries, media, H, W, C]`; the packed rows' int32 `inputs`
+    and `segments` `[queries, length]` (see `score_rows`); per class and scored slot, the
+    row index whose logits predict the slot's token (`logits_at`), the token (`targets`, both
+    int32) and float32 `weights` (0 at padding slots), each `[queries, classes, width]`.
     """
-    queries, classes, length = batch["inputs"].shape
+    queries, classes, width = batch["targets"].shape
     visual = model.apply({"params": params}, batch["images"], method="encode_images")
-    visual = jnp.repeat(visual, classes, axis=0)  # [queries * classes, media, latents, width]
-    logits = model.apply({"params": params}, visual,
-                         batch["inputs"].reshape(queries * classes, length),
-                         method="decode_text")  # [queries * classes, length, vocab]
-    targets = batch["targets"].reshape(queries * classes, length, 1)
+    logits = model.apply({"params": params}, visual, batch["inputs"],
+                         segments=batch["segments"],
+                         logits_at=batch["logits_at"].reshape(queries, classes * width),
+                         method="decode_text")  # [queries, classes * width, vocab]
+    targets = batch["targets"].reshape(queries, classes * width, 1)
     picked = jnp.take_along_axis(logits, targets, axis=-1)[..., 0]
-    log_probs = picked - jax.nn.logsumexp(logits, axis=-1)
-    weights = batch["weights"].reshape(queries * classes, length)
-    return (log_probs * weights).sum(-1).reshape(queries, classes)
+    log_probs = (picked - jax.nn.logsumexp(logits, axis=-1)).reshape(queries, classes, width)
+    return (log_probs * batch["weights"]).sum(-1)
 
 
 def blank_query(images: jax.Array) -> jax.Array:
@@ -85,23 +90,36 @@ def subset(count: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
 
 
-def score_rows(prefix: Sequence[int], candidates: Sequence[Sequence[int]], length: int
-               ) -> dict[str, np.ndarray]:
-    """`inputs`, `targets`, `weights` `[classes, length]` of `prefix` + each candidate chunk:
-    the weights select the candidate's tokens after its first (its `<image>`)."""
+def score_rows(prefix: Sequence[int], candidates: Sequence[Sequence[int]], length: int,
+               width: int) -> dict[str, np.ndarray]:
+    """One packed row: `inputs` and `segments` `[length]`, `prefix` (segment 0) then each
+    candidate chunk but its last token (segment c + 1), then padding (segment classes + 1);
+    and per candidate `[classes, width]`, its tokens after its first (its `<image>`) as
+    `targets`, the row index whose logits predict each (`logits_at`) and weight 1 (0 in the
+    slots after them)."""
     classes = len(candidates)
-    inputs = np.full((classes, length), PAD_ID, np.int32)
-    targets = np.full((classes, length), PAD_ID, np.int32)
-    weights = np.zeros((classes, length), np.float32)
-    start = len(prefix)  # The query's <image>; its logits predict the first caption token.
+    inputs = np.full((length,), PAD_ID, np.int32)
+    segments = np.full((length,), classes + 1, np.int32)
+    logits_at = np.zeros((classes, width), np.int32)
+    targets = np.full((classes, width), PAD_ID, np.int32)
+    weights = np.zeros((classes, width), np.float32)
+    used = len(prefix) + sum(len(chunk) - 1 for chunk in candidates)
+    if used > length or max(len(chunk) for chunk in candidates) - 1 > width:
+        raise ValueError(f"a row of {used} tokens does not fit {length}, or a chunk "
+                         f"{width} scored tokens")
+    inputs[:len(prefix)] = prefix
+    segments[:len(prefix)] = 0
+    at = len(prefix)
     for c, chunk in enumerate(candidates):
-        ids = [*prefix, *chunk]
-        if len(ids) - 1 > length:
-            raise ValueError(f"a sequence of {len(ids)} tokens does not fit {length + 1}")
-        inputs[c, :len(ids) - 1] = ids[:-1]
-        targets[c, :len(ids) - 1] = ids[1:]
-        weights[c, start:len(ids) - 1] = 1.0
-    return {"inputs": inputs, "targets": targets, "weights": weights}
+        scored = len(chunk) - 1  # Its <image> predicts the first caption token.
+        inputs[at:at + scored] = chunk[:-1]
+        segments[at:at + scored] = c + 1
+        logits_at[c, :scored] = np.arange(at, at + scored)
+        targets[c, :scored] = chunk[1:]
+        weights[c, :scored] = 1.0
+        at += scored
+    return {"inputs": inputs, "segments": segments, "logits_at": logits_at,
+            "targets": targets, "weights": weights}
 
 
 class FewShotEvaluator(Evaluator):
@@ -131,14 +149,16 @@ class FewShotEvaluator(Evaluator):
         self.candidates = [data.chunk_ids(split.caption(c))
                            for c in range(len(split.class_names))]
         longest = max(len(ids) for ids in self.candidates)
+        self.width = longest - 1  # Scored tokens of the longest chunk.
         block_size = context.task.model.lm_spec.block_size
-        self.lengths = {k: (k + 1) * longest - 1 for k in self.shots}
-        for k, length in self.lengths.items():
-            if length > block_size:
+        for k in self.shots:
+            if (k + 1) * longest - 1 > block_size:
                 raise ValueError(
-                    f"evals.{name}: {k} shots need up to {length} input tokens ({k + 1} "
-                    f"chunks of up to {longest}), more than the language model's block_size "
-                    f"{block_size}; use fewer shots")
+                    f"evals.{name}: {k} shots need up to {(k + 1) * longest - 1} input tokens "
+                    f"({k + 1} chunks of up to {longest}), more than the language model's "
+                    f"block_size {block_size}; use fewer shots")
+        chunks = sum(len(ids) - 1 for ids in self.candidates)
+        self.lengths = {k: k * longest + chunks for k in self.shots}  # Packed rows.
         devices = jax.local_device_count()
         per_call = config.get("batch_size", 0) or context.batch_size
         self.batch_size = math.ceil(per_call / devices) * devices
@@ -163,14 +183,17 @@ class FewShotEvaluator(Evaluator):
 
     def batch(self, k: int, queries: Sequence[int], length: int | None = None
               ) -> dict[str, np.ndarray]:
-        """The rows of `queries` with k shots (`length` tokens: default the fixed length
-        for k); query -1 is padding (label -1, no weight)."""
+        """The packed rows of `queries` with k shots (`length` tokens: default the fixed
+        length for k); query -1 is padding (label -1, no weight)."""
         length = length or self.lengths[k]
         classes = len(self.candidates)
         images = np.zeros((len(queries), k + 1, *self.context.data.image_shape), np.float32)
-        rows = {"inputs": np.full((len(queries), classes, length), PAD_ID, np.int32),
-                "targets": np.full((len(queries), classes, length), PAD_ID, np.int32),
-                "weights": np.zeros((len(queries), classes, length), np.float32)}
+        scored = (len(queries), classes, self.width)
+        rows = {"inputs": np.full((len(queries), length), PAD_ID, np.int32),
+                "segments": np.full((len(queries), length), classes + 1, np.int32),
+                "logits_at": np.zeros(scored, np.int32),
+                "targets": np.full(scored, PAD_ID, np.int32),
+                "weights": np.zeros(scored, np.float32)}
         labels = np.full((len(queries),), -1, np.int32)
         for row, query in enumerate(queries):
             if query < 0:
@@ -179,7 +202,7 @@ class FewShotEvaluator(Evaluator):
             for slot, index in enumerate(shots):
                 images[row, slot] = self.image("support", index)
             images[row, k] = self.image("queries", query)
-            for key, value in score_rows(prefix, self.candidates, length).items():
+            for key, value in score_rows(prefix, self.candidates, length, self.width).items():
                 rows[key][row] = value
             labels[row] = int(self.split.queries[query]["label"])
         return {"images": images, **rows, "label": labels}

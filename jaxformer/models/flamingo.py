@@ -51,11 +51,32 @@ class LMBlocks(nn.Module):
             setattr(self, f"block_{i}", TransformerBlock(**gpt.block_fields(self.spec)))
         self.final_norm = nn.LayerNorm(epsilon=self.spec.layer_norm_epsilon, dtype=self.spec.dtype)
 
-    def block(self, i: int, x: jax.Array, *, train: bool, decode: bool) -> jax.Array:
-        return getattr(self, f"block_{i}")(x, train=train, decode=decode)
+    def block(self, i: int, x: jax.Array, *, train: bool, decode: bool,
+              mask: jax.Array | None = None) -> jax.Array:
+        return getattr(self, f"block_{i}")(x, mask=mask, train=train, decode=decode)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.final_norm(x)
+
+
+def packed_layout(is_media: jax.Array, segments: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rows that pack a shared prefix (segment 0, first) and continuations of it (segments
+    1, 2, ...; each contiguous) -> per token its media time, its position id, and the
+    self-attention mask `[batch, 1, seq, seq]` (the blocks add causality) under which each
+    continuation sees the prefix and itself only: as if it followed the prefix alone."""
+    seq = segments.shape[1]
+    same = segments[:, :, None] == segments[:, None, :]  # [batch, query, key]
+    before = same & jnp.tril(jnp.ones((seq, seq), jnp.bool_))
+    in_prefix = segments == 0
+    own_index = before.sum(-1) - 1  # Within its segment.
+    own_media = (before & is_media[:, None, :]).sum(-1)
+    prefix_length = in_prefix.sum(-1, keepdims=True)
+    prefix_media = (is_media & in_prefix).sum(-1, keepdims=True)
+    text_time = jnp.where(in_prefix, own_media, prefix_media + own_media).astype(jnp.int32)
+    position_ids = jnp.where(in_prefix, own_index, prefix_length + own_index)
+    mask = same | in_prefix[:, None, :]
+    return text_time, position_ids, mask[:, None]
 
 
 class FlamingoLM(nn.Module):
@@ -80,15 +101,27 @@ class FlamingoLM(nn.Module):
 
     @nn.compact
     def __call__(self, visual: jax.Array, tokens: jax.Array, *, train: bool = False,
-                 decode: bool = False) -> jax.Array:
+                 decode: bool = False, segments: jax.Array | None = None,
+                 logits_at: jax.Array | None = None) -> jax.Array:
         """visual `[batch, media, latents, width]`, int32 tokens `[batch, seq]` -> float32
-        logits `[batch, seq, vocab]`. With `decode=True` the tokens extend the KV cache (as
-        `GPT`), and the count of `<image>` tokens seen so far is kept in the cache too."""
+        logits `[batch, seq, vocab]`, or `[batch, n, vocab]` at the int32 indices
+        `logits_at` `[batch, n]` only (the vocabulary projection skipped elsewhere). With
+        `decode=True` the tokens extend the KV cache (as `GPT`), and the count of `<image>`
+        tokens seen so far is kept in the cache too. int32 `segments` `[batch, seq]` pack a
+        prefix and its continuations in a row (`packed_layout`; not with `decode`): each
+        continuation's logits are those it has after the prefix alone, whose length plus the
+        continuation's must not exceed `block_size`."""
         spec = self.spec
-        if tokens.shape[1] > spec.block_size:
+        if segments is None and tokens.shape[1] > spec.block_size:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds block_size "
                              f"{spec.block_size}")
-        text_time = media_time(tokens, self.media_id)  # [batch, seq]
+        if segments is not None and decode:
+            raise ValueError("packed segments are for whole sequences, not for decoding")
+        mask = position_ids = None
+        if segments is None:
+            text_time = media_time(tokens, self.media_id)  # [batch, seq]
+        else:
+            text_time, position_ids, mask = packed_layout(tokens == self.media_id, segments)
         if decode:
             is_initialized = self.has_variable("cache", "media_count")
             count = self.variable("cache", "media_count", jnp.zeros, tokens.shape[:1],
@@ -100,9 +133,14 @@ class FlamingoLM(nn.Module):
         token_embedding = TokenEmbedding(spec.vocab_size, spec.d_model,
                                          embedding_init=gpt.EMBEDDING_INIT, dtype=spec.dtype,
                                          name="token_embedding")
-        x = token_embedding(tokens) + LearnedPositionalEmbedding(
+        position_embedding = LearnedPositionalEmbedding(
             spec.block_size, spec.d_model, embedding_init=gpt.EMBEDDING_INIT,
-            dtype=spec.dtype, name="position_embedding")(tokens.shape[1], decode=decode)
+            dtype=spec.dtype, name="position_embedding")
+        if position_ids is None:
+            x = token_embedding(tokens) + position_embedding(tokens.shape[1], decode=decode)
+        else:
+            table = position_embedding(spec.block_size)[0]
+            x = token_embedding(tokens) + jnp.take(table, position_ids, axis=0, mode="clip")
         x = nn.Dropout(spec.dropout_rate)(x, deterministic=not train)
         blocks = LMBlocks(spec, name="transformer")
         for i in range(spec.num_layers):
@@ -111,8 +149,10 @@ class FlamingoLM(nn.Module):
                     num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,
                     gated=self.gated, dtype=spec.dtype, name=f"gated_block_{i}",
                 )(x, visual.astype(spec.dtype), text_time)
-            x = blocks.block(i, x, train=train, decode=decode)
-        return token_embedding.attend(blocks(x))  # [batch, seq, vocab], float32
+            x = blocks.block(i, x, train=train, decode=decode, mask=mask)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
+        return token_embedding.attend(blocks(x))  # [batch, seq | n, vocab], float32
 
 
 class Flamingo(nn.Module):
@@ -173,10 +213,12 @@ class Flamingo(nn.Module):
         return self.connector_projection(tokens.mean(axis=2, keepdims=True))
 
     def decode_text(self, visual: jax.Array, tokens: jax.Array, *, train: bool = False,
-                    decode: bool = False) -> jax.Array:
+                    decode: bool = False, segments: jax.Array | None = None,
+                    logits_at: jax.Array | None = None) -> jax.Array:
         """Logits of `tokens` given the visual tokens of `encode_images` (the generation
-        loop's context)."""
-        return self.lm(visual, tokens, train=train, decode=decode)
+        loop's context); `segments` and `logits_at` as `FlamingoLM`'s."""
+        return self.lm(visual, tokens, train=train, decode=decode, segments=segments,
+                       logits_at=logits_at)
 
     def __call__(self, images: jax.Array, tokens: jax.Array, *, train: bool = False,
                  decode: bool = False) -> jax.Array:

@@ -91,23 +91,30 @@ def test_scores_are_the_full_forward_pass_log_likelihoods(setup, scores_fn, forw
     assert np.abs(moved - got).max() > 1e-4
 
 
-def test_zero_shots_is_the_query_chunk_alone(setup):
+def test_zero_shots_packs_the_query_chunks_alone(setup):
     data, _, _ = setup
     ev = evaluator(setup)
     fs = data.few_shot(SPLIT)
     batch = ev.batch(0, [5])
     assert batch["images"].shape == (1, 1, *data.image_shape)
     np.testing.assert_array_equal(batch["images"][0, 0], data.eval_image(fs.queries[5]))
+    at = 0
     for c in range(len(fs.class_names)):
         ids = data.chunk_ids(fs.caption(c))
         assert ids[0] == data.media_id and ids[-1] == data.end_of_chunk_id
-        row = batch["inputs"][0, c]
-        np.testing.assert_array_equal(row[:len(ids) - 1], ids[:-1])
-        assert (row[len(ids) - 1:] == few_shot.PAD_ID).all()
+        # The row holds each chunk but its last token, in its own segment.
+        np.testing.assert_array_equal(batch["inputs"][0, at:at + len(ids) - 1], ids[:-1])
+        assert (batch["segments"][0, at:at + len(ids) - 1] == c + 1).all()
+        # Every token after <image> is scored, <|endofchunk|> included, each from the logits
+        # of the row index before it.
         np.testing.assert_array_equal(batch["targets"][0, c, :len(ids) - 1], ids[1:])
-        # Every token after <image> is scored, <|endofchunk|> included.
+        np.testing.assert_array_equal(batch["logits_at"][0, c, :len(ids) - 1],
+                                      at + np.arange(len(ids) - 1))
         np.testing.assert_array_equal(np.flatnonzero(batch["weights"][0, c]),
                                       np.arange(len(ids) - 1))
+        at += len(ids) - 1
+    assert (batch["inputs"][0, at:] == few_shot.PAD_ID).all()
+    assert (batch["segments"][0, at:] == len(fs.class_names) + 1).all()
     assert batch["label"][0] == int(fs.queries[5]["label"])
 
 
@@ -121,8 +128,12 @@ def test_shots_are_other_examples_with_their_class_captions(setup):
         assert query not in shots and len(set(shots)) == 4
         assert prefix == [t for i in shots
                           for t in data.chunk_ids(fs.caption(int(fs.support[i]["label"])))]
-    shots, _ = ev.sequences(1, 9)
+    shots, prefix = ev.sequences(1, 9)
     batch = ev.batch(1, [9])
+    # The shot's chunk comes first, in segment 0, then the classes' chunks.
+    np.testing.assert_array_equal(batch["inputs"][0, :len(prefix)], prefix)
+    assert (batch["segments"][0, :len(prefix)] == 0).all()
+    assert batch["segments"][0, len(prefix)] == 1
     np.testing.assert_array_equal(batch["images"][0, 0], data.eval_image(fs.support[shots[0]]))
     np.testing.assert_array_equal(batch["images"][0, 1], data.eval_image(fs.queries[9]))
     # Another seed, other shots.

@@ -140,6 +140,54 @@ def test_cached_decoding_matches_the_full_forward_pass(model_and_params):
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5, rtol=0)
 
 
+def test_logits_at_given_positions_are_those_of_the_full_pass(model_and_params):
+    model, params, _, _ = model_and_params
+    params = open_gates(params)
+    images, tokens = inputs()
+    full = model.apply({"params": params}, images, tokens)
+    visual = model.apply({"params": params}, images, method=model.encode_images)
+    at = jnp.asarray([[0, 6, 6, 3], [9, 1, 4, 2]], jnp.int32)  # Any order, repeats.
+    some = model.apply({"params": params}, visual, tokens, logits_at=at,
+                       method=model.decode_text)
+    assert some.shape == (2, 4, full.shape[-1])
+    np.testing.assert_allclose(some, jnp.take_along_axis(full, at[..., None], axis=1),
+                               atol=2e-5, rtol=0)
+
+
+def test_a_packed_row_scores_each_continuation_as_after_the_prefix_alone(model_and_params):
+    """A row of a prefix and three continuations (each starting with an <image>, then
+    padding) gives each continuation the logits of prefix + continuation on its own."""
+    model, params, _, _ = model_and_params
+    params = open_gates(params)
+    images, _ = inputs()
+    visual = model.apply({"params": params}, images[:1], method=model.encode_images)
+    prefix = [MEDIA, 5, 6, 7]
+    continuations = [[MEDIA, 8, 9], [MEDIA, 10], [MEDIA, 11, 12, 13]]
+    row = prefix + [t for c in continuations for t in c] + [0, 0]
+    segments = [0] * len(prefix) + [s for s, c in enumerate(continuations, 1) for _ in c]
+    segments += [len(continuations) + 1] * 2
+    packed = model.apply({"params": params}, visual, jnp.asarray([row], jnp.int32),
+                         segments=jnp.asarray([segments], jnp.int32),
+                         method=model.decode_text)[0]
+    at = len(prefix)
+    for continuation in continuations:
+        alone = model.apply({"params": params}, visual,
+                            jnp.asarray([prefix + continuation], jnp.int32),
+                            method=model.decode_text)[0]
+        np.testing.assert_allclose(packed[at:at + len(continuation)], alone[len(prefix):],
+                                   atol=2e-5, rtol=0)
+        at += len(continuation)
+    np.testing.assert_allclose(packed[:len(prefix)], alone[:len(prefix)], atol=2e-5, rtol=0)
+    # Without the segments, the later continuations see the earlier ones: other logits.
+    plain = model.apply({"params": params}, visual, jnp.asarray([row], jnp.int32),
+                        method=model.decode_text)[0]
+    assert np.abs(plain[len(prefix) + 3:] - packed[len(prefix) + 3:]).max() > 1e-3
+    with pytest.raises(ValueError, match="not for decoding"):
+        model.apply({"params": params}, visual, jnp.asarray([row], jnp.int32),
+                    segments=jnp.asarray([segments], jnp.int32), decode=True,
+                    method=model.decode_text, mutable=["cache"])
+
+
 def test_ablations_change_the_trained_parts():
     images, tokens = inputs()
     params = build(gated=False).init(jax.random.key(0), images, tokens)["params"]
