@@ -56,16 +56,19 @@ from jaxformer.evaluators.base import Context, Evaluator, sum_over_batches
 PAD_ID = 0
 
 
-def class_scores(model: Any, params: Any, batch: dict) -> jax.Array:
+def class_scores(model: Any, params: Any, batch: dict, visual: jax.Array | None = None
+                 ) -> jax.Array:
     """float32 `[queries, classes]`: the summed log-probability of each class's query chunk.
 
     `batch`: `images` float32 `[queries, media, H, W, C]`; the packed rows' int32 `inputs`
     and `segments` `[queries, length]` (see `score_rows`); per class and scored slot, the
     row index whose logits predict the slot's token (`logits_at`), the token (`targets`, both
     int32) and float32 `weights` (0 at padding slots), each `[queries, classes, width]`.
+    `visual`: the images' visual tokens (`encode_images`), if already computed.
     """
     queries, classes, width = batch["targets"].shape
-    visual = model.apply({"params": params}, batch["images"], method="encode_images")
+    if visual is None:
+        visual = model.apply({"params": params}, batch["images"], method="encode_images")
     logits = model.apply({"params": params}, visual, batch["inputs"],
                          segments=batch["segments"],
                          logits_at=batch["logits_at"].reshape(queries, classes * width),
@@ -74,12 +77,6 @@ def class_scores(model: Any, params: Any, batch: dict) -> jax.Array:
     picked = jnp.take_along_axis(logits, targets, axis=-1)[..., 0]
     log_probs = (picked - jax.nn.logsumexp(logits, axis=-1)).reshape(queries, classes, width)
     return (log_probs * batch["weights"]).sum(-1)
-
-
-def blank_query(images: jax.Array) -> jax.Array:
-    """`images` `[queries, media, H, W, C]` with the query (the last image) blank: zeros, the
-    mean colour after normalisation."""
-    return images.at[:, -1].set(0.0)
 
 
 def subset(count: int, size: int, seed: int) -> np.ndarray:
@@ -217,8 +214,13 @@ class FewShotEvaluator(Evaluator):
 
     def sums(self, params, batch):
         model = self.context.task.model
-        scores = class_scores(model, params, batch)
-        prior = class_scores(model, params, dict(batch, images=blank_query(batch["images"])))
+        visual = model.apply({"params": params}, batch["images"], method="encode_images")
+        scores = class_scores(model, params, batch, visual)
+        # The prior: the query image blank (zeros, the mean colour after normalisation),
+        # encoded once for the batch (media are encoded one by one, at their index).
+        blank = model.apply({"params": params}, jnp.zeros_like(batch["images"][:1]),
+                            method="encode_images")[:, -1:]
+        prior = class_scores(model, params, batch, visual.at[:, -1:].set(blank))
         labels = batch["label"]
         real = labels >= 0
         correct = (jnp.argmax(scores, axis=-1) == labels) & real
