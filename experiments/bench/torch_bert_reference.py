@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import transformers
 from torch.nn import functional as F
-from torch_timing import decay_groups, timed
+from torch_timing import add_timing_arguments, decay_groups, seed_and_threads, timed
 
 # As jaxformer.models.bert.VARIANTS (kept here so that the script needs no jax).
 VARIANTS = {
@@ -91,15 +91,12 @@ def main():
     parser.add_argument("--seq_length", type=int, default=128)
     parser.add_argument("--max_predictions", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(parser, steps=20)
     parser.add_argument("--gather", action="store_true",
                         help="masked-LM head at the masked positions only")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    seed_and_threads(args)
     size = VARIANTS[args.variant]
     config = transformers.BertConfig(
         vocab_size=args.vocab, hidden_size=size["d_model"], num_hidden_layers=size["num_layers"],

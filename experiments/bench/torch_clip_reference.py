@@ -22,7 +22,7 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from torch_timing import decay_groups, timed
+from torch_timing import add_timing_arguments, decay_groups, seed_and_threads, timed
 
 # As jaxformer.models.clip.VARIANTS (kept here so that the script needs no jax).
 VARIANTS = {
@@ -60,13 +60,10 @@ def main():
     parser.add_argument("--context", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(parser, steps=20)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    seed_and_threads(args)
     model = build(args.variant, args.image_size, args.context, args.vocab)
     model.train()
     params = list(model.parameters())

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from torch_timing import timed
+from torch_timing import add_timing_arguments, seed_and_threads, timed
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 from transformers.loss.loss_for_object_detection import HungarianMatcher
 
@@ -57,13 +57,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--image", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    add_timing_arguments(parser, steps=20, threads=0)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    seed_and_threads(args)
     model = make_model(args.queries).train()
     backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
     others = [p for n, p in model.named_parameters() if "backbone" not in n]

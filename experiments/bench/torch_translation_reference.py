@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch_timing import timed
+from torch_timing import add_timing_arguments, seed_and_threads, timed
 
 PAD_ID, BOS_ID = 0, 1
 
@@ -100,13 +100,10 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--source_length", type=int, default=40)
     parser.add_argument("--target_length", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(parser, steps=20)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    seed_and_threads(args)
     model = Translator(args.vocab, args.width, args.heads, args.mlp_dim, args.layers, 0.1)
     model.train()
     params = list(model.parameters())

@@ -22,7 +22,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
-from torch_timing import decay_groups, timed
+from torch_timing import add_timing_arguments, decay_groups, seed_and_threads, timed
 
 
 def main():
@@ -35,13 +35,10 @@ def main():
     parser.add_argument("--mlp_dim", type=int, default=256)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(parser, steps=100)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    seed_and_threads(args)
     model = VisionTransformer(
         img_size=args.image_size, patch_size=args.patch_size, in_chans=1,
         num_classes=args.classes, embed_dim=args.width, depth=args.layers,
